@@ -1,0 +1,156 @@
+"""Edits: low-rank weight deltas that can be applied, reverted, stacked and merged.
+
+An edit never touches the base weights while it is applied: each edited layer adds `x @ A.T @ B.T` (that is
+`ΔW = B @ A` in `nn.Linear` orientation) to its output. Reverting removes that term, which restores the model bit
+for bit; merging folds `ΔW` into the weights.
+"""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from .tuner.layer import LimeLayer
+
+_EDIT_IDS = itertools.count()
+
+
+@dataclass
+class LayerDelta:
+    """
+    `ΔW = B @ A` for one layer, in `nn.Linear` orientation `(d_out, d_in)`.
+
+    Args:
+        B (`torch.Tensor`): `(d_out, r)` factor, or the dense `(d_out, d_in)` update when `A` is `None`.
+        A (`torch.Tensor`, *optional*): `(r, d_in)` factor; `None` for a dense update.
+    """
+
+    B: torch.Tensor
+    A: torch.Tensor | None = None
+
+    @property
+    def rank(self) -> int:
+        return self.B.shape[1] if self.A is not None else min(self.B.shape)
+
+    def dense(self) -> torch.Tensor:
+        """The full `(d_out, d_in)` update."""
+        return self.B if self.A is None else self.B @ self.A
+
+    def apply_to(self, x: torch.Tensor) -> torch.Tensor:
+        """`x @ ΔW.T`, computed through the low-rank factors."""
+        B = self.B.to(x.dtype)
+        if self.A is None:
+            return x @ B.T
+        return (x @ self.A.to(x.dtype).T) @ B.T
+
+    def detach(self) -> LayerDelta:
+        return LayerDelta(self.B.detach(), None if self.A is None else self.A.detach())
+
+    def to_low_rank(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Factors `(B, A)` of the update; a dense update is factorised exactly by a thin SVD."""
+        if self.A is not None:
+            return self.B, self.A
+        U, S, Vh = torch.linalg.svd(self.B.float(), full_matrices=False)
+        keep = S > S.max() * 1e-7 if S.numel() else S > 0
+        return (U[:, keep] * S[keep]).to(self.B.dtype), Vh[keep].to(self.B.dtype)
+
+
+@dataclass
+class EditInfo:
+    """What the editor measured while computing an edit."""
+
+    loss_before: float | None = None
+    languages: list[str] = field(default_factory=list)
+    steps: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Edit:
+    """
+    An applied edit: per-layer low-rank factors plus the layers they live on.
+
+    Returned by `model.edit(...)` already applied. Use it as a context manager to revert on exit.
+
+    Example:
+
+    ```py
+    >>> edit = model.edit(batch, language="fr")  # doctest: +SKIP
+    >>> edit.revert()                             # base weights bit-identical again  # doctest: +SKIP
+    >>> with model.edit(batch, language="de"):    # reverted when the block ends  # doctest: +SKIP
+    ...     outputs = model(**other_batch)
+    ```
+    """
+
+    def __init__(self, deltas: dict[str, LayerDelta], layers: dict[str, LimeLayer], info: EditInfo | None = None):
+        missing = sorted(set(deltas) - set(layers))
+        if missing:
+            raise ValueError(f"Edit has deltas for unknown layers {missing}.")
+        self.id = next(_EDIT_IDS)
+        self.deltas = {name: delta.detach() for name, delta in deltas.items()}
+        self._layers = layers
+        self.info = info or EditInfo()
+        self.state = "created"
+
+    def __repr__(self) -> str:
+        ranks = sorted({d.rank for d in self.deltas.values()})
+        return f"Edit(id={self.id}, layers={len(self.deltas)}, ranks={ranks}, state={self.state!r})"
+
+    @property
+    def is_applied(self) -> bool:
+        return self.state == "applied"
+
+    def apply(self) -> Edit:
+        """Add the edit to its layers' outputs (no weight is modified, nothing is copied)."""
+        if self.state == "applied":
+            return self
+        if self.state == "merged":
+            raise ValueError("This edit is merged into the weights; it cannot be applied again.")
+        for name, delta in self.deltas.items():
+            self._layers[name].add_delta(self.id, delta)
+        self.state = "applied"
+        return self
+
+    def revert(self) -> Edit:
+        """Remove the edit. For an applied edit the model is restored bit for bit."""
+        if self.state == "merged":
+            warnings.warn(
+                "Reverting a merged edit subtracts ΔW from the weights; floating-point rounding means the weights "
+                "may differ from the originals in the last bits."
+            )
+            self._add_to_weights(sign=-1.0)
+        elif self.state == "applied":
+            for name in self.deltas:
+                self._layers[name].remove_delta(self.id)
+        self.state = "reverted"
+        return self
+
+    def merge(self) -> Edit:
+        """Fold `ΔW` into the base weights (permanent; `revert` afterwards is only approximate)."""
+        if self.state == "merged":
+            return self
+        if self.state == "applied":
+            for name in self.deltas:
+                self._layers[name].remove_delta(self.id)
+        self._add_to_weights(sign=1.0)
+        self.state = "merged"
+        return self
+
+    def _add_to_weights(self, sign: float) -> None:
+        for name, delta in self.deltas.items():
+            self._layers[name].add_to_weight(delta.dense(), sign)
+
+    def num_parameters(self) -> int:
+        """Number of stored numbers (sum of the factors' sizes)."""
+        return sum(d.B.numel() + (0 if d.A is None else d.A.numel()) for d in self.deltas.values())
+
+    def __enter__(self) -> Edit:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.state == "applied":
+            self.revert()

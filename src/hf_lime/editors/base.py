@@ -1,0 +1,98 @@
+"""The one interface every editor implements, and what the adapter hands to it.
+
+An editor turns an edit request into per-layer deltas. It gets an [`EditContext`] that can
+
+- `capture()`: run the base model on the edit batch and return, per edited layer, its inputs `x` and the gradient
+  `delta` of the edit loss at its output (tokens flattened, padding dropped), with each token's language id;
+- `forward(deltas, batch)`: run the model with differentiable deltas added (nothing is modified);
+- `mask(key, lang_ids)`: LiME's language mask of a layer, split into input and gradient parts;
+- `edit_lr(key)`: the learned step size of a layer.
+
+Adding an editor means: a module in `editors/`, an entry in `EDITOR_REGISTRY`, and the name in
+`LimeConfig.editor`'s allowed values. Nothing outside `editors/` needs to know about it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..editing import EditInfo, LayerDelta
+
+if TYPE_CHECKING:
+    from ..tuner.context import EditContext
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """An edited layer as editors see it."""
+
+    key: str  # module name with "." replaced by "-" (usable as a ModuleDict key)
+    name: str  # module name inside the PEFT model
+    d_in: int
+    d_out: int
+
+
+@dataclass
+class EditorOutput:
+    """What an editor returns: the deltas per layer key, and what it measured."""
+
+    deltas: dict[str, LayerDelta]
+    info: EditInfo = field(default_factory=EditInfo)
+
+
+class EditStepSizes(nn.Module):
+    """
+    Learned per-layer edit step sizes (MEND's `edit_lrs`).
+
+    Args:
+        keys (`list[str]`): Layer keys, in order.
+        init (`float`): Initial step size.
+    """
+
+    def __init__(self, keys: list[str], init: float) -> None:
+        super().__init__()
+        self.keys = list(keys)
+        self.lrs = nn.Parameter(torch.full((len(keys),), float(init)))
+
+    def forward(self, key: str) -> torch.Tensor:
+        return self.lrs[self.keys.index(key)]
+
+
+class BaseEditor(nn.Module, ABC):
+    """
+    Base class of editors.
+
+    Args:
+        layers (`list[LayerSpec]`): The edited layers.
+    """
+
+    #: Whether the editor has parameters that must be trained (by `LimeTrainer`) before it is useful.
+    requires_training: ClassVar[bool] = True
+    #: Whether the editor's update depends on `EditContext.mask` (LiME masks are created only then).
+    uses_masks: ClassVar[bool] = True
+
+    def __init__(self, layers: list[LayerSpec]) -> None:
+        super().__init__()
+        self.layers = list(layers)
+
+    @abstractmethod
+    def compute_deltas(self, ctx: EditContext) -> EditorOutput:
+        """Compute the per-layer deltas of one (possibly batched) edit request."""
+
+    def extra_repr(self) -> str:
+        return f"layers={len(self.layers)}"
+
+
+def build_editor(layers: list[LayerSpec], config: Any) -> BaseEditor:
+    """Instantiate the editor named by `config.editor` (a [`LimeConfig`]) with plain constructor arguments."""
+    from . import EDITOR_REGISTRY
+
+    if config.editor not in EDITOR_REGISTRY:
+        raise ValueError(f"Unknown editor {config.editor!r}; available: {sorted(EDITOR_REGISTRY)}.")
+    cls, kwargs_from_config = EDITOR_REGISTRY[config.editor]
+    return cls(layers, **kwargs_from_config(config))

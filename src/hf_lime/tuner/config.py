@@ -1,0 +1,241 @@
+"""`LimeConfig`: the configuration of the PEFT method "LIME" (cross-lingual model editors with language masks)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Literal, Optional, Union
+
+from peft.config import PeftConfig
+
+PEFT_TYPE = "LIME"
+EDITORS = ("mend", "ke", "ft")
+FT_OPTIMIZERS = ("sgd", "adam")
+
+# Feed-forward linears per model family (`config.model_type`). Only the layer *kind* is chosen here; which layers
+# are edited is `layers_to_transform` (by default the top `num_top_layers`).
+TARGET_MODULES_MAPPING: dict[str, list[str]] = {
+    "bert": ["intermediate.dense", "output.dense"],
+    "roberta": ["intermediate.dense", "output.dense"],
+    "xlm-roberta": ["intermediate.dense", "output.dense"],
+    "camembert": ["intermediate.dense", "output.dense"],
+    "electra": ["intermediate.dense", "output.dense"],
+    "distilbert": ["ffn.lin1", "ffn.lin2"],
+    "gpt2": ["mlp.c_fc", "mlp.c_proj"],
+    "bloom": ["mlp.dense_h_to_4h", "mlp.dense_4h_to_h"],
+    "opt": ["fc1", "fc2"],
+    "llama": ["mlp.up_proj", "mlp.down_proj"],
+    "mistral": ["mlp.up_proj", "mlp.down_proj"],
+    "qwen2": ["mlp.up_proj", "mlp.down_proj"],
+    "qwen3": ["mlp.up_proj", "mlp.down_proj"],
+    "gemma": ["mlp.up_proj", "mlp.down_proj"],
+    "gemma2": ["mlp.up_proj", "mlp.down_proj"],
+    "mt5": ["DenseReluDense.wi_0", "DenseReluDense.wo"],
+    "t5": ["DenseReluDense.wi", "DenseReluDense.wo"],
+}
+
+
+@dataclass
+class LimeConfig(PeftConfig):
+    """
+    Configuration of a LIME adapter: a learned cross-lingual model editor (MEND, KnowledgeEditor or fine-tuning)
+    attached to a base model's feed-forward layers, with LiME's language-specific hard-concrete masks on the
+    editor's inputs. Paper: https://huggingface.co/papers/2205.12677.
+
+    Parameters that choose what is edited:
+
+    Args:
+        target_modules (`list[str]` or `str`, *optional*, defaults to `None`):
+            Names (suffixes) or a regex of the `nn.Linear`/`Conv1D` modules to edit. `None` picks the feed-forward
+            linears of the model family (`intermediate.dense`/`output.dense` for BERT and XLM-R, `mlp.c_fc`/
+            `mlp.c_proj` for GPT-2, `mlp.up_proj`/`mlp.down_proj` for Llama-style models...).
+        layers_to_transform (`list[int]` or `int`, *optional*, defaults to `None`):
+            Indices of the transformer blocks to edit. `None` means the top `num_top_layers` blocks; the resolved
+            list is written back here and saved.
+        layers_pattern (`str` or `list[str]`, *optional*, defaults to `None`):
+            Name of the `nn.ModuleList` holding the blocks (`"layer"`, `"h"`, `"layers"`), when the default
+            detection of the block index is ambiguous.
+        num_top_layers (`int`, *optional*, defaults to `3`):
+            How many of the top blocks to edit when `layers_to_transform` is `None`.
+        fan_in_fan_out (`bool`, *optional*, defaults to `False`):
+            Set to `True` when the edited layers store weights as `(fan_in, fan_out)`, like GPT-2's `Conv1D`. It is
+            switched on automatically (with a warning) when a `Conv1D` is found.
+
+    Parameters of the editor:
+
+    Args:
+        languages (`list[str]`, *optional*, defaults to `[]`):
+            Ordered language codes the editor knows. The position of a language is its mask row; the list is saved
+            with the adapter so that a reloaded editor maps languages to the same rows. Required when
+            `use_lime_mask=True`.
+        editor (`str`, *optional*, defaults to `"mend"`):
+            The editing algorithm: `"mend"` (gradient-transform hypernetwork), `"ke"` (KnowledgeEditor) or `"ft"`
+            (fine-tuning baseline, needs no training).
+        edit_lr_init (`float`, *optional*, defaults to `1e-4`):
+            Initial value of the learned per-layer edit step size.
+        mend_rank (`int`, *optional*, defaults to `1920`):
+            Width of MEND's low-rank bottleneck (capped at the input width of each network).
+        mend_n_hidden (`int`, *optional*, defaults to `1`):
+            Number of residual low-rank blocks in each MEND network.
+        mend_init (`str`, *optional*, defaults to `"id"`):
+            `"id"` initialises every network to the identity (an untrained editor is one gradient step);
+            `"random"` initialises the output projections randomly.
+        mend_norm (`bool`, *optional*, defaults to `True`):
+            Normalise the networks' inputs feature-wise with running statistics.
+        mend_combine (`bool`, *optional*, defaults to `True`):
+            One network over the concatenated layer input and output gradient (`True`) or one network each.
+        mend_shared (`bool`, *optional*, defaults to `True`):
+            Share networks between edited layers of the same shape, with a learned per-layer scale and shift.
+        ke_hidden_dim (`int`, *optional*, defaults to `128`):
+            Width of KnowledgeEditor's conditioning network.
+        ke_rank (`int`, *optional*, defaults to `1`):
+            Rank of KnowledgeEditor's additive shift term.
+        ft_steps (`int`, *optional*, defaults to `10`):
+            Maximum number of optimisation steps of the fine-tuning editor.
+        ft_lr (`float`, *optional*, defaults to `1e-3`):
+            Step size of the fine-tuning editor.
+        ft_optimizer (`str`, *optional*, defaults to `"sgd"`):
+            `"sgd"` (the edit stays exactly low-rank) or `"adam"` (a dense update).
+        ft_early_stop (`bool`, *optional*, defaults to `True`):
+            Stop fine-tuning as soon as every target of the edit is predicted.
+        ft_loc_coef (`float`, *optional*, defaults to `0.0`):
+            Weight of the KL term on retain inputs for the locality-constrained fine-tuning variant (0 turns it off).
+
+    Parameters of the LiME language masks:
+
+    Args:
+        use_lime_mask (`bool`, *optional*, defaults to `True`):
+            Attach a language-specific hard-concrete mask to the editor's inputs (LiME). `False` gives the plain
+            (cross-lingually trained) editor.
+        mask_l0 (`bool`, *optional*, defaults to `True`):
+            Use hard-concrete gates with an expected-L0 penalty. `False` uses a plain learned scale per feature.
+        mask_temperature (`float`, *optional*, defaults to `2/3`):
+            Temperature `beta` of the hard-concrete distribution.
+        mask_stretch (`tuple[float, float]`, *optional*, defaults to `(-0.1, 1.1)`):
+            Stretch limits `(gamma, zeta)` of the gates before clamping to `[0, 1]`.
+        mask_init_drop_rate (`float`, *optional*, defaults to `0.5`):
+            Initial probability that a gate is closed; sets the initial `log_alpha`.
+        mask_offset (`float`, *optional*, defaults to `1.0`):
+            Constant added to the mask: inputs are scaled by `mask_offset + s * z`, so with 1.0 the mask amplifies
+            and never removes.
+    """
+
+    target_modules: Optional[Union[list[str], str]] = field(
+        default=None,
+        metadata={"help": "Modules to edit (names, suffixes or a regex); None picks the model family's FFN linears."},
+    )
+    layers_to_transform: Optional[Union[list[int], int]] = field(
+        default=None, metadata={"help": "Block indices to edit; None means the top `num_top_layers` blocks."}
+    )
+    layers_pattern: Optional[Union[list[str], str]] = field(
+        default=None, metadata={"help": "Name of the ModuleList holding the blocks, e.g. 'layer', 'h' or 'layers'."}
+    )
+    num_top_layers: int = field(default=3, metadata={"help": "Top blocks to edit when layers_to_transform is None."})
+    fan_in_fan_out: bool = field(
+        default=False, metadata={"help": "True when edited layers store weights as (fan_in, fan_out), e.g. Conv1D."}
+    )
+    languages: list[str] = field(
+        default_factory=list, metadata={"help": "Ordered language codes; the order is the mask row and is saved."}
+    )
+    editor: Literal["mend", "ke", "ft"] = field(
+        default="mend", metadata={"help": "Editing algorithm: 'mend', 'ke' (KnowledgeEditor) or 'ft' (fine-tuning)."}
+    )
+    edit_lr_init: float = field(default=1e-4, metadata={"help": "Initial learned per-layer edit step size."})
+    mend_rank: int = field(default=1920, metadata={"help": "Width of MEND's low-rank bottleneck."})
+    mend_n_hidden: int = field(default=1, metadata={"help": "Residual low-rank blocks per MEND network."})
+    mend_init: Literal["id", "random"] = field(
+        default="id", metadata={"help": "'id': networks start as the identity (one gradient step); 'random'."}
+    )
+    mend_norm: bool = field(default=True, metadata={"help": "Normalise MEND inputs with running statistics."})
+    mend_combine: bool = field(default=True, metadata={"help": "One network over [x, delta] (True) or one each."})
+    mend_shared: bool = field(
+        default=True, metadata={"help": "Share MEND networks across same-shape layers with per-layer scale/shift."}
+    )
+    ke_hidden_dim: int = field(default=128, metadata={"help": "Width of KnowledgeEditor's conditioning network."})
+    ke_rank: int = field(default=1, metadata={"help": "Rank of KnowledgeEditor's additive shift term."})
+    ft_steps: int = field(default=10, metadata={"help": "Maximum optimisation steps of the fine-tuning editor."})
+    ft_lr: float = field(default=1e-3, metadata={"help": "Step size of the fine-tuning editor."})
+    ft_optimizer: Literal["sgd", "adam"] = field(
+        default="sgd", metadata={"help": "'sgd' (exactly low-rank edits) or 'adam' (dense edits)."}
+    )
+    ft_early_stop: bool = field(default=True, metadata={"help": "Stop fine-tuning once the edit holds."})
+    ft_loc_coef: float = field(
+        default=0.0, metadata={"help": "KL weight on retain inputs for locality-constrained fine-tuning (0 = off)."}
+    )
+    use_lime_mask: bool = field(default=True, metadata={"help": "Attach LiME's language-specific masks."})
+    mask_l0: bool = field(default=True, metadata={"help": "Hard-concrete gates with an expected-L0 penalty."})
+    mask_temperature: float = field(default=2.0 / 3.0, metadata={"help": "Hard-concrete temperature beta."})
+    mask_stretch: tuple[float, float] = field(
+        default=(-0.1, 1.1), metadata={"help": "Stretch limits (gamma, zeta) of the hard-concrete gates."}
+    )
+    mask_init_drop_rate: float = field(default=0.5, metadata={"help": "Initial probability that a gate is closed."})
+    mask_offset: float = field(default=1.0, metadata={"help": "Added to the mask: inputs scale by offset + s*z."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.peft_type = PEFT_TYPE
+        if isinstance(self.target_modules, list):
+            self.target_modules = set(self.target_modules)
+        if isinstance(self.mask_stretch, list):
+            self.mask_stretch = tuple(self.mask_stretch)
+        self.languages = list(self.languages)
+        self._check_values()
+
+    def _check_values(self) -> None:
+        _check_choice("editor", self.editor, EDITORS)
+        _check_choice("mend_init", self.mend_init, ("id", "random"))
+        _check_choice("ft_optimizer", self.ft_optimizer, FT_OPTIMIZERS)
+        _check_languages(self.languages, required=self.use_lime_mask)
+        for name in ("num_top_layers", "mend_rank", "ke_hidden_dim", "ke_rank", "ft_steps"):
+            _check_positive_int(name, getattr(self, name))
+        if not isinstance(self.mend_n_hidden, int) or self.mend_n_hidden < 0:
+            raise ValueError(f"`mend_n_hidden` must be an int >= 0, got {self.mend_n_hidden!r}.")
+        for name in ("edit_lr_init", "ft_lr", "mask_temperature"):
+            _check_positive_float(name, getattr(self, name))
+        if not 0.0 < self.mask_init_drop_rate < 1.0:
+            raise ValueError(f"`mask_init_drop_rate` must be in (0, 1), got {self.mask_init_drop_rate!r}.")
+        _check_stretch(self.mask_stretch)
+        if self.ft_loc_coef < 0:
+            raise ValueError(f"`ft_loc_coef` must be >= 0, got {self.ft_loc_coef!r}.")
+        if self.layers_pattern and self.layers_to_transform is None:
+            raise ValueError("`layers_pattern` needs `layers_to_transform` to be set as well.")
+        if self.editor == "ft" and self.use_lime_mask:
+            warnings.warn("The fine-tuning editor has no inputs to mask: `use_lime_mask` is ignored for editor='ft'.")
+
+
+def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"`{name}` must be one of {list(allowed)}, got {value!r}.")
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+
+
+def _check_positive_float(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"`{name}` must be a positive finite number, got {value!r}.")
+
+
+def _check_languages(languages: list[str], required: bool) -> None:
+    if not all(isinstance(lang, str) and lang.strip() for lang in languages):
+        raise ValueError(f"`languages` must be a list of non-empty language codes, got {languages!r}.")
+    duplicates = sorted({lang for lang in languages if languages.count(lang) > 1})
+    if duplicates:
+        raise ValueError(f"`languages` has duplicates {duplicates}; each language needs its own mask row.")
+    if required and not languages:
+        raise ValueError(
+            "`languages` is empty but `use_lime_mask=True` needs one mask row per language: pass e.g. "
+            "languages=['en', 'fr', 'de'], or set use_lime_mask=False."
+        )
+
+
+def _check_stretch(stretch: tuple[float, float]) -> tuple[float, float]:
+    if len(stretch) != 2:
+        raise ValueError(f"`mask_stretch` must be a pair (gamma, zeta), got {stretch!r}.")
+    gamma, zeta = float(stretch[0]), float(stretch[1])
+    if not (gamma < 0.0 and zeta > 1.0):
+        raise ValueError(f"`mask_stretch` needs gamma < 0 < 1 < zeta, got {stretch!r}.")
+    return gamma, zeta

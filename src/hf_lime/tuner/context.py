@@ -1,0 +1,144 @@
+"""What an editor gets for one edit request: captured activations/gradients, masks, step sizes, a forward."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..editing import LayerDelta
+from ..masks import MaskBank
+from .layer import LimeLayer
+
+
+@dataclass
+class Captured:
+    """Per edited layer (by key): inputs `x` `(N, d_in)` and output gradients `δ` `(N, d_out)` of the N real tokens."""
+
+    inputs: dict[str, torch.Tensor]
+    grads: dict[str, torch.Tensor]
+    token_lang_ids: torch.Tensor | None
+    token_rows: torch.Tensor
+    loss: float
+
+
+class EditContext:
+    """
+    The model-side services an editor uses to compute one edit (see `hf_lime.editors.base`).
+
+    Args:
+        model (`nn.Module`): The model with LIME layers injected (called with `**batch`).
+        layers (`dict[str, LimeLayer]`): Edited layers by key.
+        batch (`dict[str, torch.Tensor]`): The edit batch, with `labels`.
+        lang_ids (`torch.Tensor`, *optional*): Language id per batch row, `None` without languages.
+        masks (`MaskBank`, *optional*): LiME masks, `None` or empty when off.
+        edit_lrs (`nn.Module`): Callable `key -> step size`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: dict[str, LimeLayer],
+        batch: dict[str, torch.Tensor],
+        lang_ids: torch.Tensor | None,
+        masks: MaskBank | None,
+        edit_lrs: nn.Module,
+    ) -> None:
+        self.model = model
+        self.layers = layers
+        self.batch = batch
+        self.lang_ids = lang_ids
+        self.masks = masks
+        self.edit_lrs = edit_lrs
+        self._captured: Captured | None = None
+
+    @property
+    def input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def edit_lr(self, key: str) -> torch.Tensor:
+        return self.edit_lrs(key)
+
+    def mask(self, key: str, token_lang_ids: torch.Tensor | None, d_in: int):
+        """`(input_mask, grad_mask)` of layer `key` for the given per-token languages, or `None` when LiME is off."""
+        if self.masks is None or not self.masks.enabled or token_lang_ids is None:
+            return None
+        return self.masks.split(key, token_lang_ids, d_in)
+
+    def capture(self) -> Captured:
+        """Run the model once on the edit batch; return each layer's inputs and loss gradients (cached)."""
+        if self._captured is None:
+            self._captured = capture_layer_grads(self.model, self.layers, self.batch, self.lang_ids)
+        return self._captured
+
+    def forward(self, deltas: dict[str, LayerDelta] | None = None, batch: dict[str, Any] | None = None):
+        """Model outputs on `batch` (default: the edit batch) with `deltas` added; nothing is modified."""
+        with apply_functional_deltas(self.layers, deltas or {}):
+            return self.model(**(batch if batch is not None else self.batch))
+
+
+@contextmanager
+def apply_functional_deltas(layers: dict[str, LimeLayer], deltas: dict[str, LayerDelta]):
+    """Add (possibly differentiable) deltas to the layers' outputs inside the block."""
+    unknown = sorted(set(deltas) - set(layers))
+    if unknown:
+        raise ValueError(f"Deltas for unknown layers {unknown}; edited layers are {sorted(layers)}.")
+    with ExitStack() as stack:
+        for key, delta in deltas.items():
+            stack.enter_context(layers[key].functional_delta(delta))
+        yield
+
+
+def capture_layer_grads(
+    model: nn.Module, layers: dict[str, LimeLayer], batch: dict[str, Any], lang_ids: torch.Tensor | None
+) -> Captured:
+    """Forward the edit batch recording every edited layer, then differentiate the loss w.r.t. the layer outputs."""
+    with ExitStack() as stack, torch.enable_grad():
+        records = {key: stack.enter_context(layer.capture()) for key, layer in layers.items()}
+        outputs = model(**batch)
+    loss = getattr(outputs, "loss", None)
+    if loss is None:
+        raise TypeError(
+            f"{type(model).__name__} returned no loss for the edit batch: edit a model with a task head "
+            "(e.g. *ForMaskedLM, *ForSequenceClassification, *ForCausalLM) and pass `labels`."
+        )
+    if not torch.isfinite(loss):
+        raise ValueError(f"The edit loss is not finite ({loss.item()}); check the labels and the model's dtype.")
+    flat = [(key, i) for key, recs in records.items() for i in range(len(recs))]
+    grads = torch.autograd.grad(loss, [records[k][i].outputs for k, i in flat], allow_unused=True)
+    grad_of = dict(zip(flat, grads))
+    keep = _token_keep_mask(batch)
+    inputs, out_grads = {}, {}
+    for key, recs in records.items():
+        if not recs:
+            raise ValueError(f"The edited layer {layers[key].__class__.__name__} `{key}` was not called by the model.")
+        xs, ds = [], []
+        for i, rec in enumerate(recs):
+            g = grad_of[(key, i)]
+            xs.append(_flatten(rec.inputs, keep))
+            ds.append(_flatten(torch.zeros_like(rec.outputs) if g is None else g, keep))
+        inputs[key], out_grads[key] = torch.cat(xs).detach(), torch.cat(ds).detach()
+    rows = _token_rows(batch, keep)
+    token_lang = None if lang_ids is None else lang_ids.to(rows.device)[rows]
+    return Captured(inputs, out_grads, token_lang, rows, float(loss.detach()))
+
+
+def _token_keep_mask(batch: dict[str, Any]) -> torch.Tensor | None:
+    mask = batch.get("attention_mask")
+    return None if mask is None else mask.reshape(-1).bool()
+
+
+def _flatten(t: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    flat = t.reshape(-1, t.shape[-1])
+    if keep is not None and keep.numel() == flat.shape[0]:
+        flat = flat[keep.to(flat.device)]
+    return flat
+
+
+def _token_rows(batch: dict[str, Any], keep: torch.Tensor | None) -> torch.Tensor:
+    input_ids = batch["input_ids"]
+    rows = torch.arange(input_ids.shape[0], device=input_ids.device).repeat_interleave(input_ids.shape[1])
+    return rows if keep is None else rows[keep.to(rows.device)]

@@ -1,0 +1,266 @@
+"""`LimeModel`: the PEFT tuner of the "LIME" method. It owns the editor, the language masks and the step sizes."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from peft.tuners.tuners_utils import BaseTuner
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from ..editing import Edit, LayerDelta
+from ..editors import BaseEditor, EditorOutput, EditStepSizes, LayerSpec, build_editor
+from ..masks import MaskBank
+from .config import TARGET_MODULES_MAPPING, LimeConfig
+from .context import EditContext, apply_functional_deltas
+from .layer import LimeLayer
+from .validation import resolve_language_ids, validate_edit_batch
+
+CONTAINERS = ("lime_editor", "lime_masks", "lime_edit_lrs")
+
+
+class LimeModel(BaseTuner):
+    """
+    Cross-lingual model editing as a PEFT method. Create it with `get_peft_model(model, LimeConfig(...))`.
+
+    Example:
+
+    ```py
+    >>> from transformers import BertConfig, BertForMaskedLM
+    >>> from peft import get_peft_model
+    >>> from hf_lime import LimeConfig
+    >>> base = BertForMaskedLM(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2,
+    ...                                   num_attention_heads=2, intermediate_size=32))
+    >>> model = get_peft_model(base, LimeConfig(languages=["en", "fr"]))
+    >>> sorted(model.base_model.lime_layers)[:1]
+    ['bert-encoder-layer-0-intermediate-dense']
+    ```
+    """
+
+    prefix: str = "lime_"
+    tuner_layer_cls = LimeLayer
+    target_module_mapping = TARGET_MODULES_MAPPING
+    uses_shared_state: bool = True
+
+    def __init__(self, model: nn.Module, config: Any, adapter_name: str, **kwargs: Any) -> None:
+        self._lime_ready = False
+        super().__init__(model, config, adapter_name, **kwargs)
+        self.model.eval()
+
+    # ------------------------------------------------------------------------------------------- injection
+    def _check_new_adapter_config(self, config: LimeConfig) -> None:
+        super()._check_new_adapter_config(config)
+        if len(self.peft_config) > 1:
+            raise ValueError("hf_lime supports one LIME adapter per model; create another PEFT model for another.")
+
+    def _prepare_adapter_config(self, peft_config: LimeConfig, model_config: dict) -> LimeConfig:
+        num_layers = _num_blocks(model_config)
+        if peft_config.layers_to_transform is None and num_layers is not None:
+            top = min(peft_config.num_top_layers, num_layers)
+            peft_config.layers_to_transform = list(range(num_layers - top, num_layers))
+        if peft_config.target_modules is None:
+            suffixes = self.target_module_mapping.get(model_config.get("model_type"))
+            if suffixes is None:
+                raise ValueError(
+                    f"No default target modules for model type {model_config.get('model_type')!r}; pass "
+                    f"`target_modules`. Known model types: {sorted(self.target_module_mapping)}."
+                )
+            peft_config.target_modules = _block_regex(suffixes, peft_config.layers_to_transform)
+        return peft_config
+
+    def _create_and_replace(self, peft_config, adapter_name, target, target_name, parent, current_key, **kwargs):
+        if isinstance(target, LimeLayer):
+            raise ValueError(f"`{current_key}` already carries a LIME layer.")
+        if not isinstance(target, (nn.Linear, Conv1D)):
+            raise TypeError(
+                f"Target module `{current_key}` is a {type(target).__name__}; LIME edits `torch.nn.Linear` and "
+                "`transformers.pytorch_utils.Conv1D` layers only. Adjust `target_modules`."
+            )
+        if isinstance(target, Conv1D) and not peft_config.fan_in_fan_out:
+            warnings.warn("Target modules are `Conv1D` layers: setting `fan_in_fan_out=True`.")
+            peft_config.fan_in_fan_out = True
+        new_module = LimeLayer(target, adapter_name, fan_in_fan_out=peft_config.fan_in_fan_out)
+        self._replace_module(parent, target_name, new_module, target)
+
+    def inject_adapter(self, model: nn.Module, adapter_name: str, **kwargs: Any) -> None:
+        super().inject_adapter(model, adapter_name, **kwargs)
+        self._build_editor_state(adapter_name)
+
+    def _build_editor_state(self, adapter_name: str) -> None:
+        config = self.peft_config[adapter_name]
+        specs = self.layer_specs
+        editor = build_editor(specs, config)
+        widths = {s.key: s.d_in + s.d_out for s in specs} if (config.use_lime_mask and editor.uses_masks) else {}
+        masks = MaskBank(
+            widths,
+            num_languages=len(config.languages),
+            use_l0=config.mask_l0,
+            offset=config.mask_offset,
+            temperature=config.mask_temperature,
+            stretch=tuple(config.mask_stretch),
+            init_drop_rate=config.mask_init_drop_rate,
+        )
+        for name, module in zip(CONTAINERS, (editor, masks, EditStepSizes([s.key for s in specs], config.edit_lr_init))):
+            if not hasattr(self, name):
+                setattr(self, name, nn.ModuleDict())
+            getattr(self, name)[adapter_name] = module
+            module.requires_grad_(not config.inference_mode)
+        device = next((p.device for p in self.model.parameters()), None)
+        if device is not None:
+            for name in CONTAINERS:
+                getattr(self, name)[adapter_name].to(device)
+        self._lime_ready = True
+
+    def _mark_only_adapters_as_trainable(self, model: nn.Module) -> None:
+        """Freeze the base model; the editor containers keep their own `requires_grad`."""
+        for param in model.parameters():
+            param.requires_grad = False
+
+    @classmethod
+    def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
+        for container in CONTAINERS:
+            marker = f"{container}.{adapter_name}."
+            if marker in key:
+                return key.replace(marker, f"{container}.", 1)
+        return super()._remove_adapter_name_from_key(key, adapter_name)
+
+    def train(self, mode: bool = True) -> LimeModel:
+        """Train the editor modules; the frozen base model always stays in eval mode (no dropout)."""
+        super().train(mode)
+        self.model.eval()
+        return self
+
+    # ------------------------------------------------------------------------------------------- accessors
+    @property
+    def _adapter(self) -> str:
+        return self.active_adapters[0]
+
+    @property
+    def lime_config(self) -> LimeConfig:
+        return self.peft_config[self._adapter]
+
+    @property
+    def lime_layers(self) -> dict[str, LimeLayer]:
+        """Edited layers by key (module name with "." replaced by "-")."""
+        return {_key(name): m for name, m in self.model.named_modules() if isinstance(m, LimeLayer)}
+
+    @property
+    def layer_specs(self) -> list[LayerSpec]:
+        return [
+            LayerSpec(key=_key(name), name=name, d_in=m.in_features, d_out=m.out_features)
+            for name, m in self.model.named_modules()
+            if isinstance(m, LimeLayer)
+        ]
+
+    @property
+    def editor(self) -> BaseEditor:
+        return self.lime_editor[self._adapter]
+
+    @property
+    def masks(self) -> MaskBank:
+        return self.lime_masks[self._adapter]
+
+    @property
+    def edit_lrs(self) -> EditStepSizes:
+        return self.lime_edit_lrs[self._adapter]
+
+    @property
+    def languages(self) -> list[str]:
+        return list(self.lime_config.languages)
+
+    def l0_penalty(self, lang_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Expected L0 norm of the language masks' gates (differentiable; 0 when LiME is off)."""
+        return self.masks.l0_penalty(lang_ids)
+
+    # ------------------------------------------------------------------------------------------- editing
+    def compute_edit(self, inputs: Any, language: str | Sequence[str] | None = None) -> EditorOutput:
+        """
+        Compute an edit without applying it. Differentiable in the editor's parameters when grad is enabled
+        (the trainer's functional path); combine with [`~LimeModel.apply_deltas`] to get post-edit outputs.
+        """
+        batch = validate_edit_batch(inputs)
+        languages, lang_ids = resolve_language_ids(language, self.languages, batch["input_ids"].shape[0])
+        device = batch["input_ids"].device
+        ctx = EditContext(
+            self.model,
+            self.lime_layers,
+            batch,
+            None if lang_ids is None else lang_ids.to(device),
+            self.masks,
+            self.edit_lrs,
+        )
+        output = self.editor.compute_deltas(ctx)
+        output.info.languages = languages
+        return output
+
+    def edit(self, inputs: Any, language: str | Sequence[str] | None = None) -> Edit:
+        """
+        Compute an edit and apply it.
+
+        Args:
+            inputs (`Mapping[str, torch.Tensor]`): The tokenized edit prompt(s) with `labels` marking the new target
+                (`-100` except the target positions for masked/causal LMs; a class id per row for classifiers).
+            language (`str` or `list[str]`, *optional*): The editing language, or one per row. Required when the
+                adapter has `languages`.
+
+        Returns:
+            [`Edit`]: the applied edit; `edit.revert()` restores the model bit for bit.
+        """
+        with torch.no_grad():
+            output = self.compute_edit(inputs, language)
+        deltas = _checked_deltas(output.deltas)
+        layers = self.lime_layers
+        return Edit(deltas, layers, output.info).apply()
+
+    @contextmanager
+    def apply_deltas(self, deltas: dict[str, LayerDelta]):
+        """Run the model with (differentiable) deltas added inside the block; nothing is modified or copied."""
+        with apply_functional_deltas(self.lime_layers, deltas):
+            yield
+
+    @property
+    def applied_edit_ids(self) -> list[int]:
+        ids: list[int] = []
+        for layer in self.lime_layers.values():
+            ids.extend(i for i in layer.applied_edit_ids if i not in ids)
+        return ids
+
+    def revert_all(self) -> None:
+        """Remove every applied (unmerged) edit."""
+        for layer in self.lime_layers.values():
+            for edit_id in layer.applied_edit_ids:
+                layer.remove_delta(edit_id)
+
+
+def _checked_deltas(deltas: dict[str, LayerDelta]) -> dict[str, LayerDelta]:
+    for key, delta in deltas.items():
+        tensors = [delta.B] + ([] if delta.A is None else [delta.A])
+        if not all(torch.isfinite(t).all() for t in tensors):
+            raise ValueError(f"The editor produced a non-finite update for layer `{key}`; the model was not changed.")
+    return deltas
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "-")
+
+
+def _num_blocks(model_config: dict) -> int | None:
+    for name in ("num_hidden_layers", "n_layer", "num_layers"):
+        value = model_config.get(name)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def _block_regex(suffixes: list[str], layers: list[int] | int | None) -> str:
+    """A regex matching `<...>.<block index>.<suffix>` for the given blocks (any block when `layers` is None)."""
+    if layers is None:
+        index = r"\d+"
+    else:
+        index = "|".join(str(i) for i in ([layers] if isinstance(layers, int) else layers))
+    return rf".*\.({index})\.({'|'.join(re.escape(s) for s in suffixes)})"
