@@ -120,7 +120,8 @@ class Edit:
         if self.state == "merged":
             warnings.warn(
                 "Reverting a merged edit subtracts ΔW from the weights; floating-point rounding means the weights "
-                "may differ from the originals in the last bits."
+                "may differ from the originals in the last bits.",
+                stacklevel=2,
             )
             self._add_to_weights(sign=-1.0)
         elif self.state == "applied":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Literal, Optional, Union
+from typing import Literal
 
 from peft.config import PeftConfig
 
@@ -121,14 +121,14 @@ class LimeConfig(PeftConfig):
             and never removes.
     """
 
-    target_modules: Optional[Union[list[str], str]] = field(
+    target_modules: list[str] | str | None = field(
         default=None,
         metadata={"help": "Modules to edit (names, suffixes or a regex); None picks the model family's FFN linears."},
     )
-    layers_to_transform: Optional[Union[list[int], int]] = field(
+    layers_to_transform: list[int] | int | None = field(
         default=None, metadata={"help": "Block indices to edit; None means the top `num_top_layers` blocks."}
     )
-    layers_pattern: Optional[Union[list[str], str]] = field(
+    layers_pattern: list[str] | str | None = field(
         default=None, metadata={"help": "Name of the ModuleList holding the blocks, e.g. 'layer', 'h' or 'layers'."}
     )
     num_top_layers: int = field(default=3, metadata={"help": "Top blocks to edit when layers_to_transform is None."})
@@ -201,7 +201,10 @@ class LimeConfig(PeftConfig):
         if self.layers_pattern and self.layers_to_transform is None:
             raise ValueError("`layers_pattern` needs `layers_to_transform` to be set as well.")
         if self.editor == "ft" and self.use_lime_mask:
-            warnings.warn("The fine-tuning editor has no inputs to mask: `use_lime_mask` is ignored for editor='ft'.")
+            warnings.warn(
+                "The fine-tuning editor has no inputs to mask: `use_lime_mask` is ignored for editor='ft'.",
+                stacklevel=2,
+            )
 
 
 def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:

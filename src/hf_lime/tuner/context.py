@@ -109,7 +109,7 @@ def capture_layer_grads(
         raise ValueError(f"The edit loss is not finite ({loss.item()}); check the labels and the model's dtype.")
     flat = [(key, i) for key, recs in records.items() for i in range(len(recs))]
     grads = torch.autograd.grad(loss, [records[k][i].outputs for k, i in flat], allow_unused=True)
-    grad_of = dict(zip(flat, grads))
+    grad_of = dict(zip(flat, grads, strict=True))
     keep = _token_keep_mask(batch)
     inputs, out_grads = {}, {}
     for key, recs in records.items():

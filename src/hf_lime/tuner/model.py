@@ -82,7 +82,7 @@ class LimeModel(BaseTuner):
                 "`transformers.pytorch_utils.Conv1D` layers only. Adjust `target_modules`."
             )
         if isinstance(target, Conv1D) and not peft_config.fan_in_fan_out:
-            warnings.warn("Target modules are `Conv1D` layers: setting `fan_in_fan_out=True`.")
+            warnings.warn("Target modules are `Conv1D` layers: setting `fan_in_fan_out=True`.", stacklevel=2)
             peft_config.fan_in_fan_out = True
         new_module = LimeLayer(target, adapter_name, fan_in_fan_out=peft_config.fan_in_fan_out)
         self._replace_module(parent, target_name, new_module, target)
@@ -105,7 +105,9 @@ class LimeModel(BaseTuner):
             stretch=tuple(config.mask_stretch),
             init_drop_rate=config.mask_init_drop_rate,
         )
-        for name, module in zip(CONTAINERS, (editor, masks, EditStepSizes([s.key for s in specs], config.edit_lr_init))):
+        for name, module in zip(
+            CONTAINERS, (editor, masks, EditStepSizes([s.key for s in specs], config.edit_lr_init)), strict=True
+        ):
             if not hasattr(self, name):
                 setattr(self, name, nn.ModuleDict())
             getattr(self, name)[adapter_name] = module
@@ -210,12 +212,28 @@ class LimeModel(BaseTuner):
 
         Returns:
             [`Edit`]: the applied edit; `edit.revert()` restores the model bit for bit.
+
+        The editor runs in evaluation mode here (deterministic gates, frozen statistics) whatever `model.training`
+        says; training uses [`~LimeModel.compute_edit`].
         """
-        with torch.no_grad():
+        with torch.no_grad(), self._editor_eval_mode():
             output = self.compute_edit(inputs, language)
         deltas = _checked_deltas(output.deltas)
         layers = self.lime_layers
         return Edit(deltas, layers, output.info).apply()
+
+    @contextmanager
+    def _editor_eval_mode(self):
+        """Deterministic gates and frozen statistics while an applied edit is computed."""
+        modules = [getattr(self, name)[self._adapter] for name in CONTAINERS]
+        modes = [m.training for m in modules]
+        for m in modules:
+            m.eval()
+        try:
+            yield
+        finally:
+            for m, mode in zip(modules, modes, strict=True):
+                m.train(mode)
 
     @contextmanager
     def apply_deltas(self, deltas: dict[str, LayerDelta]):

@@ -47,9 +47,7 @@ def validate_edit_batch(inputs: Any) -> dict[str, Any]:
 def _check_labels(labels: torch.Tensor, input_ids: torch.Tensor) -> None:
     if labels.dim() == 1:
         if labels.shape[0] != input_ids.shape[0]:
-            raise ValueError(
-                f"Class labels have {labels.shape[0]} entries for a batch of {input_ids.shape[0]} rows."
-            )
+            raise ValueError(f"Class labels have {labels.shape[0]} entries for a batch of {input_ids.shape[0]} rows.")
         if (labels < 0).any():
             raise ValueError(f"Class labels must be >= 0, got {labels.tolist()}.")
         return
@@ -59,9 +57,7 @@ def _check_labels(labels: torch.Tensor, input_ids: torch.Tensor) -> None:
         )
     empty = [i for i, row in enumerate(labels) if not (row != -100).any()]
     if empty:
-        raise ValueError(
-            f"Rows {empty} of `labels` have no target position (all -100): mark the new target's tokens."
-        )
+        raise ValueError(f"Rows {empty} of `labels` have no target position (all -100): mark the new target's tokens.")
 
 
 def resolve_language_ids(

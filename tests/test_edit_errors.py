@@ -1,0 +1,84 @@
+"""Bad edit input raises a clear error and leaves the model exactly as it was."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import build_model, make_batch
+from peft import get_peft_model
+
+from hf_lime import LimeConfig
+
+
+@pytest.fixture
+def model():
+    return get_peft_model(build_model("bert-mlm"), LimeConfig(languages=["en", "fr"], edit_lr_init=1.0))
+
+
+def _snapshot(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _bad_batches():
+    good = make_batch("masked_lm")
+    no_labels = {k: v for k, v in good.items() if k != "labels"}
+    empty_row = dict(good, labels=good["labels"].clone())
+    empty_row["labels"][1] = -100
+    float_ids = dict(good, input_ids=good["input_ids"].float())
+    float_labels = dict(good, labels=good["labels"].float())
+    wrong_shape = dict(good, labels=good["labels"][:, :3])
+    wrong_mask = dict(good, attention_mask=good["attention_mask"][:, :3])
+    one_d_ids = dict(good, input_ids=good["input_ids"][0])
+    return [
+        (no_labels, ValueError, "labels"),
+        (empty_row, ValueError, r"Rows \[1\].*no target"),
+        (float_ids, TypeError, "integer"),
+        (float_labels, TypeError, "integer"),
+        (wrong_shape, ValueError, "shape"),
+        (wrong_mask, ValueError, "attention_mask"),
+        (one_d_ids, ValueError, "batch, sequence"),
+        ([1, 2, 3], TypeError, "mapping"),
+    ]
+
+
+@pytest.mark.parametrize(("batch", "error", "message"), _bad_batches())
+def test_bad_batch(model, batch, error, message):
+    before = _snapshot(model)
+    with pytest.raises(error, match=message):
+        model.edit(batch, language="en")
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert model.base_model.applied_edit_ids == []
+
+
+@pytest.mark.parametrize(
+    ("language", "message"),
+    [("xx", r"Unknown language.*\['en', 'fr'\]"), (None, "Pass the editing `language`"), (["en"], "2 rows"), (3, "")],
+)
+def test_bad_language(model, language, message):
+    before = _snapshot(model)
+    with pytest.raises((ValueError, TypeError), match=message):
+        model.edit(make_batch("masked_lm"), language=language)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert model.base_model.applied_edit_ids == []
+
+
+def test_model_without_head_is_rejected():
+    from transformers import BertConfig, BertModel
+
+    base = BertModel(
+        BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
+    )
+    model = get_peft_model(base, LimeConfig(languages=["en"]))
+    batch = make_batch("masked_lm")
+    with pytest.raises((TypeError, ValueError)):
+        model.edit(batch, language="en")
+    assert model.base_model.applied_edit_ids == []
+
+
+def test_non_finite_update_is_refused(model):
+    with torch.no_grad():
+        model.base_model.edit_lrs.lrs.fill_(float("inf"))
+    with pytest.raises(ValueError, match="non-finite"):
+        model.edit(make_batch("masked_lm"), language="en")
+    assert model.base_model.applied_edit_ids == []

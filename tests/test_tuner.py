@@ -1,0 +1,224 @@
+"""The LIME PEFT method on every supported family: edits, revert, merge, stacking, save/load, files written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import FAMILIES, build_model, make_batch
+from peft import PeftModel, get_peft_model
+from safetensors.torch import load_file
+
+import hf_lime  # noqa: F401  (registers the method)
+from hf_lime import LimeConfig, LimeLayer
+
+LANGS = ["en", "fr", "de"]
+
+
+def lime_model(family: str, seed: int = 0, **config):
+    config.setdefault("languages", LANGS)
+    return get_peft_model(build_model(family, seed), LimeConfig(**config))
+
+
+def base_state(model) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.get_base_model().state_dict().items()}
+
+
+def outputs(model, batch) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_injects_top_ffn_layers(family):
+    model = lime_model(family)
+    layers = model.base_model.lime_layers
+    assert len(layers) == 6  # two FFN linears in each of the top 3 of 3 blocks
+    assert all(isinstance(m, LimeLayer) for m in layers.values())
+    assert not any("attention" in name or "attn" in name for name in layers)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".lime_" in n for n in trainable)
+
+
+def test_num_top_layers_selects_the_top_blocks():
+    model = lime_model("bert-mlm", num_top_layers=1)
+    assert sorted(model.base_model.lime_layers) == [
+        "bert-encoder-layer-2-intermediate-dense",
+        "bert-encoder-layer-2-output-dense",
+    ]
+    assert model.peft_config["default"].layers_to_transform == [2]
+
+
+def test_gpt2_conv1d_switches_fan_in_fan_out():
+    with pytest.warns(UserWarning, match="fan_in_fan_out"):
+        model = lime_model("gpt2")
+    assert model.peft_config["default"].fan_in_fan_out
+    assert all(layer.fan_in_fan_out for layer in model.base_model.lime_layers.values())
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_untrained_edit_is_one_gradient_step(family):
+    """Identity-initialised MEND without masks: ΔW == -lr · ∇W L exactly (up to float rounding)."""
+    lr = 0.5
+    model = lime_model(family, use_lime_mask=False, languages=[], edit_lr_init=lr)
+    batch = make_batch(FAMILIES[family].task)
+    layers = model.base_model.lime_layers
+    weights = [layer.get_base_layer().weight for layer in layers.values()]
+    for w in weights:
+        w.requires_grad_(True)
+    loss = model(**batch).loss
+    grads = torch.autograd.grad(loss, weights)
+    for w in weights:
+        w.requires_grad_(False)
+    edit = model.edit(batch)
+    for (key, layer), grad in zip(layers.items(), grads, strict=True):
+        expected = -lr * (grad.T if layer.fan_in_fan_out else grad)
+        torch.testing.assert_close(edit.deltas[key].dense(), expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_edit_lowers_loss_and_moves_prediction(family):
+    model = lime_model(family, edit_lr_init=1.0)
+    task = FAMILIES[family].task
+    batch = make_batch(task)
+    before = model(**batch)
+    edit = model.edit(batch, language="fr")
+    after = model(**batch)
+    assert after.loss < before.loss
+    assert edit.info.loss_before == pytest.approx(before.loss.item(), rel=1e-5)
+    if task == "masked_lm":
+        p_before = before.logits[:, 3].softmax(-1)[:, 7]
+        p_after = after.logits[:, 3].softmax(-1)[:, 7]
+        assert (p_after > p_before).all()
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_revert_is_bit_exact(family):
+    model = lime_model(family, edit_lr_init=1.0)
+    batch = make_batch(FAMILIES[family].task)
+    state, logits = base_state(model), outputs(model, batch)
+    edit = model.edit(batch, language="en")
+    assert not torch.equal(outputs(model, batch), logits)
+    edit.revert()
+    assert torch.equal(outputs(model, batch), logits)
+    after = model.get_base_model().state_dict()
+    assert all(torch.equal(state[k], after[k]) for k in state)
+    assert model.base_model.applied_edit_ids == []
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_merge_equals_apply(family):
+    model = lime_model(family, edit_lr_init=1.0)
+    batch = make_batch(FAMILIES[family].task)
+    edit = model.edit(batch, language="de")
+    applied = outputs(model, batch)
+    edit.merge()
+    assert edit.state == "merged" and model.base_model.applied_edit_ids == []
+    torch.testing.assert_close(outputs(model, batch), applied, rtol=1e-5, atol=1e-5)
+
+
+def test_edits_stack_in_order_and_context_manager_reverts():
+    model = lime_model("bert-mlm", edit_lr_init=1.0)
+    b1, b2 = make_batch("masked_lm", seed=1), make_batch("masked_lm", seed=2, target=9)
+    clean = outputs(model, b1)
+    first = model.edit(b1, language="en")
+    after_first = outputs(model, b1)
+    with model.edit(b2, language="fr") as second:
+        assert model.base_model.applied_edit_ids == [first.id, second.id]
+        assert not torch.equal(outputs(model, b1), after_first)
+    assert second.state == "reverted"
+    assert torch.equal(outputs(model, b1), after_first)
+    first.revert()
+    assert torch.equal(outputs(model, b1), clean)
+
+
+def test_second_edit_sees_the_first():
+    """A stacked edit is computed on the already-edited model (its gradient differs)."""
+    model = lime_model("bert-mlm", edit_lr_init=1.0)
+    batch = make_batch("masked_lm")
+    first = model.edit(batch, language="en")
+    second = model.edit(batch, language="en")
+    key = next(iter(first.deltas))
+    assert not torch.allclose(first.deltas[key].dense(), second.deltas[key].dense())
+
+
+def test_batched_edit_one_language_per_row_uses_each_rows_mask():
+    model = lime_model("bert-mlm", edit_lr_init=1.0).eval()  # deterministic gates
+    with torch.no_grad():
+        model.base_model.masks.masks["bert-encoder-layer-2-output-dense"].scale[1].mul_(5.0)
+    batch = make_batch("masked_lm")
+    same = model.base_model.compute_edit(batch, ["en", "en"]).deltas
+    mixed = model.base_model.compute_edit(batch, ["en", "fr"]).deltas
+    key = "bert-encoder-layer-2-output-dense"
+    assert not torch.allclose(same[key].dense(), mixed[key].dense())
+    other = "bert-encoder-layer-2-intermediate-dense"
+    torch.testing.assert_close(same[other].dense(), mixed[other].dense())
+
+
+def test_applying_an_edit_copies_no_weights():
+    model = lime_model("bert-mlm", edit_lr_init=1.0)
+    ptrs = {k: v.data_ptr() for k, v in model.get_base_model().state_dict().items()}
+    model.edit(make_batch("masked_lm"), language="en")
+    assert {k: v.data_ptr() for k, v in model.get_base_model().state_dict().items()} == ptrs
+
+
+def test_functional_path_is_differentiable_and_leaves_base_untouched():
+    model = lime_model("bert-mlm")
+    model.train()
+    tuner = model.base_model
+    batch, update = make_batch("masked_lm", seed=1), make_batch("masked_lm", seed=2)
+    state = base_state(model)
+    out = tuner.compute_edit(batch, ["en", "fr"])
+    with tuner.apply_deltas(out.deltas):
+        loss = model(**update).loss + tuner.l0_penalty()
+    loss.backward()
+    for name in ("lime_editor", "lime_masks", "lime_edit_lrs"):
+        grads = [p.grad for n, p in model.named_parameters() if f".{name}." in n]
+        assert grads and any(g is not None and g.abs().sum() > 0 for g in grads), name
+    after = model.get_base_model().state_dict()
+    assert all(torch.equal(state[k], after[k]) for k in state)
+    assert tuner.applied_edit_ids == []
+    assert not tuner.model.training  # the frozen base model never enters train mode
+
+
+@pytest.mark.parametrize("family", ["bert-mlm", "bert-cls", "gpt2"])
+def test_save_load_reproduces_outputs_and_post_edit_outputs(tmp_path, family):
+    model = lime_model(family, edit_lr_init=1.0, mend_init="random")
+    with torch.no_grad():
+        for p in model.base_model.lime_masks.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    batch = make_batch(FAMILIES[family].task)
+    clean = outputs(model, batch)
+    with model.edit(batch, language="fr"):
+        edited = outputs(model, batch)
+    model.save_pretrained(tmp_path)
+    loaded = PeftModel.from_pretrained(build_model(family), tmp_path)
+    assert torch.equal(outputs(loaded, batch), clean)
+    with loaded.edit(batch, language="fr"):
+        assert torch.equal(outputs(loaded, batch), edited)
+
+
+def test_files_written_and_non_default_adapter_name(tmp_path):
+    model = get_peft_model(build_model("bert-mlm"), LimeConfig(languages=LANGS), adapter_name="xl")
+    model.save_pretrained(tmp_path)
+    folder = tmp_path / "xl"
+    assert sorted(p.name for p in folder.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    config = json.loads((folder / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LIME" and config["languages"] == LANGS
+    keys = load_file(folder / "adapter_model.safetensors").keys()
+    assert keys and all(".lime_" in k for k in keys)
+    assert not any(".xl." in k for k in keys)  # the adapter name is not baked into the keys
+    assert not any("word_embeddings" in k or "base_layer" in k for k in keys)  # never base weights
+    loaded = PeftModel.from_pretrained(build_model("bert-mlm"), folder, adapter_name="other")
+    ours = {k.replace(".xl.", "."): v for k, v in model.state_dict().items()}
+    theirs = {k.replace(".other.", "."): v for k, v in loaded.state_dict().items()}
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_language_order_is_saved_and_reloaded(tmp_path):
+    model = lime_model("bert-mlm", languages=["zh", "en", "ar"])
+    model.save_pretrained(tmp_path)
+    loaded = PeftModel.from_pretrained(build_model("bert-mlm"), tmp_path)
+    assert loaded.base_model.languages == ["zh", "en", "ar"]
