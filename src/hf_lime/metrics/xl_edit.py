@@ -1,0 +1,322 @@
+"""Cross-lingual edit metrics in plain numpy: edit success (ES) and locality (Loc) per language pair.
+
+An edit made in language `l_e` is scored in every evaluation language `l`. Each scored prediction is one *record*;
+records are grouped into cells `(l_e, l)`, each cell is the mean of its records, and the aggregates are means of
+cells (so a language pair with many records weighs as much as one with few). Definitions follow the LiME paper
+(https://huggingface.co/papers/2205.12677); every output is defined with its formula in `docs/metrics.md`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from numbers import Integral, Real
+
+import numpy as np
+
+KINDS = ("edit", "retain")
+"""Allowed values of `kinds`: `"edit"` records score edit success, `"retain"` records score locality."""
+
+SCALAR_METRIC_NAMES = (
+    "reliability",
+    "transfer",
+    "edit_success",
+    "locality",
+    "hmean",
+    "language_gap",
+    "language_std",
+)
+"""Float outputs, the ones a trainer logs."""
+
+METRIC_NAMES = SCALAR_METRIC_NAMES + (
+    "es_by_language",
+    "loc_by_language",
+    "es_matrix",
+    "loc_matrix",
+    "n_edits",
+    "n_records",
+)
+"""Every key of the result of `compute_xl_edit_metrics`, in order (`"ci"` is added only when bootstrapping)."""
+
+CI_METRIC_NAMES = ("reliability", "transfer", "edit_success", "locality", "hmean")
+"""Outputs that get a bootstrap confidence interval under the `"ci"` key."""
+
+CI_KEY = "ci"
+
+_FIELDS = ("predictions", "references", "edit_ids", "edit_languages", "eval_languages", "kinds")
+_NON_EMPTY_FIELDS = ("edit_ids", "edit_languages", "eval_languages")
+_MAX_BOOTSTRAP_CELLS = 4_000_000  # resamples x edits held in memory at once
+
+
+@dataclass
+class _Records:
+    """The validated input columns, as lists of str."""
+
+    predictions: list[str]
+    references: list[str]
+    edit_ids: list[str]
+    edit_languages: list[str]
+    eval_languages: list[str]
+    kinds: list[str]
+
+
+@dataclass
+class _CellTable:
+    """Correct and total record counts per edit (rows) and per `(edit language, eval language)` cell (columns)."""
+
+    cells: list[tuple[str, str]]
+    correct: np.ndarray
+    total: np.ndarray
+
+
+def _as_str_list(name: str, column) -> list[str]:
+    if hasattr(column, "tolist"):  # numpy arrays, pandas Series
+        column = column.tolist()
+    if isinstance(column, (str, bytes)) or not isinstance(column, Sequence):
+        raise ValueError(f"`{name}` must be a list of str (one per record), got {type(column).__name__}.")
+    values = list(column)
+    for i, value in enumerate(values):
+        if not isinstance(value, str):
+            raise ValueError(
+                f"`{name}[{i}]` is {type(value).__name__} {value!r}; every record value must be a str. Pass class ids "
+                "as strings, e.g. str(label); floats are rejected because '1.0' != '1'."
+            )
+        if value == "" and name in _NON_EMPTY_FIELDS:
+            raise ValueError(f"`{name}[{i}]` is an empty string; edit ids and language codes must be non-empty.")
+    return values
+
+
+def _validate_records(**columns) -> _Records:
+    values = {name: _as_str_list(name, columns[name]) for name in _FIELDS}
+    lengths = {name: len(column) for name, column in values.items()}
+    if len(set(lengths.values())) > 1:
+        listed = ", ".join(f"{name}={length}" for name, length in lengths.items())
+        raise ValueError(f"All inputs must have the same length (one entry per record), got {listed}.")
+    if lengths["predictions"] == 0:
+        raise ValueError("Empty input: at least one record is needed to compute cross-lingual edit metrics.")
+    for i, kind in enumerate(values["kinds"]):
+        if kind not in KINDS:
+            raise ValueError(f"`kinds[{i}]` is {kind!r}; allowed kinds are {KINDS}.")
+    records = _Records(**values)
+    _check_one_edit_language_per_edit(records)
+    return records
+
+
+def _check_one_edit_language_per_edit(records: _Records) -> None:
+    language_of: dict[str, str] = {}
+    for edit_id, language in zip(records.edit_ids, records.edit_languages, strict=True):
+        known = language_of.setdefault(edit_id, language)
+        if known != language:
+            raise ValueError(
+                f"Edit id {edit_id!r} appears with edit languages {known!r} and {language!r}; an edit is made in one "
+                "language, so give each (item, edit language) its own edit id."
+            )
+
+
+def _validate_bootstrap_options(bootstrap: int, confidence: float, seed: int) -> None:
+    if isinstance(bootstrap, bool) or not isinstance(bootstrap, Integral) or bootstrap < 0:
+        raise ValueError(f"`bootstrap` must be an int >= 0 (number of resamples; 0 disables), got {bootstrap!r}.")
+    if isinstance(confidence, bool) or not isinstance(confidence, Real) or not 0 < confidence < 1:
+        raise ValueError(f"`confidence` must be a float strictly between 0 and 1, got {confidence!r}.")
+    if isinstance(seed, bool) or not isinstance(seed, Integral) or seed < 0:
+        raise ValueError(f"`seed` must be an int >= 0, got {seed!r}.")
+
+
+def _build_table(records: _Records, kind: str, edit_index: dict[str, int]) -> _CellTable:
+    rows = [i for i, record_kind in enumerate(records.kinds) if record_kind == kind]
+    cells = sorted({(records.edit_languages[i], records.eval_languages[i]) for i in rows})
+    cell_index = {cell: j for j, cell in enumerate(cells)}
+    edit_rows = np.array([edit_index[records.edit_ids[i]] for i in rows], dtype=np.int64)
+    cell_cols = np.array([cell_index[(records.edit_languages[i], records.eval_languages[i])] for i in rows], np.int64)
+    hits = np.array([records.predictions[i] == records.references[i] for i in rows], dtype=np.float64)
+    correct = np.zeros((len(edit_index), len(cells)))
+    total = np.zeros_like(correct)
+    np.add.at(correct, (edit_rows, cell_cols), hits)
+    np.add.at(total, (edit_rows, cell_cols), 1.0)
+    return _CellTable(cells=cells, correct=correct, total=total)
+
+
+def _cell_means(table: _CellTable, weights: np.ndarray) -> np.ndarray:
+    """Cell means under per-edit weights of shape `(replicates, edits)`; NaN where a cell has no records."""
+    numerator = weights @ table.correct
+    denominator = weights @ table.total
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, numerator / denominator, np.nan)
+
+
+def _mean_present(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Mean over the columns selected by `mask`, skipping NaN (absent) cells; NaN when none is present."""
+    selected = values[:, mask]
+    present = ~np.isnan(selected)
+    count = present.sum(axis=1)
+    total = np.where(present, selected, 0.0).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def _harmonic_mean(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """`2ab / (a + b)`, 0 where `a + b == 0`, NaN where either is NaN."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        value = np.where(a + b > 0, 2 * a * b / (a + b), 0.0)
+    return np.where(np.isnan(a) | np.isnan(b), np.nan, value)
+
+
+def _summaries(es: _CellTable, loc: _CellTable, weights: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The `CI_METRIC_NAMES` for each weight replicate, and the ES cell means (for the per-language outputs)."""
+    es_means = _cell_means(es, weights)
+    loc_means = _cell_means(loc, weights)
+    diagonal = np.array([edit == evaluated for edit, evaluated in es.cells], dtype=bool)
+    out = {
+        "reliability": _mean_present(es_means, diagonal),
+        "transfer": _mean_present(es_means, ~diagonal),
+        "edit_success": _mean_present(es_means, np.ones_like(diagonal)),
+        "locality": _mean_present(loc_means, np.ones(len(loc.cells), dtype=bool)),
+    }
+    out["hmean"] = _harmonic_mean(out["edit_success"], out["locality"])
+    return out, es_means
+
+
+def _matrix(cells: list[tuple[str, str]], means: np.ndarray) -> dict[str, dict[str, float]]:
+    matrix: dict[str, dict[str, float]] = {}
+    for (edit_language, eval_language), value in zip(cells, means, strict=True):
+        matrix.setdefault(edit_language, {})[eval_language] = float(value)
+    return matrix
+
+
+def _by_language(cells: list[tuple[str, str]], means: np.ndarray) -> dict[str, float]:
+    """Per evaluation language: mean over edit languages of the present cells."""
+    languages = sorted({eval_language for _, eval_language in cells})
+    by_language = {}
+    for language in languages:
+        mask = np.array([eval_language == language for _, eval_language in cells], dtype=bool)
+        by_language[language] = float(means[mask].mean())
+    return by_language
+
+
+def _resample_weights(rng: np.random.Generator, replicates: int, n_edits: int) -> np.ndarray:
+    """How often each edit is drawn in each of `replicates` resamples of the edits, with replacement."""
+    draws = rng.integers(0, n_edits, size=(replicates, n_edits))
+    offsets = np.arange(replicates)[:, None] * n_edits
+    counts = np.bincount((draws + offsets).ravel(), minlength=replicates * n_edits)
+    return counts.reshape(replicates, n_edits).astype(np.float64)
+
+
+def _bootstrap(
+    es: _CellTable, loc: _CellTable, n_edits: int, resamples: int, confidence: float, seed: int
+) -> dict[str, list[float]]:
+    """Percentile bootstrap intervals over edits; replicates where a metric is undefined (NaN) are skipped."""
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _MAX_BOOTSTRAP_CELLS // n_edits)
+    collected: dict[str, list[np.ndarray]] = {name: [] for name in CI_METRIC_NAMES}
+    for start in range(0, resamples, chunk):
+        weights = _resample_weights(rng, min(chunk, resamples - start), n_edits)
+        summary, _ = _summaries(es, loc, weights)
+        for name in CI_METRIC_NAMES:
+            collected[name].append(summary[name])
+    alpha = (1.0 - confidence) / 2.0
+    intervals = {}
+    for name in CI_METRIC_NAMES:
+        values = np.concatenate(collected[name])
+        values = values[~np.isnan(values)]
+        if values.size == 0:
+            intervals[name] = [float("nan"), float("nan")]
+        else:
+            intervals[name] = [float(np.quantile(values, alpha)), float(np.quantile(values, 1.0 - alpha))]
+    return intervals
+
+
+def _point_estimates(es: _CellTable, loc: _CellTable, n_edits: int) -> dict:
+    """Every output except `n_records`, on the full data (each edit weighted once)."""
+    weights = np.ones((1, n_edits))
+    summary, es_means = _summaries(es, loc, weights)
+    loc_means = _cell_means(loc, weights)[0]
+    es_by_language = _by_language(es.cells, es_means[0])
+    spread = np.array(list(es_by_language.values()))
+    result = {name: float(summary[name][0]) for name in CI_METRIC_NAMES}
+    result["language_gap"] = float(spread.max() - spread.min()) if spread.size else float("nan")
+    result["language_std"] = float(spread.std()) if spread.size else float("nan")
+    result["es_by_language"] = es_by_language
+    result["loc_by_language"] = _by_language(loc.cells, loc_means)
+    result["es_matrix"] = _matrix(es.cells, es_means[0])
+    result["loc_matrix"] = _matrix(loc.cells, loc_means)
+    result["n_edits"] = n_edits
+    return result
+
+
+def compute_xl_edit_metrics(
+    predictions: Sequence[str],
+    references: Sequence[str],
+    edit_ids: Sequence[str],
+    edit_languages: Sequence[str],
+    eval_languages: Sequence[str],
+    kinds: Sequence[str],
+    bootstrap: int = 0,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict:
+    """Cross-lingual edit success and locality, per language pair and aggregated.
+
+    One record per scored prediction; all inputs are lists of str of equal length. A record is correct when its
+    prediction equals its reference exactly. Cells `(edit language, eval language)` are the mean of their records;
+    every aggregate is a mean of cells. Cells without records are absent from the matrices; an aggregate over no cells
+    (e.g. `transfer` when every edit is scored only in its own language) is NaN.
+
+    Args:
+        predictions (`list[str]`): The edited model's prediction for each record.
+        references (`list[str]`): For an `"edit"` record, the new target in the evaluation language; for a `"retain"`
+            record, the model's prediction before the edit.
+        edit_ids (`list[str]`): The edit each record belongs to (one edit language per edit id).
+        edit_languages (`list[str]`): The language the edit was made in.
+        eval_languages (`list[str]`): The language the record is evaluated in.
+        kinds (`list[str]`): `"edit"` (scores edit success) or `"retain"` (scores locality).
+        bootstrap (`int`, *optional*, defaults to `0`): Number of bootstrap resamples of the edit ids for confidence
+            intervals; `0` disables them.
+        confidence (`float`, *optional*, defaults to `0.95`): Coverage of the percentile intervals.
+        seed (`int`, *optional*, defaults to `0`): Seed of the resampling generator.
+
+    Returns:
+        `dict`: The keys of `METRIC_NAMES` (floats, nested dicts `{edit_lang: {eval_lang: value}}` for the matrices,
+        `{eval_lang: value}` for the per-language means, ints for the counts), plus `"ci"`
+        (`{name: [low, high]}` for `CI_METRIC_NAMES`) when `bootstrap > 0`.
+
+    Raises:
+        ValueError: On unequal lengths, empty input, non-str values, an unknown kind, an edit id with two edit
+            languages, or invalid bootstrap options.
+
+    Example:
+
+    ```python
+    >>> from hf_lime.metrics import compute_xl_edit_metrics
+    >>> result = compute_xl_edit_metrics(
+    ...     predictions=["Paris", "Paris", "Rome", "Berlin"],
+    ...     references=["Paris", "Paris", "Roma", "Berlin"],
+    ...     edit_ids=["e1", "e1", "e1", "e1"],
+    ...     edit_languages=["en", "en", "en", "en"],
+    ...     eval_languages=["en", "fr", "it", "fr"],
+    ...     kinds=["edit", "edit", "edit", "retain"],
+    ... )
+    >>> result["reliability"], result["transfer"], result["locality"]
+    (1.0, 0.5, 1.0)
+    >>> result["es_matrix"]
+    {'en': {'en': 1.0, 'fr': 1.0, 'it': 0.0}}
+
+    ```
+    """
+    records = _validate_records(
+        predictions=predictions,
+        references=references,
+        edit_ids=edit_ids,
+        edit_languages=edit_languages,
+        eval_languages=eval_languages,
+        kinds=kinds,
+    )
+    _validate_bootstrap_options(bootstrap, confidence, seed)
+    edit_index = {edit_id: i for i, edit_id in enumerate(dict.fromkeys(records.edit_ids))}
+    es_table = _build_table(records, "edit", edit_index)
+    loc_table = _build_table(records, "retain", edit_index)
+    result = _point_estimates(es_table, loc_table, len(edit_index))
+    result["n_records"] = len(records.predictions)
+    result = {name: result[name] for name in METRIC_NAMES}
+    if bootstrap > 0:
+        result[CI_KEY] = _bootstrap(es_table, loc_table, len(edit_index), int(bootstrap), float(confidence), int(seed))
+    return result
