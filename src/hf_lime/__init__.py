@@ -2,9 +2,13 @@
 
 from .editing import Edit, LayerDelta
 from .masks import HardConcreteGate, LanguageMask
+from .metrics.install import install_evaluate_module_on_import
 from .tuner import LimeConfig, LimeLayer, LimeModel
 
 __version__ = "0.1.0"
+
+# Makes `evaluate.load("lime_xl_edit")` work offline after `import hf_lime` (cheap when already installed).
+install_evaluate_module_on_import()
 
 __all__ = [
     "Edit",

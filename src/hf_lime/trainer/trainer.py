@@ -1,0 +1,191 @@
+"""`LimeTrainer`: a `Trainer` whose steps are cross-lingual editing episodes (works under `accelerate launch`)."""
+
+from __future__ import annotations
+
+import types
+from collections import defaultdict
+from typing import Any
+
+import torch
+from transformers import Trainer
+from transformers.utils import logging
+
+from .episode import EPISODE_METRICS, NONFINITE, run_episode
+from .training_args import LimeTrainingArguments
+
+logger = logging.get_logger(__name__)
+
+GROUPS = ("editor", "masks", "edit_lrs")
+
+
+class LimeTrainer(Trainer):
+    """
+    Trains the editor of a LIME adapter on cross-lingual episodes (DESIGN.md §2, LiME paper §3).
+
+    Each training step runs one batch of episodes: the editor computes an edit from the *edit* batch (in the
+    sampled editing language), the post-edit model is scored on the *update* batch (the same items in the sampled
+    updating language) and on the *retain* batch (unrelated items), all through the functional path — the base
+    weights are never touched. The episode goes through the model's own `forward`, so DDP synchronises the
+    editor's gradients across processes.
+
+    Args:
+        model (`PeftModel`): A model with a LIME adapter (`get_peft_model(base, LimeConfig(...))`).
+        args ([`LimeTrainingArguments`]): Training arguments.
+        task (`str`, *optional*): `"masked_lm"`, `"seq_cls"` or `"causal_lm"`; taken from the collator when it has
+            a `task` attribute.
+        **kwargs: Everything else [`~transformers.Trainer`] accepts (`train_dataset`, `eval_dataset`,
+            `data_collator`, `processing_class`, `callbacks`...).
+
+    Example:
+
+    ```py
+    >>> trainer = LimeTrainer(model=peft_model, args=LimeTrainingArguments("out", max_steps=100),
+    ...                       train_dataset=EpisodeDataset(...), data_collator=EpisodeCollator(tok, "masked_lm"))  # doctest: +SKIP
+    >>> trainer.train()  # doctest: +SKIP
+    ```
+    """
+
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, model=None, args: LimeTrainingArguments | None = None, task: str | None = None, **kwargs):
+        if args is None or not isinstance(args, LimeTrainingArguments):
+            raise TypeError("LimeTrainer needs `args` to be a LimeTrainingArguments.")
+        _check_lime_model(model)
+        self.task = task or getattr(kwargs.get("data_collator"), "task", None)
+        if self.task is None:
+            raise ValueError("Pass `task=` ('masked_lm', 'seq_cls' or 'causal_lm') or a collator with a `task`.")
+        _check_languages(model, args, kwargs)
+        super().__init__(model=model, args=args, **kwargs)
+        self.model_accepts_loss_kwargs = False
+        self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self.nonfinite_steps = 0
+        _install_episode_forward(model, self)
+
+    # ------------------------------------------------------------------------------------------- loss
+    def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
+        output = model(lime_episode=inputs)
+        mode = "train" if self.model.training else "eval"
+        for name, value in output.metrics.items():
+            self._metrics[mode][name].append(value)
+        return (output.loss, output) if return_outputs else output.loss
+
+    def _episode(self, peft_model, episode: dict[str, dict]):
+        a = self.args
+        return run_episode(peft_model, episode, self.task, a.c_edit, a.c_loc, a.c_l0)
+
+    def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys=None):
+        """Run the episode in eval mode (deterministic masks); editing needs gradients, so enable them."""
+        inputs = self._prepare_inputs(inputs)
+        with torch.enable_grad():
+            output = model(lime_episode=inputs)
+        for name, value in output.metrics.items():
+            self._metrics["eval"][name].append(value)
+        return output.loss.detach(), None, None
+
+    # ------------------------------------------------------------------------------------------- logging
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        prefix = "eval_" if mode == "eval" else ""
+        averaged = {f"{prefix}{k}": sum(v) / len(v) for k, v in self._metrics[mode].items() if v}
+        logs.update(averaged)
+        if mode == "train":
+            logs[NONFINITE] = self.nonfinite_steps
+        self._metrics[mode].clear()
+        super().log(logs, start_time)
+
+    def evaluation_loop(self, *args: Any, **kwargs: Any):
+        self._metrics["eval"].clear()
+        output = super().evaluation_loop(*args, **kwargs)
+        prefix = kwargs.get("metric_key_prefix", args[3] if len(args) > 3 else "eval")
+        for name in EPISODE_METRICS:
+            values = self._metrics["eval"].get(name)
+            if values:
+                output.metrics[f"{prefix}_{name}"] = sum(values) / len(values)
+        self._metrics["eval"].clear()
+        return output
+
+    # ------------------------------------------------------------------------------------------- optimizer
+    def create_optimizer(self, model=None):
+        """Three parameter groups: editor networks (`learning_rate`), masks and edit step sizes."""
+        if self.optimizer is None:
+            groups = _parameter_groups(self.model, self.args)
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
+            optimizer_kwargs.pop("lr", None)
+            self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+            _guard_nonfinite(self.optimizer, self)
+        return self.optimizer
+
+
+def _parameter_groups(model, args: LimeTrainingArguments) -> list[dict]:
+    params: dict[str, list[torch.nn.Parameter]] = {g: [] for g in GROUPS}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if ".lime_masks." in name:
+            params["masks"].append(param)
+        elif ".lime_edit_lrs." in name:
+            params["edit_lrs"].append(param)
+        else:
+            params["editor"].append(param)
+    rates = {"editor": args.learning_rate, "masks": args.mask_learning_rate, "edit_lrs": args.edit_lr_learning_rate}
+    decay = {"editor": args.weight_decay, "masks": 0.0, "edit_lrs": 0.0}
+    return [{"params": params[g], "lr": rates[g], "weight_decay": decay[g], "name": g} for g in GROUPS if params[g]]
+
+
+def _guard_nonfinite(optimizer: torch.optim.Optimizer, trainer: LimeTrainer) -> None:
+    """Skip (and count) optimizer steps whose gradients are not finite, instead of corrupting the editor."""
+    step = optimizer.step
+
+    def guarded_step(*args, **kwargs):
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if grads and not torch.isfinite(torch.stack([g.detach().float().norm() for g in grads])).all():
+            trainer.nonfinite_steps += 1
+            logger.warning(f"Non-finite meta-gradient: optimizer step skipped ({trainer.nonfinite_steps} so far).")
+            optimizer.zero_grad(set_to_none=True)
+            return None
+        return step(*args, **kwargs)
+
+    optimizer.step = guarded_step
+
+
+def _install_episode_forward(peft_model, trainer: LimeTrainer) -> None:
+    """Let `peft_model(lime_episode=...)` run an episode, so DDP's forward wraps the whole episode."""
+    if getattr(peft_model, "_lime_episode_forward", False):
+        peft_model._lime_trainer = trainer
+        return
+    original = peft_model.forward
+
+    def forward(self, *args, lime_episode=None, **kwargs):
+        if lime_episode is None:
+            return original(*args, **kwargs)
+        return self._lime_trainer._episode(self, lime_episode)
+
+    peft_model._lime_trainer = trainer
+    peft_model.forward = types.MethodType(forward, peft_model)
+    peft_model._lime_episode_forward = True
+
+
+def _check_lime_model(model) -> None:
+    tuner = getattr(model, "base_model", None)
+    if tuner is None or not hasattr(tuner, "compute_edit"):
+        raise TypeError(
+            f"LimeTrainer trains a PeftModel with a LIME adapter, got {type(model).__name__}; create it with "
+            "`get_peft_model(base_model, LimeConfig(...))`."
+        )
+    if not tuner.editor.requires_training:
+        raise ValueError(f"The {tuner.lime_config.editor!r} editor has nothing to train; evaluate it directly.")
+
+
+def _check_languages(model, args: LimeTrainingArguments, kwargs: dict) -> None:
+    adapter_languages = model.base_model.languages
+    if args.languages is not None and list(args.languages) != adapter_languages:
+        raise ValueError(
+            f"`args.languages` {args.languages} differ from the adapter's languages {adapter_languages}: the order "
+            "is the mask row order and must be the same."
+        )
+    for name in ("train_dataset", "eval_dataset"):
+        data_languages = getattr(kwargs.get(name), "languages", None)
+        if data_languages is not None and list(data_languages) != adapter_languages:
+            raise ValueError(
+                f"`{name}.languages` {list(data_languages)} differ from the adapter's languages {adapter_languages}."
+            )
