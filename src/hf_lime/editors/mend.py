@@ -4,9 +4,9 @@ For an edited layer the gradient of the edit loss is `∇W = Σ_t δ_t x_tᵀ`. 
 through a small network to `(x̃_t, δ̃_t)` and applies `ΔW = -lr · Σ_t δ̃_t x̃_tᵀ`, which is kept as the rank-`N`
 factors `B = -lr · δ̃ᵀ`, `A = x̃`. LiME multiplies `x` and `δ` by the editing language's mask first.
 
-Our networks are residual and identity-initialised around the normalisation, `u + g((u - μ) / σ)` with the last
-projection of `g` zero, so an untrained editor is exactly one gradient step of size `lr`, while the learned
-correction `g` works in normalised units like MEND's (which can rescale tiny gradients quickly).
+Our networks are residual and identity-initialised around the normalisation, `u + σ ⊙ g((u - μ) / σ)` with the
+last projection of `g` zero, so an untrained editor is exactly one gradient step of size `lr`; the correction is
+relative to each feature's scale, and the overall magnitude is learned by the per-layer step sizes.
 """
 
 from __future__ import annotations
@@ -92,14 +92,15 @@ class GradientTransform(nn.Module):
             mean, std = self.norm.stats(u)
             z = (u - mean) / std
         else:
-            z = u
+            std, z = None, u
         z = z * (1.0 + self.layer_scale[layer_index]) + self.layer_shift[layer_index]
         h = z
         for block in self.blocks:
             h = h + block(h)
-        # The learned correction lives in normalised units (as in MEND), so a few steps of training can rescale
-        # gradients of any magnitude; it starts at exactly zero, so the untrained editor is plain gradient descent.
-        return u + (h - z)
+        # The learned correction is computed in normalised units and mapped back to each feature's scale, so it is
+        # relative to the input (stable to train); it starts at exactly zero, so the untrained editor is plain
+        # gradient descent. The overall magnitude is learned by the per-layer edit step sizes.
+        return u + (h - z) * std if std is not None else u + (h - z)
 
 
 class MendEditor(BaseEditor):

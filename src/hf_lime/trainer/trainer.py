@@ -39,8 +39,9 @@ class LimeTrainer(Trainer):
     Example:
 
     ```py
-    >>> trainer = LimeTrainer(model=peft_model, args=LimeTrainingArguments("out", max_steps=100),
-    ...                       train_dataset=EpisodeDataset(...), data_collator=EpisodeCollator(tok, "masked_lm"))  # doctest: +SKIP
+    >>> args = LimeTrainingArguments("out", max_steps=100)  # doctest: +SKIP
+    >>> trainer = LimeTrainer(model=peft_model, args=args, train_dataset=EpisodeDataset(...),
+    ...                       data_collator=EpisodeCollator(tok, "masked_lm"))  # doctest: +SKIP
     >>> trainer.train()  # doctest: +SKIP
     ```
     """

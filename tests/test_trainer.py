@@ -1,0 +1,186 @@
+"""`LimeTrainer` on a tiny synthetic fact world: parameters that change, logs, checkpoints, resume, guards."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers_facts import LANGUAGES, build_fact_tokenizer, fact_items, pretrained_fact_model
+from peft import get_peft_model
+
+from hf_lime import LimeConfig
+from hf_lime.data.episodes import EpisodeCollator, EpisodeDataset
+from hf_lime.trainer import EPISODE_METRICS, LimeTrainer, LimeTrainingArguments
+
+
+@pytest.fixture(scope="module")
+def world():
+    tokenizer = build_fact_tokenizer()
+    items = fact_items()
+    return tokenizer, items, pretrained_fact_model(tokenizer, items, steps=150)
+
+
+def make_trainer(world, tmp_path, editor="mend", **overrides):
+    tokenizer, items, base = world
+    model = get_peft_model(_copy(base), LimeConfig(languages=LANGUAGES, editor=editor, mend_rank=16, edit_lr_init=1.0))
+    settings = dict(
+        output_dir=str(tmp_path / "out"), max_steps=6, per_device_train_batch_size=2, learning_rate=1e-3,
+        logging_steps=2, save_strategy="no", use_cpu=True, seed=0, n_retain=2, dataloader_num_workers=0,
+    )  # fmt: skip
+    settings.update(overrides)
+    args = LimeTrainingArguments(**settings)
+    episodes = EpisodeDataset(items, LANGUAGES, n_retain=2, num_episodes=24, seed=0)
+    return LimeTrainer(
+        model=model,
+        args=args,
+        train_dataset=episodes,
+        eval_dataset=EpisodeDataset(items, LANGUAGES, n_retain=2, num_episodes=6, seed=1),
+        data_collator=EpisodeCollator(tokenizer, "masked_lm"),
+    )
+
+
+def _copy(model):
+    clone = type(model)(model.config)
+    clone.load_state_dict(model.state_dict())
+    return clone.eval()
+
+
+def _trainable(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _base(model) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.get_base_model().state_dict().items()}
+
+
+@pytest.mark.parametrize("editor", ["mend", "ke"])
+def test_training_changes_every_trainable_parameter_and_no_base_weight(world, tmp_path, editor):
+    trainer = make_trainer(world, tmp_path, editor=editor, max_steps=8)
+    before, base_before = _trainable(trainer.model), _base(trainer.model)
+    trainer.train()
+    after = _trainable(trainer.model)
+    unchanged = [n for n in before if torch.equal(before[n], after[n])]
+    assert not unchanged, f"parameters that did not change: {unchanged}"
+    base_after = _base(trainer.model)
+    assert all(torch.equal(base_before[k], base_after[k]) for k in base_before)
+
+
+def test_logs_episode_metrics_and_groups(world, tmp_path):
+    trainer = make_trainer(world, tmp_path)
+    trainer.train()
+    logged = {k for entry in trainer.state.log_history for k in entry}
+    assert set(EPISODE_METRICS) <= logged
+    assert "nonfinite_grad_steps" in logged
+    groups = {g["name"]: g["lr"] for g in trainer.optimizer.param_groups}
+    assert set(groups) == {"editor", "masks", "edit_lrs"}
+
+
+def test_evaluate_reports_hmean_for_model_selection(world, tmp_path):
+    trainer = make_trainer(world, tmp_path)
+    metrics = trainer.evaluate()
+    for name in EPISODE_METRICS:
+        assert f"eval_{name}" in metrics
+    assert 0.0 <= metrics["eval_hmean"] <= 1.0
+
+
+def test_best_model_and_early_stopping(world, tmp_path):
+    from transformers import EarlyStoppingCallback
+
+    trainer = make_trainer(
+        world, tmp_path, max_steps=8, eval_strategy="steps", eval_steps=2, save_strategy="steps", save_steps=2,
+        load_best_model_at_end=True,
+    )  # fmt: skip
+    trainer.add_callback(EarlyStoppingCallback(early_stopping_patience=1, early_stopping_threshold=10.0))
+    trainer.train()
+    assert trainer.state.best_metric is not None
+    assert trainer.state.global_step < 8  # stopped early: no improvement of +10 in hmean is possible
+
+
+def test_checkpoints_hold_adapter_files_only(world, tmp_path):
+    trainer = make_trainer(world, tmp_path, max_steps=2, save_strategy="steps", save_steps=2)
+    trainer.train()
+    checkpoint = tmp_path / "out" / "checkpoint-2"
+    names = {p.name for p in checkpoint.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= names
+    assert not any(n.startswith("model") and n.endswith(".safetensors") for n in names)
+    assert not any(n.endswith(".bin") and "training_args" not in n for n in names)
+
+
+def test_resume_from_checkpoint_continues_exactly(world, tmp_path):
+    """Training 4 steps (checkpointing at 2) == resuming that checkpoint and training to 4, bit for bit."""
+    straight = make_trainer(world, tmp_path / "a", max_steps=4, save_strategy="steps", save_steps=2)
+    straight.train()
+    resumed = make_trainer(world, tmp_path / "b", max_steps=4)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "out" / "checkpoint-2"))
+    a, b = _trainable(straight.model), _trainable(resumed.model)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
+    fresh = make_trainer(world, tmp_path / "c", max_steps=4)
+    assert any(not torch.equal(a[n], p) for n, p in _trainable(fresh.model).items())  # it did train
+
+
+@pytest.mark.slow
+def test_trained_editor_beats_the_untrained_one_on_training_episodes(world, tmp_path):
+    """A few hundred episodes on a tiny fact world: edit success on those episodes rises clearly."""
+    tokenizer, items, _ = world
+    trainer = make_trainer(world, tmp_path, max_steps=120, per_device_train_batch_size=2, logging_steps=50,
+                           c_edit=1.0, c_loc=0.3, edit_lr_learning_rate=1e-2)  # fmt: skip
+    trainer.train_dataset = EpisodeDataset(items, LANGUAGES, n_retain=2, num_episodes=12, seed=0)
+    trainer.eval_dataset = trainer.train_dataset
+    before = trainer.evaluate()["eval_edit/acc"]
+    trainer.train()
+    after = trainer.evaluate()["eval_edit/acc"]
+    assert after >= before + 0.15, (before, after)
+
+
+def test_non_finite_gradients_are_skipped_and_counted(world, tmp_path, monkeypatch):
+    from hf_lime.trainer import trainer as trainer_module
+
+    calls = {"n": 0}
+    original = trainer_module.run_episode
+
+    def poisoned(*args, **kwargs):
+        out = original(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(trainer_module, "run_episode", poisoned)
+    trainer = make_trainer(world, tmp_path, max_steps=3, logging_steps=1)
+    trainer.train()
+    assert trainer.nonfinite_steps == 1
+    assert all(torch.isfinite(p).all() for p in _trainable(trainer.model).values())
+    assert any(entry.get("nonfinite_grad_steps") == 1 for entry in trainer.state.log_history)
+
+
+def test_rejects_mismatched_languages_and_untrainable_editors(world, tmp_path):
+    tokenizer, items, base = world
+    model = get_peft_model(_copy(base), LimeConfig(languages=LANGUAGES))
+    args = LimeTrainingArguments(output_dir=str(tmp_path), languages=["fr", "en", "de"], use_cpu=True)
+    with pytest.raises(ValueError, match="mask row order"):
+        LimeTrainer(model=model, args=args, data_collator=EpisodeCollator(tokenizer, "masked_lm"))
+    episodes = EpisodeDataset(items, ["de", "en", "fr"], n_retain=2)
+    args = LimeTrainingArguments(output_dir=str(tmp_path), use_cpu=True)
+    with pytest.raises(ValueError, match="train_dataset.languages"):
+        LimeTrainer(
+            model=model, args=args, train_dataset=episodes, data_collator=EpisodeCollator(tokenizer, "masked_lm")
+        )
+    ft = get_peft_model(_copy(base), LimeConfig(languages=LANGUAGES, editor="ft"))
+    with pytest.raises(ValueError, match="nothing to train"):
+        LimeTrainer(model=ft, args=args, data_collator=EpisodeCollator(tokenizer, "masked_lm"))
+    with pytest.raises(TypeError, match="LIME adapter"):
+        LimeTrainer(model=_copy(base), args=args, data_collator=EpisodeCollator(tokenizer, "masked_lm"))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"c_edit": -1.0}, "c_edit"),
+        ({"preset": "some"}, "preset"),
+        ({"n_edit": 0}, "n_edit"),
+        ({"remove_unused_columns": True}, ""),
+    ],
+)
+def test_training_arguments_validation(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        LimeTrainingArguments(output_dir=str(tmp_path), use_cpu=True, **kwargs)
