@@ -1,0 +1,175 @@
+"""Train a cross-lingual editor (LiME-MEND, MEND, KE) on parallel data, evaluate it across languages, save it.
+
+Examples (run from the repository root; `../shared/data` holds mLAMA and XNLI):
+
+    # LiME-MEND, all -> all over three languages, on a local masked LM (e.g. one made by `hf-lime prepare-model`)
+    python examples/train_lime.py --model_name_or_path outputs/models/me5-small-facts \
+        --dataset mlama --data_dir ../shared/data --languages en fr zh --relations P19 P36 P37 \
+        --max_steps 500 --output_dir outputs/lime-mend
+
+    # the same under Accelerate, two processes (on a CPU-only machine `--multi_gpu` gives two gloo processes;
+    # note that `--cpu --num_processes 2` silently runs ONE process)
+    accelerate launch --multi_gpu --num_processes 2 examples/train_lime.py --model_name_or_path ... --use_cpu
+
+    # monolingual training (en -> en), LiME off, KnowledgeEditor
+    python examples/train_lime.py ... --preset monolingual --no_lime --editor ke
+
+    # XNLI with a sequence classifier; the fine-tuning baseline needs no training and is only evaluated
+    python examples/train_lime.py --model_name_or_path outputs/models/me5-small-xnli --dataset xnli \
+        --data_dir ../shared/data --languages en de fr ru zh --editor ft --output_dir outputs/ft-xnli
+
+Every `TrainingArguments` flag works too (`--per_device_train_batch_size`, `--learning_rate`, `--eval_steps`...).
+At the end the script evaluates edits on the test split in every language, prints a per-language table, writes
+`metrics.json` and heatmaps to `--output_dir`, and saves the editor there (loadable with
+`PeftModel.from_pretrained` or `LimeEditor.from_pretrained`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from peft import get_peft_model
+from transformers import (
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    HfArgumentParser,
+    set_seed,
+)
+
+from hf_lime import LimeConfig
+from hf_lime.data import load_mlama, load_xnli
+from hf_lime.data.episodes import EpisodeCollator, EpisodeDataset, episode_languages
+from hf_lime.trainer import LimeTrainer, LimeTrainingArguments
+
+logger = logging.getLogger("train_lime")
+TASK_OF_DATASET = {"mlama": "masked_lm", "xnli": "seq_cls"}
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(metadata={"help": "Base model (a local folder or a Hub id)."})
+    editor: str = field(default="mend", metadata={"help": "'mend', 'ke' or 'ft'."})
+    lime: bool = field(default=True, metadata={"help": "LiME language masks on (--lime) or off (--no_lime)."})
+    edit_lr_init: float = field(default=1e-4, metadata={"help": "Initial learned edit step size."})
+    mend_rank: int = field(default=1920, metadata={"help": "MEND bottleneck width."})
+    num_top_layers: int = field(default=3, metadata={"help": "Edit the FFN linears of the top N blocks."})
+
+
+@dataclass
+class DataArguments:
+    dataset: str = field(default="mlama", metadata={"help": "'mlama' or 'xnli'."})
+    data_dir: str = field(default="../shared/data", metadata={"help": "Folder holding mlama1.1/ or xnli/."})
+    relations: list[str] | None = field(default=None, metadata={"help": "mLAMA relations (default: all)."})
+    max_per_relation: int | None = field(default=200, metadata={"help": "Cap on facts per relation."})
+    max_length: int = field(default=64, metadata={"help": "Maximum tokens per example."})
+    n_test_edits: int = field(default=20, metadata={"help": "Test edits per editing language."})
+    n_test_retain: int = field(default=8, metadata={"help": "Retain items scored per test edit."})
+
+
+def load_data(data_args: DataArguments, languages: list[str], seed: int):
+    if data_args.dataset == "mlama":
+        return load_mlama(
+            data_args.data_dir,
+            languages,
+            relations=data_args.relations,
+            max_per_relation=data_args.max_per_relation,
+            seed=seed,
+        )
+    if data_args.dataset == "xnli":
+        return load_xnli(data_args.data_dir, languages, seed=seed)
+    raise ValueError(f"--dataset must be 'mlama' or 'xnli', got {data_args.dataset!r}.")
+
+
+def load_base(model_args: ModelArguments, task: str):
+    auto = AutoModelForMaskedLM if task == "masked_lm" else AutoModelForSequenceClassification
+    tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)
+    model = auto.from_pretrained(model_args.model_name_or_path, attn_implementation="eager")
+    return model, tokenizer
+
+
+def episode_args(args: LimeTrainingArguments, languages: list[str]) -> dict:
+    chosen = episode_languages(args.preset, languages) if args.preset else {}
+    for name in ("edit_languages", "update_languages", "retain_languages"):
+        if getattr(args, name):
+            chosen[name] = list(getattr(args, name))
+    return chosen
+
+
+def label2id_of(model) -> dict[str, int] | None:
+    mapping = getattr(model.config, "label2id", None)
+    return {str(k): int(v) for k, v in mapping.items()} if mapping else None
+
+
+def main() -> None:
+    parser = HfArgumentParser((ModelArguments, DataArguments, LimeTrainingArguments))
+    model_args, data_args, args = parser.parse_args_into_dataclasses()
+    logging.basicConfig(level=logging.INFO if args.process_index == 0 else logging.WARNING)
+    if not args.languages:
+        raise ValueError("Pass --languages, e.g. --languages en fr zh")
+    languages, task = list(args.languages), TASK_OF_DATASET.get(data_args.dataset)
+    set_seed(args.seed)
+    splits = load_data(data_args, languages, args.seed)
+    base, tokenizer = load_base(model_args, task)
+    config = LimeConfig(
+        languages=languages,
+        editor=model_args.editor,
+        use_lime_mask=model_args.lime and model_args.editor != "ft",
+        edit_lr_init=model_args.edit_lr_init,
+        mend_rank=model_args.mend_rank,
+        num_top_layers=model_args.num_top_layers,
+    )
+    model = get_peft_model(base, config)
+    label2id = label2id_of(base) if task == "seq_cls" else None
+    collator = EpisodeCollator(tokenizer, task, label2id=label2id, max_length=data_args.max_length)
+    chosen = episode_args(args, languages)
+    train_info = {"dataset": data_args.dataset, "languages": languages, **chosen, "max_steps": args.max_steps}
+    if model.base_model.editor.requires_training:
+        common = {"languages": languages, "n_edit": args.n_edit, "n_retain": args.n_retain, **chosen}
+        trainer = LimeTrainer(
+            model=model,
+            args=args,
+            train_dataset=EpisodeDataset(splits["train"], seed=args.episode_seed, **common),
+            eval_dataset=EpisodeDataset(splits["validation"], seed=args.episode_seed + 1, num_episodes=64, **common),
+            data_collator=collator,
+            processing_class=tokenizer,
+        )
+        trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+        train_info["global_step"] = trainer.state.global_step
+    if args.process_index == 0:
+        finish(model, tokenizer, splits["test"], task, label2id, languages, data_args, args, train_info)
+
+
+def finish(model, tokenizer, test_items, task, label2id, languages, data_args, args, train_info) -> None:
+    """Evaluate on the test split (main process only), print the table, write metrics.json, plots and the editor."""
+    from hf_lime.evaluation import evaluate_editor, format_table, save_report
+
+    model.eval()
+    result = evaluate_editor(
+        model,
+        tokenizer,
+        test_items,
+        task,
+        languages=languages,
+        n_edits=data_args.n_test_edits,
+        n_retain=data_args.n_test_retain,
+        seed=args.seed,
+        label2id=label2id,
+        max_length=data_args.max_length,
+    )
+    print(format_table(result))
+    output_dir = Path(args.output_dir)
+    save_report(result, output_dir)
+    model.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    (output_dir / "training_info.json").write_text(json.dumps(train_info, indent=2))
+    logger.info("Editor, metrics.json and plots written to %s", output_dir)
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    main()
