@@ -84,9 +84,15 @@ def show_text_edit(output_dir: Path, languages: list[str]) -> None:
     other = next(row for row in probes if row["target_id"] != item["target_id"])
     new_targets = dict(zip(other["languages"], other["targets"], strict=True))
     print(f"\nText-level edit in en: {prompts['en'].replace('[Y]', '[MASK]')!r} -> {new_targets['en']!r}")
-    before = {lang: editor.predict(prompts[lang], language=lang, num_tokens=_n(editor, new_targets[lang])) for lang in languages}
+    before = {
+        lang: editor.predict(prompts[lang], language=lang, num_tokens=_n(editor, new_targets[lang]))
+        for lang in languages
+    }
     with editor.edit(prompts["en"], new_targets["en"], language="en"):
-        after = {lang: editor.predict(prompts[lang], language=lang, num_tokens=_n(editor, new_targets[lang])) for lang in languages}
+        after = {
+            lang: editor.predict(prompts[lang], language=lang, num_tokens=_n(editor, new_targets[lang]))
+            for lang in languages
+        }
     print(f"{'lang':<6}{'gold':<22}{'new target':<22}{'before':<22}{'after':<22}")
     for lang in languages:
         print(f"{lang:<6}{targets[lang]:<22}{new_targets[lang]:<22}{before[lang]:<22}{after[lang]:<22}")

@@ -128,6 +128,7 @@ def main() -> None:
     collator = EpisodeCollator(tokenizer, task, label2id=label2id, max_length=data_args.max_length)
     chosen = episode_args(args, languages)
     train_info = {"dataset": data_args.dataset, "languages": languages, **chosen, "max_steps": args.max_steps}
+    train_info["world_size"] = args.world_size
     if model.base_model.editor.requires_training:
         common = {"languages": languages, "n_edit": args.n_edit, "n_retain": args.n_retain, **chosen}
         trainer = LimeTrainer(

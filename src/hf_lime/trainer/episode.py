@@ -103,7 +103,7 @@ def run_episode(peft_model, episode: dict[str, dict], task: str, c_edit: float, 
     metrics = {
         LOSS_EDIT: loss_edit.item(),
         LOSS_LOC: loss_loc.item(),
-        LOSS_L0: float(loss_l0),
+        LOSS_L0: loss_l0.item(),
         EDIT_ACC: edit_acc,
         LOC_ACC: loc_acc,
         HMEAN: harmonic_mean(edit_acc, loc_acc),

@@ -57,7 +57,7 @@ class LimeTrainingArguments(TrainingArguments):
 
     Defaults that differ from [`~transformers.TrainingArguments`]: `remove_unused_columns=False` (episodes are
     nested dicts), `learning_rate=1e-4`, `metric_for_best_model="hmean"` with `greater_is_better=True`,
-    `report_to="none"`, `logging_steps=10`, `save_only_model=False`.
+    `logging_steps=10`.
     """
 
     c_edit: float = field(default=0.1, metadata={"help": "Weight of the post-edit NLL on the update batch."})
@@ -78,7 +78,6 @@ class LimeTrainingArguments(TrainingArguments):
     learning_rate: float = field(default=1e-4, metadata={"help": "Learning rate of the editor networks."})
     metric_for_best_model: str | None = field(default="hmean", metadata={"help": "Model selection metric."})
     greater_is_better: bool | None = field(default=True, metadata={"help": "Higher hmean is better."})
-    report_to: str | list[str] | None = field(default="none", metadata={"help": "Integrations to report to."})
     logging_steps: float = field(default=10, metadata={"help": "Log every X steps."})
 
     def __post_init__(self) -> None:
