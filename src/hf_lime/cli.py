@@ -1,0 +1,185 @@
+"""The `hf-lime` command: edit, predict, evaluate, push, prepare-model.
+
+    hf-lime edit --editor outputs/demo --text "The capital of France is [MASK]." --target "Lyon" --language en \
+        --show fr de zh                       # languages looked up in the parallel data, or LANG=TEXT
+    hf-lime predict --editor outputs/demo --text "La capitale de la France est [MASK]."
+    hf-lime evaluate --editor outputs/demo --dataset cldr --languages en fr zh --n_edits 10 --output_dir out/
+    hf-lime push --editor outputs/demo --repo_id org/lime-mend-me5
+    hf-lime prepare-model me5-small-facts --output outputs/models/me5-small-facts
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+PLACEHOLDERS = ("[MASK]", "[Y]")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hf-lime", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    edit = sub.add_parser("edit", help="Edit in one language; print answers before/after in others.")
+    _editor_args(edit)
+    edit.add_argument("--text", required=True, help="Prompt with [MASK] (masked LMs), text, or prompt (causal).")
+    edit.add_argument("--target", required=True, help="The new answer (label name for classifiers).")
+    edit.add_argument("--language", default=None, help="Editing language.")
+    edit.add_argument("--show", nargs="*", default=[], help="Languages to show: LANG (parallel data) or LANG=TEXT.")
+    edit.add_argument("--data_dir", default=None, help="Look --show languages up in mLAMA here (default: CLDR).")
+    predict = sub.add_parser("predict", help="Print the model's answer.")
+    _editor_args(predict)
+    predict.add_argument("--text", required=True, nargs="+")
+    predict.add_argument("--language", default=None)
+    predict.add_argument("--num_tokens", type=int, default=None)
+    evaluate = sub.add_parser("evaluate", help="Score edits across languages on a parallel test split.")
+    _editor_args(evaluate)
+    evaluate.add_argument("--dataset", choices=("cldr", "mlama", "xnli"), default="cldr")
+    evaluate.add_argument("--data_dir", default=None)
+    evaluate.add_argument("--languages", nargs="+", default=None, help="Default: the editor's languages.")
+    evaluate.add_argument("--relations", nargs="+", default=None)
+    evaluate.add_argument("--n_edits", type=int, default=20)
+    evaluate.add_argument("--n_retain", type=int, default=8)
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--bootstrap", type=int, default=0)
+    evaluate.add_argument("--output_dir", default=None, help="Write metrics.json and heatmaps here.")
+    push = sub.add_parser("push", help="Push an editor folder to the Hub.")
+    _editor_args(push)
+    push.add_argument("--repo_id", required=True)
+    push.add_argument("--private", action="store_true")
+    push.add_argument("--commit_message", default=None)
+    push.add_argument("--revision", default=None)
+    prepare = sub.add_parser("prepare-model", help="Build an offline real model folder.")
+    prepare.add_argument("name", choices=("me5-small", "me5-small-xnli", "me5-small-facts"))
+    prepare.add_argument("--output", required=True)
+    prepare.add_argument("--steps", type=int, default=None)
+    prepare.add_argument("--languages", nargs="+", default=None)
+    prepare.add_argument("--data_dir", default=None)
+    prepare.add_argument("--facts_source", choices=("cldr", "mlama"), default="cldr")
+    prepare.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _editor_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--editor", required=True, help="Editor folder or Hub id (LimeEditor.from_pretrained).")
+    parser.add_argument("--revision", default=None, help="Hub revision of the editor.")
+
+
+def _load_editor(args):
+    from .editor import LimeEditor
+
+    return LimeEditor.from_pretrained(args.editor, revision=getattr(args, "revision", None))
+
+
+def _normalise(text: str) -> str:
+    for placeholder in PLACEHOLDERS:
+        text = text.replace(placeholder, "[Y]")
+    return text
+
+
+def _parallel_prompts(text: str, languages: list[str], data_dir: str | None) -> dict[str, str]:
+    """Find `text` among the prompts of parallel facts; return its versions in `languages` (as [MASK] prompts)."""
+    if not languages:
+        return {}
+    if data_dir:
+        from .data import load_mlama_items
+
+        items = load_mlama_items(data_dir, languages, min_languages=1)
+    else:
+        from .data import build_cldr_items
+
+        items = build_cldr_items(sorted(set(languages) | {"en"}))
+    wanted = _normalise(text)
+    for item in items:
+        prompts = dict(zip(item["languages"], item["prompts"], strict=True))
+        if wanted in prompts.values():
+            return {lang: prompts[lang].replace("[Y]", "[MASK]") for lang in languages if lang in prompts}
+    raise ValueError(f"{text!r} is not a prompt of the parallel data; pass --show LANG=TEXT instead.")
+
+
+def _show_texts(args) -> dict[str, str]:
+    explicit = dict(entry.split("=", 1) for entry in args.show if "=" in entry)
+    lookup = [entry for entry in args.show if "=" not in entry]
+    return {**_parallel_prompts(args.text, lookup, args.data_dir), **explicit}
+
+
+def cmd_edit(args) -> int:
+    editor = _load_editor(args)
+    shown = {args.language or "input": args.text, **_show_texts(args)}
+    before = {lang: editor.predict(text) for lang, text in shown.items()}
+    with editor.edit(args.text, args.target, language=args.language):
+        after = {lang: editor.predict(text) for lang, text in shown.items()}
+    print(f"edit ({args.language}): {args.text!r} -> {args.target!r}")
+    print(f"{'lang':<8}{'before':<28}{'after':<28}text")
+    for lang, text in shown.items():
+        print(f"{lang:<8}{before[lang]!s:<28}{after[lang]!s:<28}{text}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    editor = _load_editor(args)
+    for text in args.text:
+        print(editor.predict(text, language=args.language, num_tokens=args.num_tokens))
+    return 0
+
+
+def _evaluation_items(args, languages: list[str]):
+    from .data import load_cldr_facts, load_mlama, load_xnli
+
+    if args.dataset == "cldr":
+        return load_cldr_facts(languages, seed=args.seed)["test"]
+    if args.dataset == "mlama":
+        return load_mlama(args.data_dir, languages, relations=args.relations, seed=args.seed)["test"]
+    return load_xnli(args.data_dir, languages, seed=args.seed)["test"]
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluation import format_table, save_report
+
+    editor = _load_editor(args)
+    languages = args.languages or editor.languages
+    if not languages:
+        raise ValueError("This editor has no languages; pass --languages.")
+    items = _evaluation_items(args, languages)
+    result = editor.evaluate(items, languages=languages, n_edits=args.n_edits, n_retain=args.n_retain,
+                             seed=args.seed, bootstrap=args.bootstrap,
+                             new_target="gold" if args.dataset == "xnli" else "alternative")  # fmt: skip
+    print(format_table(result))
+    if args.output_dir:
+        save_report(result, Path(args.output_dir))
+    return 0
+
+
+def cmd_push(args) -> int:
+    editor = _load_editor(args)
+    url = editor.push_to_hub(args.repo_id, private=args.private or None, commit_message=args.commit_message,
+                             revision=args.revision)  # fmt: skip
+    print(url)
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from .models.prepare import prepare_model
+
+    folder = prepare_model(args.name, args.output, data_dir=args.data_dir, steps=args.steps, seed=args.seed,
+                           languages=args.languages, facts_source=args.facts_source)  # fmt: skip
+    print(folder)
+    return 0
+
+
+COMMANDS = {"edit": cmd_edit, "predict": cmd_predict, "evaluate": cmd_evaluate, "push": cmd_push,
+            "prepare-model": cmd_prepare}  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, TypeError, FileNotFoundError) as error:
+        print(f"hf-lime {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
