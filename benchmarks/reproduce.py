@@ -5,7 +5,7 @@ Grid: editors {FT, KE, MEND} × training {monolingual en → en, all → all} ×
 FT is not trained (one row per dataset and seed). Every run writes `runs/<id>.json`; finished runs are skipped, so
 the study is resumable. At the end `summary.md` / `summary.json` aggregate over seeds.
 
-    python benchmarks/reproduce.py --output_dir outputs/reproduce                      # full default grid (hours on CPU)
+    python benchmarks/reproduce.py --output_dir outputs/reproduce          # the full default grid (hours on CPU)
     python benchmarks/reproduce.py --datasets mlama --editors mend --seeds 0 --steps 100   # a quick slice
 
 Claims checked (paper, Findings of ACL 2023): (a) monolingually trained editors fail to propagate edits to other
