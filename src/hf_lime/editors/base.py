@@ -87,12 +87,23 @@ class BaseEditor(nn.Module, ABC):
     def extra_repr(self) -> str:
         return f"layers={len(self.layers)}"
 
+    @classmethod
+    def model_kwargs(cls, model: nn.Module) -> dict[str, Any]:
+        """Constructor arguments read from the base model (e.g. its embedding width); none by default."""
+        return {}
 
-def build_editor(layers: list[LayerSpec], config: Any) -> BaseEditor:
-    """Instantiate the editor named by `config.editor` (a [`LimeConfig`]) with plain constructor arguments."""
+
+def build_editor(layers: list[LayerSpec], config: Any, model: nn.Module | None = None) -> BaseEditor:
+    """
+    Instantiate the editor named by `config.editor` (a [`LimeConfig`]) with plain constructor arguments: those
+    read from the config by the registry, plus those the editor class reads from the base `model` (if given).
+    """
     from . import EDITOR_REGISTRY
 
     if config.editor not in EDITOR_REGISTRY:
         raise ValueError(f"Unknown editor {config.editor!r}; available: {sorted(EDITOR_REGISTRY)}.")
     cls, kwargs_from_config = EDITOR_REGISTRY[config.editor]
-    return cls(layers, **kwargs_from_config(config))
+    kwargs = kwargs_from_config(config)
+    if model is not None:
+        kwargs.update(cls.model_kwargs(model))
+    return cls(layers, **kwargs)

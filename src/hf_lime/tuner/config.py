@@ -186,7 +186,7 @@ class LimeConfig(PeftConfig):
         _check_choice("editor", self.editor, EDITORS)
         _check_choice("mend_init", self.mend_init, ("id", "random"))
         _check_choice("ft_optimizer", self.ft_optimizer, FT_OPTIMIZERS)
-        _check_languages(self.languages, required=self.use_lime_mask)
+        _check_languages(self.languages, required=self.use_lime_mask and self.editor != "ft")
         for name in ("num_top_layers", "mend_rank", "ke_hidden_dim", "ke_rank", "ft_steps"):
             _check_positive_int(name, getattr(self, name))
         if not isinstance(self.mend_n_hidden, int) or self.mend_n_hidden < 0:

@@ -36,6 +36,8 @@ class EditContext:
         lang_ids (`torch.Tensor`, *optional*): Language id per batch row, `None` without languages.
         masks (`MaskBank`, *optional*): LiME masks, `None` or empty when off.
         edit_lrs (`nn.Module`): Callable `key -> step size`.
+        retain_batch (`Mapping[str, torch.Tensor]`, *optional*): Unrelated inputs whose outputs the edit should keep
+            (used by editors that constrain locality at edit time, e.g. fine-tuning with `ft_loc_coef > 0`).
     """
 
     def __init__(
@@ -46,6 +48,7 @@ class EditContext:
         lang_ids: torch.Tensor | None,
         masks: MaskBank | None,
         edit_lrs: nn.Module,
+        retain_batch: Any = None,
     ) -> None:
         self.model = model
         self.layers = layers
@@ -53,6 +56,7 @@ class EditContext:
         self.lang_ids = lang_ids
         self.masks = masks
         self.edit_lrs = edit_lrs
+        self.retain_batch = retain_batch
         self._captured: Captured | None = None
 
     @property

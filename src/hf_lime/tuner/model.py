@@ -94,7 +94,7 @@ class LimeModel(BaseTuner):
     def _build_editor_state(self, adapter_name: str) -> None:
         config = self.peft_config[adapter_name]
         specs = self.layer_specs
-        editor = build_editor(specs, config)
+        editor = build_editor(specs, config, self.model)
         widths = {s.key: s.d_in + s.d_out for s in specs} if (config.use_lime_mask and editor.uses_masks) else {}
         masks = MaskBank(
             widths,
@@ -180,10 +180,13 @@ class LimeModel(BaseTuner):
         return self.masks.l0_penalty(lang_ids)
 
     # ------------------------------------------------------------------------------------------- editing
-    def compute_edit(self, inputs: Any, language: str | Sequence[str] | None = None) -> EditorOutput:
+    def compute_edit(
+        self, inputs: Any, language: str | Sequence[str] | None = None, retain_inputs: Any = None
+    ) -> EditorOutput:
         """
         Compute an edit without applying it. Differentiable in the editor's parameters when grad is enabled
         (the trainer's functional path); combine with [`~LimeModel.apply_deltas`] to get post-edit outputs.
+        Arguments as in [`~LimeModel.edit`].
         """
         batch = validate_edit_batch(inputs)
         languages, lang_ids = resolve_language_ids(language, self.languages, batch["input_ids"].shape[0])
@@ -195,12 +198,13 @@ class LimeModel(BaseTuner):
             None if lang_ids is None else lang_ids.to(device),
             self.masks,
             self.edit_lrs,
+            retain_batch=retain_inputs,
         )
         output = self.editor.compute_deltas(ctx)
         output.info.languages = languages
         return output
 
-    def edit(self, inputs: Any, language: str | Sequence[str] | None = None) -> Edit:
+    def edit(self, inputs: Any, language: str | Sequence[str] | None = None, retain_inputs: Any = None) -> Edit:
         """
         Compute an edit and apply it.
 
@@ -209,6 +213,9 @@ class LimeModel(BaseTuner):
                 (`-100` except the target positions for masked/causal LMs; a class id per row for classifiers).
             language (`str` or `list[str]`, *optional*): The editing language, or one per row. Required when the
                 adapter has `languages`.
+            retain_inputs (`Mapping[str, torch.Tensor]`, *optional*): Unrelated inputs whose outputs the edit
+                should keep. Used by the locality-constrained fine-tuning editor (`editor="ft"`,
+                `ft_loc_coef > 0`); the other editors ignore it.
 
         Returns:
             [`Edit`]: the applied edit; `edit.revert()` restores the model bit for bit.
@@ -217,7 +224,7 @@ class LimeModel(BaseTuner):
         says; training uses [`~LimeModel.compute_edit`].
         """
         with torch.no_grad(), self._editor_eval_mode():
-            output = self.compute_edit(inputs, language)
+            output = self.compute_edit(inputs, language, retain_inputs)
         deltas = _checked_deltas(output.deltas)
         layers = self.lime_layers
         return Edit(deltas, layers, output.info).apply()
