@@ -5,10 +5,14 @@ arguments from the config. Adding an editor touches this package and `LimeConfig
 """
 
 from .base import BaseEditor, EditorOutput, EditStepSizes, LayerSpec, build_editor
+from .ft import FineTuneEditor, ft_kwargs
+from .ke import KnowledgeEditor, ke_kwargs
 from .mend import MendEditor, mend_kwargs
 
 EDITOR_REGISTRY = {
     "mend": (MendEditor, mend_kwargs),
+    "ke": (KnowledgeEditor, ke_kwargs),
+    "ft": (FineTuneEditor, ft_kwargs),
 }
 
 __all__ = [
@@ -16,6 +20,8 @@ __all__ = [
     "BaseEditor",
     "EditStepSizes",
     "EditorOutput",
+    "FineTuneEditor",
+    "KnowledgeEditor",
     "LayerSpec",
     "MendEditor",
     "build_editor",
