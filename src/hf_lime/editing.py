@@ -8,8 +8,11 @@ for bit; merging folds `ΔW` into the weights.
 from __future__ import annotations
 
 import itertools
+import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -144,6 +147,30 @@ class Edit:
     def _add_to_weights(self, sign: float) -> None:
         for name, delta in self.deltas.items():
             self._layers[name].add_to_weight(delta.dense(), sign)
+
+    def to_lora(
+        self,
+        path: str | os.PathLike,
+        base_model_name_or_path: str,
+        edits: Sequence[Edit] | None = None,
+        revision: str | None = None,
+    ) -> Path:
+        """
+        Save this edit (plus `edits`, stacked after it) as a plain PEFT LoRA adapter that `peft` applies without
+        hf_lime. See [`~hf_lime.lora_export.export_edits_as_lora`].
+
+        Args:
+            path (`str` or `os.PathLike`): Output folder.
+            base_model_name_or_path (`str`): Hub id or folder of the base model the edit was made on.
+            edits (`Sequence[Edit]`, *optional*, defaults to `None`): More edits to stack with this one.
+            revision (`str`, *optional*, defaults to `None`): The base model's revision.
+
+        Returns:
+            `Path`: the adapter folder.
+        """
+        from .lora_export import export_edits_as_lora
+
+        return export_edits_as_lora([self, *(edits or [])], path, base_model_name_or_path, revision=revision)
 
     def num_parameters(self) -> int:
         """Number of stored numbers (sum of the factors' sizes)."""

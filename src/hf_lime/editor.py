@@ -1,0 +1,534 @@
+"""`LimeEditor`: the user's facade over a LIME adapter: load, save and push editors; edit and predict with text."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PeftModel
+from torch import nn
+
+from .data.encoding import PLACEHOLDER, TASKS, _causal_prompt_ids, encode_example, pad_batch, target_token_ids
+from .editing import Edit
+from .lora_export import export_edits_as_lora, module_name
+from .model_card import render_model_card
+from .safe_loading import (
+    ADAPTER_WEIGHTS,
+    EDITOR_METADATA,
+    METADATA_FORMAT,
+    METADATA_VERSION,
+    attach_adapter,
+    base_model_fingerprint,
+    check_adapter_files,
+    check_base_model,
+    check_json_serialisable,
+    check_plain_base_model,
+    infer_task,
+    load_adapter_config,
+    load_base_model,
+    load_editor_metadata,
+    load_tokenizer,
+    read_tensor_layout,
+    resolve_editor_folder,
+    soft_base_model_differences,
+)
+from .tuner import LimeConfig
+from .tuner.config import PEFT_TYPE
+
+__all__ = ["LimeEditor", "infer_task", "masked_prompt"]
+
+_MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class LimeEditor:
+    """
+    A trained cross-lingual editor with its base model and tokenizer: edit with text, predict, save, push, pull.
+
+    Args:
+        model (`peft.PeftModel`): A base model carrying a LIME adapter (`get_peft_model(base, LimeConfig(...))`).
+        tokenizer (`PreTrainedTokenizerBase`, *optional*, defaults to `None`): The base model's tokenizer; needed for
+            text-level `edit`/`predict`.
+        task (`str`, *optional*, defaults to `None`): `"masked_lm"`, `"seq_cls"` or `"causal_lm"`; inferred from the
+            base model's class (transformers' Auto mappings, then the class-name suffix) when `None`.
+        training_info (`dict`, *optional*, defaults to `None`): What training recorded (data, steps...), saved in
+            `lime_editor.json` and shown in the model card.
+        metrics (`dict`, *optional*, defaults to `None`): Evaluation results, saved and shown in the model card.
+
+    Example:
+
+    ```py
+    >>> from hf_lime import LimeEditor
+    >>> editor = LimeEditor.from_pretrained("org/mbert-lime-mlama")  # doctest: +SKIP
+    >>> edit = editor.edit("The capital of France is [MASK].", "Lyon", language="en")  # doctest: +SKIP
+    >>> editor.predict("La capitale de la France est [MASK].")  # doctest: +SKIP
+    'Lyon'
+    >>> edit.revert()  # doctest: +SKIP
+    ```
+    """
+
+    def __init__(
+        self,
+        model: PeftModel,
+        tokenizer: Any = None,
+        task: str | None = None,
+        training_info: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, Any] | None = None,
+    ) -> None:
+        if not isinstance(model, PeftModel) or model.peft_config[model.active_adapter].peft_type != PEFT_TYPE:
+            raise TypeError(
+                f"`model` must be a peft.PeftModel with a LIME adapter, got {type(model).__name__}; create one with "
+                "`LimeEditor.from_base_model(base, LimeConfig(...))` or load one with `LimeEditor.from_pretrained`."
+            )
+        task = task or infer_task(model.get_base_model())
+        if task not in TASKS:
+            raise ValueError(f"Unknown task {task!r}; allowed tasks are {TASKS}.")
+        check_json_serialisable("training_info", training_info)
+        check_json_serialisable("metrics", metrics)
+        self.model, self.tokenizer, self.task = model, tokenizer, task
+        self.training_info = dict(training_info) if training_info else None
+        self.metrics = dict(metrics) if metrics else None
+
+    @classmethod
+    def from_base_model(cls, base_model: nn.Module, config: LimeConfig, tokenizer: Any = None, **kwargs) -> LimeEditor:
+        """A new (untrained) editor: attach a LIME adapter built from `config` to `base_model`."""
+        from peft import get_peft_model
+
+        check_plain_base_model(base_model)
+        return cls(get_peft_model(base_model, config), tokenizer, **kwargs)
+
+    def __repr__(self) -> str:
+        cfg = self.config
+        return (
+            f"LimeEditor(task={self.task!r}, editor={cfg.editor!r}, languages={cfg.languages}, "
+            f"use_lime_mask={cfg.use_lime_mask}, base={cfg.base_model_name_or_path!r})"
+        )
+
+    @property
+    def config(self) -> LimeConfig:
+        return self.model.peft_config[self.model.active_adapter]
+
+    @property
+    def languages(self) -> list[str]:
+        return list(self.config.languages)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ------------------------------------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        repo_id_or_path: str | os.PathLike,
+        base_model: nn.Module | None = None,
+        tokenizer: Any = None,
+        revision: str | None = None,
+        token: str | bool | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool | None = None,
+        device: str | torch.device | None = None,
+        torch_dtype: torch.dtype | str | None = None,
+    ) -> LimeEditor:
+        """
+        Load a saved editor from a local folder or the Hub, after checking every file (see `docs/editor.md`).
+
+        Args:
+            repo_id_or_path (`str` or `os.PathLike`): A folder written by `save_pretrained`, or a Hub repo id.
+            base_model (`nn.Module`, *optional*, defaults to `None`): The base model. `None` loads the one named by
+                `base_model_name_or_path` in `adapter_config.json` with the Auto class of the editor's task.
+            tokenizer (`PreTrainedTokenizerBase` or `str`, *optional*, defaults to `None`): A tokenizer or where to
+                load one. `None`: the tokenizer saved with the editor, else the base model's.
+            revision (`str`, *optional*, defaults to `None`): Branch or commit of the editor's Hub repo.
+            token (`str` or `bool`, *optional*, defaults to `None`): Hub token.
+            cache_dir (`str`, *optional*, defaults to `None`): Hub cache folder.
+            local_files_only (`bool`, *optional*, defaults to `None`): Only use cached files.
+            device (`str` or `torch.device`, *optional*, defaults to `None`): Move the editor there.
+            torch_dtype (`torch.dtype` or `str`, *optional*, defaults to `None`): dtype of a base model loaded here.
+
+        Returns:
+            [`LimeEditor`]
+
+        Raises:
+            ValueError: the editor is not found (unknown repo or revision, not cached offline), or a file is invalid:
+                config, weights (corrupted, missing/extra tensors, wrong shapes, pickle only) or a base model that is
+                not the one the editor was trained for. Nothing is returned and `base_model` is left as it was.
+        """
+        check_plain_base_model(base_model)
+        hub = {"token": token, "cache_dir": cache_dir, "local_files_only": local_files_only}
+        folder = resolve_editor_folder(repo_id_or_path, revision=revision, **hub)
+        check_adapter_files(folder)
+        config = load_adapter_config(folder)
+        metadata = load_editor_metadata(folder) or {}
+        layout = read_tensor_layout(folder / ADAPTER_WEIGHTS)
+        if base_model is None:
+            base_model = load_base_model(config, metadata.get("task"), torch_dtype, hub)
+        task = metadata.get("task") or infer_task(base_model)
+        check_base_model(metadata.get("base_model"), base_model)
+        tokenizer = load_tokenizer(tokenizer, folder, config, base_model, hub)
+        model = attach_adapter(base_model, config, folder / ADAPTER_WEIGHTS, layout)
+        editor = cls(model, tokenizer, task, metadata.get("training_info"), metadata.get("metrics"))
+        differences = soft_base_model_differences(metadata.get("base_model"), editor._fingerprint())
+        if differences:
+            warnings.warn(
+                "The base model differs from the one this editor was saved with: " + "; ".join(differences) + ".",
+                stacklevel=2,
+            )
+        if device is not None:
+            editor.model.to(device)
+        return editor
+
+    # ------------------------------------------------------------------------------------------- saving
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        base_model_name_or_path: str | None = None,
+        save_tokenizer: bool = True,
+        repo_id: str | None = None,
+    ) -> Path:
+        """
+        Save the editor: `adapter_config.json`, `adapter_model.safetensors`, `lime_editor.json` (task, base-model
+        fingerprint, training info, metrics), the tokenizer files and a README.md model card.
+
+        Files are written to a temporary folder next to `save_directory` and moved in only once all writes
+        succeeded: a failed save leaves earlier files untouched. Applied edits are not part of the editor (export
+        them with [`~LimeEditor.export_lora`]).
+
+        Args:
+            save_directory (`str` or `os.PathLike`): Output folder (created if needed).
+            base_model_name_or_path (`str`, *optional*, defaults to `None`): Hub id or folder of the base model, stored
+                in the config; required when the adapter does not already name one.
+            save_tokenizer (`bool`, *optional*, defaults to `True`): Also save the tokenizer files.
+            repo_id (`str`, *optional*, defaults to `None`): Repo id shown in the model card's usage snippet.
+
+        Returns:
+            `Path`: the folder.
+        """
+        self._set_base_name(base_model_name_or_path)
+        target = Path(save_directory)
+        if target.exists() and not target.is_dir():
+            raise ValueError(f"{str(target)!r} exists and is not a folder.")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        try:
+            self._write_files(tmp, save_tokenizer, repo_id or str(target))
+            target.mkdir(exist_ok=True)
+            for file in sorted(tmp.iterdir()):
+                os.replace(file, target / file.name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return target
+
+    def _set_base_name(self, base_model_name_or_path: str | None) -> None:
+        name = base_model_name_or_path or self.config.base_model_name_or_path
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(
+                "The editor does not know its base model (`base_model_name_or_path` is empty): pass "
+                "`base_model_name_or_path=` (a Hub id or a folder written by the base model's save_pretrained)."
+            )
+        self.config.base_model_name_or_path = name
+
+    def _write_files(self, folder: Path, save_tokenizer: bool, repo_id: str) -> None:
+        adapter = self.model.active_adapter
+        self.model.save_pretrained(str(folder), selected_adapters=[adapter], save_embedding_layers=False)
+        if adapter != "default":  # peft writes non-default adapters into a subfolder
+            for file in (folder / adapter).iterdir():
+                os.replace(file, folder / file.name)
+            (folder / adapter).rmdir()
+        (folder / EDITOR_METADATA).write_text(json.dumps(self._metadata(), indent=2), encoding="utf-8")
+        if save_tokenizer and self.tokenizer is not None:
+            self.tokenizer.save_pretrained(str(folder))
+        cfg = self.config
+        card = render_model_card(
+            base_model=cfg.base_model_name_or_path,
+            task=self.task,
+            editor=cfg.editor,
+            languages=cfg.languages,
+            use_lime_mask=cfg.use_lime_mask,
+            repo_id=repo_id,
+            training_info=self.training_info,
+            metrics=self.metrics,
+        )
+        (folder / "README.md").write_text(card, encoding="utf-8")
+
+    def _metadata(self) -> dict[str, Any]:
+        return {
+            "format": METADATA_FORMAT,
+            "format_version": METADATA_VERSION,
+            "hf_lime_version": _library_version(),
+            "task": self.task,
+            "base_model": self._fingerprint(),
+            "training_info": self.training_info,
+            "metrics": self.metrics,
+        }
+
+    def _fingerprint(self) -> dict[str, Any]:
+        layers = self.model.base_model.lime_layers
+        weights = {module_name(key): layer.linear_weight() for key, layer in layers.items()}
+        return base_model_fingerprint(self.model.get_base_model(), weights)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        private: bool | None = None,
+        token: str | bool | None = None,
+        commit_message: str | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+        base_model_name_or_path: str | None = None,
+        save_tokenizer: bool = True,
+    ):
+        """
+        Upload the editor to the Hub: `create_repo(exist_ok=True)`, then one commit of the `save_pretrained` files.
+
+        Args:
+            repo_id (`str`): `"org/name"`.
+            private (`bool`, *optional*, defaults to `None`): Visibility of a new repo.
+            token (`str` or `bool`, *optional*, defaults to `None`): Hub token.
+            commit_message (`str`, *optional*, defaults to `None`): Commit message.
+            revision (`str`, *optional*, defaults to `None`): Branch to push to (created from `main` if missing).
+            create_pr (`bool`, *optional*, defaults to `False`): Open a pull request instead of committing.
+            base_model_name_or_path (`str`, *optional*, defaults to `None`): As in [`~LimeEditor.save_pretrained`].
+            save_tokenizer (`bool`, *optional*, defaults to `True`): Also upload the tokenizer files.
+
+        Returns:
+            `huggingface_hub.CommitInfo`: the commit (`.commit_url`, `.oid`).
+        """
+        from huggingface_hub import HfApi
+
+        self._set_base_name(base_model_name_or_path)
+        if Path(self.config.base_model_name_or_path).expanduser().exists():
+            warnings.warn(
+                f"The editor names a local base model ({self.config.base_model_name_or_path!r}); people loading it "
+                "from the Hub will need that folder or must pass `base_model=`.",
+                stacklevel=2,
+            )
+        api = HfApi(token=token)
+        repo = api.create_repo(repo_id, private=private, exist_ok=True)
+        if revision not in (None, "main") and not create_pr:
+            api.create_branch(repo.repo_id, branch=revision, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = self.save_pretrained(Path(tmp) / "editor", save_tokenizer=save_tokenizer, repo_id=repo.repo_id)
+            return api.upload_folder(
+                repo_id=repo.repo_id,
+                folder_path=folder,
+                commit_message=commit_message or "Upload LIME editor (hf_lime)",
+                revision=revision,
+                create_pr=create_pr,
+            )
+
+    # ------------------------------------------------------------------------------------------- editing
+    def edit(
+        self,
+        text: Any,
+        target: Any,
+        language: str | Sequence[str] | None = None,
+        max_length: int = 128,
+    ) -> Edit:
+        """
+        Edit the model so that `text` gives `target`, and return the applied [`Edit`] (`edit.revert()` undoes it).
+
+        Args:
+            text (`str`, `tuple[str, str]` or `list`): Masked LMs: a prompt with the tokenizer's mask token, `"[MASK]"`
+                or `"[Y]"` where the answer goes (one placeholder, expanded to one mask per target token; or as many
+                masks as the target has tokens). Classifiers: a text or a `(premise, hypothesis)` tuple. Causal LMs:
+                the prompt; the target is its continuation. A list edits a batch at once.
+            target (`str`, `int` or `list`): The new answer: a string (LMs), a label name or class id (classifiers);
+                a list with one per text for a batch.
+            language (`str` or `list[str]`, *optional*, defaults to `None`): The editing language (or one per text);
+                required when the editor has languages.
+            max_length (`int`, *optional*, defaults to `128`): Maximum tokens per text.
+
+        Returns:
+            [`Edit`]: the applied edit.
+        """
+        texts, targets = _as_rows(text, target)
+        examples = [self._encode(t, y, max_length) for t, y in zip(texts, targets, strict=True)]
+        batch = {key: value.to(self.device) for key, value in pad_batch(self.tokenizer, examples).items()}
+        rows = language if language is None or isinstance(language, str) else list(language)
+        return self.model.base_model.edit(batch, language=rows)
+
+    def _encode(self, text: Any, target: Any, max_length: int) -> dict[str, Any]:
+        tokenizer = self._require_tokenizer()
+        _check_target(target, self.task)
+        if self.task == "seq_cls":
+            premise, hypothesis = _as_pair(text)
+            label2id = getattr(self.model.get_base_model().config, "label2id", None)
+            return encode_example(tokenizer, "seq_cls", premise, target, hypothesis, label2id, max_length)
+        if not isinstance(text, str):
+            raise TypeError(f"task={self.task!r} takes a string prompt, got {type(text).__name__}.")
+        if self.task == "masked_lm":
+            prompt, n_masks = masked_prompt(text, tokenizer)
+            k = len(target_token_ids(tokenizer, target))
+            if n_masks > 1 and n_masks != k:
+                raise ValueError(f"{text!r} has {n_masks} masks but the target {target!r} has {k} tokens.")
+            return encode_example(tokenizer, "masked_lm", prompt, target, max_length=max_length)
+        prompt = text if PLACEHOLDER in text else f"{text} {PLACEHOLDER}"
+        return encode_example(tokenizer, "causal_lm", prompt, target, max_length=max_length)
+
+    @torch.no_grad()
+    def predict(
+        self,
+        text: Any,
+        language: str | None = None,
+        num_tokens: int | None = None,
+        max_new_tokens: int = 8,
+        max_length: int = 128,
+    ) -> str | list[str]:
+        """
+        The model's answer (with the edits currently applied), in the form `edit` takes targets.
+
+        Args:
+            text (`str`, `tuple[str, str]` or `list`): As in [`~LimeEditor.edit`].
+            language (`str`, *optional*, defaults to `None`): Checked against the editor's languages; predictions
+                do not depend on it.
+            num_tokens (`int`, *optional*, defaults to `None`): Masked LMs: how many tokens to predict at a single
+                placeholder (default: as many masks as the text has).
+            max_new_tokens (`int`, *optional*, defaults to `8`): Causal LMs: length of the greedy continuation.
+            max_length (`int`, *optional*, defaults to `128`): Maximum tokens per text.
+
+        Returns:
+            `str` (or a list for a list of texts): the decoded tokens at the masks, the label name, or the stripped
+            continuation.
+        """
+        self._require_tokenizer()
+        if language is not None and self.languages and language not in self.languages:
+            raise ValueError(f"Unknown language {language!r}; this editor knows {self.languages}.")
+        texts = text if isinstance(text, list) else [text]
+        predict_one = {"masked_lm": self._predict_masked, "seq_cls": self._predict_class}.get(self.task)
+        if predict_one is None:
+            answers = [self._predict_continuation(t, max_new_tokens, max_length) for t in texts]
+        else:
+            answers = [predict_one(t, num_tokens, max_length) for t in texts]
+        return answers if isinstance(text, list) else answers[0]
+
+    def _logits(self, encoding: Mapping[str, Any]) -> torch.Tensor:
+        inputs = {k: torch.as_tensor(v).to(self.device) for k, v in encoding.items() if k in _MODEL_INPUTS}
+        return self.model(**inputs).logits
+
+    def _predict_masked(self, text: Any, num_tokens: int | None, max_length: int) -> str:
+        tokenizer = self.tokenizer
+        if not isinstance(text, str):
+            raise TypeError(f"task='masked_lm' takes string prompts, got {type(text).__name__}.")
+        prompt, n_masks = masked_prompt(text, tokenizer)
+        if num_tokens is not None:
+            if isinstance(num_tokens, bool) or not isinstance(num_tokens, int) or num_tokens < 1:
+                raise ValueError(f"`num_tokens` must be a positive int, got {num_tokens!r}.")
+            if n_masks > 1 and num_tokens != n_masks:
+                raise ValueError(f"{text!r} has {n_masks} masks but num_tokens={num_tokens}.")
+            n_masks = num_tokens
+        encoding = tokenizer(
+            prompt.replace(PLACEHOLDER, tokenizer.mask_token * n_masks),
+            return_tensors="pt",
+            truncation=True,
+            max_length=max_length,
+        )
+        positions = encoding["input_ids"][0] == tokenizer.mask_token_id
+        if int(positions.sum()) != n_masks:
+            raise ValueError(f"Expected {n_masks} mask tokens in the encoded {text!r}; raise max_length?")
+        ids = self._logits(encoding)[0][positions.to(self.device)].argmax(-1).tolist()
+        return tokenizer.decode(ids).strip()
+
+    def _predict_class(self, text: Any, num_tokens: int | None, max_length: int) -> str:
+        premise, hypothesis = _as_pair(text)
+        encoding = self.tokenizer(premise, hypothesis, return_tensors="pt", truncation=True, max_length=max_length)
+        class_id = int(self._logits(encoding)[0].argmax())
+        id2label = getattr(self.model.get_base_model().config, "id2label", None) or {}
+        return str(id2label.get(class_id, class_id))
+
+    def _predict_continuation(self, text: Any, max_new_tokens: int, max_length: int) -> str:
+        tokenizer = self.tokenizer
+        if not isinstance(text, str):
+            raise TypeError(f"task='causal_lm' takes string prompts, got {type(text).__name__}.")
+        context = text.split(PLACEHOLDER, 1)[0].strip()
+        ids = _causal_prompt_ids(tokenizer, context)[-max_length:] if context else [tokenizer.bos_token_id]
+        if ids == [None]:
+            raise ValueError("An empty prompt needs a tokenizer with a BOS token.")
+        limit = getattr(self.model.get_base_model().config, "max_position_embeddings", None) or 1 << 30
+        new: list[int] = []
+        for _ in range(min(max_new_tokens, max(limit - len(ids), 0))):
+            next_id = int(self._logits({"input_ids": torch.tensor([ids + new])})[0, -1].argmax())
+            if next_id == tokenizer.eos_token_id:
+                break
+            new.append(next_id)
+        return tokenizer.decode(new, skip_special_tokens=True).strip()
+
+    def _require_tokenizer(self) -> Any:
+        if self.tokenizer is None:
+            raise ValueError("This editor has no tokenizer: set `editor.tokenizer` or pass `tokenizer=` when loading.")
+        return self.tokenizer
+
+    def revert_all(self) -> None:
+        """Revert every applied (unmerged) edit."""
+        self.model.base_model.revert_all()
+
+    def evaluate(self, items: Any, **kwargs: Any) -> Any:
+        """Cross-lingual evaluation: `hf_lime.evaluation.evaluate_editor(model, tokenizer, items, task, **kwargs)`."""
+        from .evaluation import evaluate_editor
+
+        return evaluate_editor(self.model, self.tokenizer, items, task=self.task, **kwargs)
+
+    def export_lora(self, edits: Edit | Sequence[Edit], path: str | os.PathLike) -> Path:
+        """Write `edits` as a plain PEFT LoRA adapter for this editor's base model (see `lora_export`)."""
+        self._set_base_name(None)
+        return export_edits_as_lora(edits, path, self.config.base_model_name_or_path, revision=self.config.revision)
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def masked_prompt(text: str, tokenizer: Any) -> tuple[str, int]:
+    """
+    `text` with its answer placeholder replaced by `"[Y]"`, and how many masks it had. The placeholder is one run
+    of `"[Y]"`, `"[MASK]"` or the tokenizer's mask token (whitespace between them allowed).
+    """
+    if tokenizer.mask_token is None:
+        raise ValueError("task='masked_lm' needs a tokenizer with a mask token.")
+    one = "|".join(re.escape(m) for m in dict.fromkeys((PLACEHOLDER, "[MASK]", tokenizer.mask_token)))
+    runs = list(re.finditer(rf"(?:{one})(?:\s*(?:{one}))*", text))
+    if len(runs) != 1:
+        raise ValueError(
+            f"The text needs exactly one placeholder ({tokenizer.mask_token!r}, '[MASK]' or '[Y]', possibly repeated "
+            f"once per target token) where the answer goes; found {len(runs)} in {text!r}."
+        )
+    run = runs[0]
+    n_masks = len(re.findall(one, run.group()))
+    return text[: run.start()] + PLACEHOLDER + text[run.end() :], n_masks
+
+
+def _as_rows(text: Any, target: Any) -> tuple[list, list]:
+    if isinstance(text, list):
+        if not isinstance(target, list) or len(target) != len(text) or not text:
+            raise ValueError("For a list of texts pass a non-empty list of targets of the same length.")
+        return text, target
+    if isinstance(target, list):
+        raise TypeError("A list of targets needs a list of texts (one target per text).")
+    return [text], [target]
+
+
+def _as_pair(text: Any) -> tuple[str, str | None]:
+    if isinstance(text, str):
+        return text, None
+    if isinstance(text, tuple) and len(text) == 2 and all(isinstance(t, str) for t in text):
+        return text[0], text[1]
+    raise TypeError(f"A classifier input is a string or a (premise, hypothesis) tuple of strings, got {text!r}.")
+
+
+def _check_target(target: Any, task: str) -> None:
+    if isinstance(target, str):
+        if not target.strip():
+            raise ValueError(f"The target must be a non-empty string, got {target!r}.")
+    elif task != "seq_cls" or isinstance(target, bool) or not isinstance(target, int):
+        allowed = "a label name or class id" if task == "seq_cls" else "a non-empty string"
+        raise TypeError(f"The target for task={task!r} must be {allowed}, got {target!r}.")
+
+
+def _library_version() -> str:
+    from . import __version__
+
+    return __version__

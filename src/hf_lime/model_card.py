@@ -1,0 +1,136 @@
+"""The README.md model card written next to a saved LIME editor (YAML metadata for the Hub + a readable body)."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+TAGS = ["hf_lime", "lime", "model-editing", "cross-lingual", "peft"]
+PAPER_URL = "https://huggingface.co/papers/2205.12677"
+EDITOR_NAMES = {
+    "mend": "MEND (gradient-transform hypernetwork)",
+    "ke": "KnowledgeEditor",
+    "ft": "fine-tuning (no learned editor)",
+}
+TASK_NAMES = {"masked_lm": "masked language model", "seq_cls": "sequence classifier", "causal_lm": "causal LM"}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def is_hub_model_id(name: str | None) -> bool:
+    """Whether `name` looks like a Hub model id (`"org/name"` or `"name"`) rather than a local path."""
+    return bool(name) and _HUB_ID.match(name) is not None and not Path(name).expanduser().exists()
+
+
+def render_model_card(
+    *,
+    base_model: str,
+    task: str,
+    editor: str,
+    languages: Sequence[str],
+    use_lime_mask: bool,
+    repo_id: str | None = None,
+    training_info: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+) -> str:
+    """
+    Render the model card of a LIME editor.
+
+    Args:
+        base_model (`str`): The base model's Hub id or path (`base_model_name_or_path`). It goes into the YAML
+            `base_model` field only when it is a Hub id (the Hub rejects local paths there).
+        task (`str`): `"masked_lm"`, `"seq_cls"` or `"causal_lm"`.
+        editor (`str`): `"mend"`, `"ke"` or `"ft"`.
+        languages (`Sequence[str]`): The editor's languages, in mask order.
+        use_lime_mask (`bool`): Whether LiME's language masks are on.
+        repo_id (`str`, *optional*, defaults to `None`): Where the editor lives, for the usage snippet.
+        training_info (`Mapping[str, Any]`, *optional*, defaults to `None`): What the trainer recorded (data set,
+            steps, languages...); rendered as a list.
+        metrics (`Mapping[str, Any]`, *optional*, defaults to `None`): Evaluation results: `{name: value}` or
+            `{row: {column: value}}` (e.g. per language); rendered as a table.
+
+    Returns:
+        `str`: the full README.md (YAML front matter and Markdown body).
+    """
+    from huggingface_hub import ModelCardData
+
+    card_data = ModelCardData(
+        library_name="hf_lime",
+        tags=list(TAGS),
+        base_model=base_model if is_hub_model_id(base_model) else None,
+        language=list(languages) or None,
+    )
+    sections = [
+        f"# Cross-lingual model editor for `{base_model}`",
+        _summary(base_model, task, editor, languages, use_lime_mask),
+        "## Training\n\n" + _training(training_info),
+        "## Evaluation\n\n" + _evaluation(metrics),
+        "## Usage\n\n" + _usage(repo_id or "<repo_id>", task, languages),
+        f"## Citation\n\nLiME: Xu et al., *Language Anisotropic Cross-Lingual Model Editing*, Findings of ACL 2023, "
+        f"{PAPER_URL}.",
+    ]
+    return f"---\n{card_data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n"
+
+
+def _summary(base_model: str, task: str, editor: str, languages: Sequence[str], use_lime_mask: bool) -> str:
+    lime = "on (a language-specific hard-concrete mask per editing language)" if use_lime_mask else "off"
+    rows = [
+        f"- **Base model:** `{base_model}` ({TASK_NAMES.get(task, task)})",
+        f"- **Editor:** {EDITOR_NAMES.get(editor, editor)}",
+        f"- **Languages:** {', '.join(languages) if languages else 'not language-specific'}",
+        f"- **LiME language masks:** {lime}",
+    ]
+    intro = (
+        "An hf_lime editor: a PEFT adapter that edits the base model's "
+        "predictions in one language so that the edit holds in every language, leaving unrelated inputs alone "
+        f"([LiME]({PAPER_URL}))."
+    )
+    return intro + "\n\n" + "\n".join(rows)
+
+
+def _training(training_info: Mapping[str, Any] | None) -> str:
+    if not training_info:
+        return "Training details were not recorded with this editor."
+    return "\n".join(f"- **{key}:** {_format_value(value)}" for key, value in training_info.items())
+
+
+def _evaluation(metrics: Mapping[str, Any] | None) -> str:
+    if not metrics:
+        return "No evaluation results were recorded with this editor."
+    if all(isinstance(value, Mapping) for value in metrics.values()):
+        columns = list(dict.fromkeys(col for row in metrics.values() for col in row))
+        lines = ["| | " + " | ".join(map(str, columns)) + " |", "|---|" + "---|" * len(columns)]
+        for name, row in metrics.items():
+            lines.append(f"| {name} | " + " | ".join(_format_value(row.get(col, "")) for col in columns) + " |")
+        return "\n".join(lines)
+    lines = ["| Metric | Value |", "|---|---|"]
+    lines += [f"| {name} | {_format_value(value)} |" for name, value in metrics.items()]
+    return "\n".join(lines)
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, float) and math.isfinite(value):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(str, value))
+    return str(value)
+
+
+def _usage(repo_id: str, task: str, languages: Sequence[str]) -> str:
+    language = languages[0] if languages else None
+    lang_arg = f', language="{language}"' if language else ""
+    example = {
+        "masked_lm": f'edit = editor.edit("The capital of France is [MASK].", "Lyon"{lang_arg})\n'
+        'print(editor.predict("The capital of France is [MASK]."))',
+        "seq_cls": f'edit = editor.edit(("A man sleeps.", "A man is awake."), "contradiction"{lang_arg})\n'
+        'print(editor.predict(("A man sleeps.", "A man is awake.")))',
+        "causal_lm": f'edit = editor.edit("The capital of France is", "Lyon"{lang_arg})\n'
+        'print(editor.predict("The capital of France is"))',
+    }.get(task, "")
+    return (
+        "```python\nfrom hf_lime import LimeEditor\n\n"
+        f'editor = LimeEditor.from_pretrained("{repo_id}")  # loads the base model named in adapter_config.json\n'
+        f"{example}\nedit.revert()  # the base model again, bit for bit\n```"
+    )

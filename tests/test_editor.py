@@ -1,0 +1,350 @@
+"""`LimeEditor`: task inference, text-level edits and predictions, save/load round trips, model card, atomic save."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import build_model
+from helpers_tokenizers import build_byte_bpe_tokenizer, build_sentencepiece_tokenizer, build_wordpiece_tokenizer
+from peft import get_peft_model
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    BertForSequenceClassification,
+    GPT2Config,
+    GPT2LMHeadModel,
+    PreTrainedTokenizerFast,
+)
+
+from hf_lime import LimeConfig
+from hf_lime.data.encoding import encode_example, pad_batch
+from hf_lime.editor import LimeEditor, infer_task, masked_prompt
+from hf_lime.model_card import render_model_card
+
+LANGS = ["en", "fr", "de"]
+NLI_LABELS = {0: "entailment", 1: "neutral", 2: "contradiction"}
+# A fine-tuning editor that reliably makes the tiny models give the new target (measured: 2-6 steps).
+FT = {"editor": "ft", "ft_steps": 40, "ft_lr": 0.05, "ft_optimizer": "adam", "use_lime_mask": False, "languages": []}
+PROMPT = "The capital of France is [MASK] ."
+
+
+# ----------------------------------------------------------------------------------------------- builders
+def tiny_bert(tokenizer: PreTrainedTokenizerFast, cls=BertForMaskedLM, seed: int = 0, hidden: int = 16, **kwargs):
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=2 * hidden, max_position_embeddings=64, attn_implementation="eager", **kwargs,
+    )  # fmt: skip
+    return cls(config).eval()
+
+
+def tiny_classifier(tokenizer: PreTrainedTokenizerFast, seed: int = 0):
+    labels = {"num_labels": 3, "id2label": NLI_LABELS, "label2id": {v: k for k, v in NLI_LABELS.items()}}
+    return tiny_bert(tokenizer, BertForSequenceClassification, seed=seed, **labels)
+
+
+def tiny_gpt2(tokenizer: PreTrainedTokenizerFast, seed: int = 0):
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_embd=16, n_layer=2, n_head=2, n_positions=64, bos_token_id=0, eos_token_id=0,
+        attn_implementation="eager",
+    )  # fmt: skip
+    return GPT2LMHeadModel(config).eval()
+
+
+def saved_base(folder: Path, model, tokenizer) -> Path:
+    """Save a base model + tokenizer and return the folder (what `base_model_name_or_path` will name)."""
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def mlm_editor(tmp_path: Path, seed: int = 0, **config) -> LimeEditor:
+    """A LIME editor on a tiny BERT MLM loaded from `tmp_path/base` (so it knows its base model's folder)."""
+    tokenizer = build_wordpiece_tokenizer()
+    base_dir = tmp_path / "base"
+    if not base_dir.exists():
+        saved_base(base_dir, tiny_bert(tokenizer, seed=seed), tokenizer)
+    config.setdefault("languages", LANGS)
+    return LimeEditor.from_base_model(
+        BertForMaskedLM.from_pretrained(base_dir).eval(), LimeConfig(**config), tokenizer
+    )
+
+
+def text_batch(tokenizer: PreTrainedTokenizerFast) -> dict:
+    prompts = [("Dante was born in [Y] .", "Florence"), ("Goethe ist in [Y] geboren .", "Berlin")]
+    return pad_batch(tokenizer, [encode_example(tokenizer, "masked_lm", p, t) for p, t in prompts])
+
+
+def logits(editor: LimeEditor, batch: dict) -> torch.Tensor:
+    with torch.no_grad():
+        return editor.model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+
+
+# ----------------------------------------------------------------------------------------------- task
+@pytest.mark.parametrize(
+    "family,task",
+    [("bert-mlm", "masked_lm"), ("xlmr-mlm", "masked_lm"), ("bert-cls", "seq_cls"), ("gpt2", "causal_lm"),
+     ("llama", "causal_lm")],
+)  # fmt: skip
+def test_task_is_inferred_from_the_model_class(family, task):
+    assert infer_task(build_model(family)) == task
+    assert LimeEditor(get_peft_model(build_model(family), LimeConfig(languages=LANGS))).task == task
+
+
+def test_task_falls_back_to_the_class_name_suffix_and_refuses_unknown_classes():
+    class MyEncoderForMaskedLM(BertForMaskedLM):  # in no Auto mapping
+        pass
+
+    model = MyEncoderForMaskedLM(build_model("bert-mlm").config)
+    assert infer_task(model) == "masked_lm"
+    with pytest.raises(ValueError, match="Cannot tell the task of a Sequential"):
+        infer_task(torch.nn.Sequential())
+
+
+def test_editor_needs_a_lime_peft_model():
+    with pytest.raises(TypeError, match="PeftModel with a LIME adapter"):
+        LimeEditor(build_model("bert-mlm"))
+    with pytest.raises(ValueError, match="Unknown task"):
+        LimeEditor(get_peft_model(build_model("bert-mlm"), LimeConfig(languages=LANGS)), task="translation")
+    with pytest.raises(ValueError, match="JSON values"):
+        LimeEditor(get_peft_model(build_model("bert-mlm"), LimeConfig(languages=LANGS)), metrics={"es": object()})
+
+
+# ----------------------------------------------------------------------------------------------- placeholders
+def test_masked_prompt_accepts_every_placeholder_form():
+    wordpiece, sentencepiece = build_wordpiece_tokenizer(), build_sentencepiece_tokenizer()
+    assert masked_prompt("Paris is [MASK] .", wordpiece) == ("Paris is [Y] .", 1)
+    assert masked_prompt("Paris is [Y] .", wordpiece) == ("Paris is [Y] .", 1)
+    assert masked_prompt("Paris is [MASK] [MASK] .", wordpiece) == ("Paris is [Y] .", 2)
+    assert masked_prompt("Paris is <mask>.", sentencepiece) == ("Paris is [Y].", 1)
+    assert masked_prompt("Paris is [MASK].", sentencepiece) == ("Paris is [Y].", 1)  # "[MASK]" works everywhere
+    for bad in ("no placeholder", "[MASK] is the capital of [MASK] ."):
+        with pytest.raises(ValueError, match="exactly one placeholder"):
+            masked_prompt(bad, wordpiece)
+
+
+def test_text_edit_builds_the_same_batch_as_encode_example(tmp_path):
+    """ "[MASK]" and "[Y]" give the same edit: one mask per target token (Florence = 2 pieces)."""
+    editor = mlm_editor(tmp_path, **FT)
+    tokenizer = editor.tokenizer
+    expected = pad_batch(tokenizer, [encode_example(tokenizer, "masked_lm", "Dante was born in [Y] .", "Florence")])
+    reference = editor.model.base_model.edit(expected).revert().deltas
+    assert reference
+    for text in ("Dante was born in [MASK] .", "Dante was born in [Y] .", "Dante was born in [MASK] [MASK] ."):
+        edit = editor.edit(text, "Florence").revert()
+        assert edit.deltas.keys() == reference.keys()
+        for key, delta in reference.items():
+            torch.testing.assert_close(edit.deltas[key].dense(), delta.dense())
+    with pytest.raises(ValueError, match="3 masks but the target 'Florence' has 2 tokens"):
+        editor.edit("Dante was born in [MASK] [MASK] [MASK] .", "Florence")
+
+
+# ----------------------------------------------------------------------------------------------- edit + predict
+def test_masked_lm_edit_changes_the_prediction_and_revert_restores_it(tmp_path):
+    editor = mlm_editor(tmp_path, **FT)
+    before = editor.predict(PROMPT)
+    assert before != "Lyon"
+    edit = editor.edit(PROMPT, "Lyon")
+    assert editor.predict(PROMPT) == "Lyon"
+    assert editor.predict([PROMPT, "The capital of France is [Y] ."]) == ["Lyon", "Lyon"]
+    edit.revert()
+    assert editor.predict(PROMPT) == before
+    with editor.edit("The capital of France is [MASK] .", "Florence"):
+        assert editor.predict(PROMPT, num_tokens=2) == "Florence"
+        assert editor.predict("The capital of France is [MASK] [MASK] .") == "Florence"
+    assert editor.predict(PROMPT) == before
+
+
+def test_batched_text_edit_with_one_language_per_row(tmp_path):
+    editor = mlm_editor(tmp_path, edit_lr_init=1.0)  # an untrained MEND editor with LiME masks
+    texts = ["The capital of France is [MASK] .", "La capitale de la France est [MASK] ."]
+    tokenizer = editor.tokenizer
+    batch = pad_batch(
+        tokenizer, [encode_example(tokenizer, "masked_lm", t.replace("[MASK]", "[Y]"), "Lyon") for t in texts]
+    )
+    loss_before = editor.model(**batch).loss
+    edit = editor.edit(texts, ["Lyon", "Lyon"], language=["en", "fr"])
+    assert edit.info.languages == ["en", "fr"]
+    assert editor.model(**batch).loss < loss_before
+    edit.revert()
+    with pytest.raises(ValueError, match="Unknown language"):
+        editor.edit(texts[0], "Lyon", language="xx")
+    with pytest.raises(ValueError, match="Pass the editing `language`"):
+        editor.edit(texts[0], "Lyon")
+
+
+def test_classifier_edit_takes_label_names_ids_and_sentence_pairs(tmp_path):
+    tokenizer = build_wordpiece_tokenizer()
+    editor = LimeEditor.from_base_model(tiny_classifier(tokenizer), LimeConfig(**FT), tokenizer)
+    pair = ("a man sleeps .", "a dog runs .")
+    before = editor.predict(pair)
+    assert before in NLI_LABELS.values()
+    new = next(label for label in NLI_LABELS.values() if label != before)
+    with editor.edit(pair, new):
+        assert editor.predict(pair) == new
+    assert editor.predict(pair) == before
+    new_id = next(i for i, label in NLI_LABELS.items() if label != before)
+    with editor.edit([pair, "a woman runs ."], [new_id, new_id]):
+        assert editor.predict([pair]) == [NLI_LABELS[new_id]]
+    with pytest.raises(ValueError, match="Unknown class label 'maybe'"):
+        editor.edit(pair, "maybe")
+
+
+def test_causal_lm_edit_sets_the_greedy_continuation(tmp_path):
+    tokenizer = build_byte_bpe_tokenizer()
+    editor = LimeEditor.from_base_model(tiny_gpt2(tokenizer), LimeConfig(**FT), tokenizer)
+    assert editor.task == "causal_lm"
+    before = editor.predict("Dante was born in", max_new_tokens=1)
+    target = "Lyon" if before != "Lyon" else "Paris"
+    with editor.edit("Dante was born in", target):
+        assert editor.predict("Dante was born in", max_new_tokens=1) == target
+        assert editor.predict("Dante was born in [Y]", max_new_tokens=1) == target
+    assert editor.predict("Dante was born in", max_new_tokens=1) == before
+    assert len(tokenizer(" " + editor.predict("Dante was born in", max_new_tokens=3))["input_ids"]) <= 3
+
+
+@pytest.mark.parametrize(
+    "text,target,error,match",
+    [
+        (PROMPT, "", ValueError, "non-empty string"),
+        (PROMPT, "   ", ValueError, "non-empty string"),
+        (PROMPT, 3, TypeError, "must be a non-empty string"),
+        ([PROMPT, PROMPT], ["Lyon"], ValueError, "same length"),
+        ([], [], ValueError, "non-empty list"),
+        (PROMPT, ["Lyon"], TypeError, "needs a list of texts"),
+        (("a", "b"), "Lyon", TypeError, "string prompt"),
+    ],
+)
+def test_bad_edit_requests_raise_before_anything_changes(tmp_path, text, target, error, match):
+    editor = mlm_editor(tmp_path, **FT)
+    clean = editor.predict(PROMPT)
+    with pytest.raises(error, match=match):
+        editor.edit(text, target)
+    assert editor.model.base_model.applied_edit_ids == []
+    assert editor.predict(PROMPT) == clean
+
+
+def test_text_methods_need_a_tokenizer():
+    editor = LimeEditor(get_peft_model(build_model("bert-mlm"), LimeConfig(languages=LANGS)))
+    with pytest.raises(ValueError, match="no tokenizer"):
+        editor.edit(PROMPT, "Lyon", language="en")
+    with pytest.raises(ValueError, match="no tokenizer"):
+        editor.predict(PROMPT)
+
+
+def test_evaluate_forwards_to_the_evaluation_harness(monkeypatch):
+    calls = []
+    fake = types.ModuleType("hf_lime.evaluation")
+    fake.evaluate_editor = lambda *args, **kwargs: calls.append((args, kwargs)) or "result"
+    monkeypatch.setitem(sys.modules, "hf_lime.evaluation", fake)
+    editor = LimeEditor(get_peft_model(build_model("bert-mlm"), LimeConfig(languages=LANGS)), tokenizer="tok")
+    assert editor.evaluate(["item"], n_edits=3, seed=1) == "result"
+    (args, kwargs), = calls  # fmt: skip
+    assert args == (editor.model, "tok", ["item"]) and kwargs == {"task": "masked_lm", "n_edits": 3, "seed": 1}
+
+
+# ----------------------------------------------------------------------------------------------- save / load
+def perturb(editor: LimeEditor, scale: float = 0.3, seed: int = 0) -> None:
+    """Make the adapter's weights non-trivial (a trained editor is not at its initialisation)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in editor.model.named_parameters():
+            if ".lime_" in name and p.is_floating_point():
+                p.add_(scale * torch.randn(p.shape, generator=g))
+
+
+def test_save_and_load_round_trip_reproduces_outputs_and_edits(tmp_path):
+    editor = mlm_editor(tmp_path, edit_lr_init=1.0, mend_init="random", languages=["zh", "en", "fr"])
+    perturb(editor)
+    editor.training_info = {"dataset": "mlama", "steps": 12, "languages": ["zh", "en", "fr"]}
+    editor.metrics = {"en": {"es": 0.9, "loc": 0.8}, "fr": {"es": 0.7, "loc": 0.85}}
+    batch = text_batch(editor.tokenizer)
+    clean = logits(editor, batch)
+    with editor.edit(PROMPT, "Lyon", language="fr"):
+        edited = logits(editor, batch)
+    folder = editor.save_pretrained(tmp_path / "editor")
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "README.md", "adapter_config.json", "adapter_model.safetensors", "lime_editor.json", "tokenizer.json",
+        "tokenizer_config.json",
+    ]  # fmt: skip
+    loaded = LimeEditor.from_pretrained(folder)  # base model and tokenizer found from the saved files
+    assert loaded.task == "masked_lm" and loaded.languages == ["zh", "en", "fr"]
+    assert loaded.training_info == editor.training_info and loaded.metrics == editor.metrics
+    assert not any(p.requires_grad for p in loaded.model.parameters())
+    assert torch.equal(logits(loaded, batch), clean)
+    with loaded.edit(PROMPT, "Lyon", language="fr"):
+        assert torch.equal(logits(loaded, batch), edited)
+
+
+def test_load_with_explicit_base_model_and_tokenizer(tmp_path):
+    editor = mlm_editor(tmp_path, **FT)
+    folder = editor.save_pretrained(tmp_path / "editor", save_tokenizer=False)
+    assert not (folder / "tokenizer.json").exists()
+    base = BertForMaskedLM.from_pretrained(tmp_path / "base")
+    loaded = LimeEditor.from_pretrained(folder, base_model=base, tokenizer=build_wordpiece_tokenizer(), device="cpu")
+    assert loaded.model.get_base_model() is base
+    from_base_folder = LimeEditor.from_pretrained(folder)  # tokenizer from the base model's folder
+    assert from_base_folder.tokenizer.get_vocab() == editor.tokenizer.get_vocab()
+    with pytest.raises(TypeError, match="plain transformers model"):
+        LimeEditor.from_pretrained(folder, base_model=loaded.model)
+
+
+def test_save_needs_the_base_model_name(tmp_path):
+    editor = LimeEditor(get_peft_model(build_model("bert-mlm"), LimeConfig(languages=LANGS)), task="masked_lm")
+    assert not editor.config.base_model_name_or_path  # a model built from a config has no name
+    with pytest.raises(ValueError, match="base_model_name_or_path="):
+        editor.save_pretrained(tmp_path / "editor")
+    assert not (tmp_path / "editor").exists()
+    editor.save_pretrained(tmp_path / "editor", base_model_name_or_path="org/tiny-bert")
+    config = json.loads((tmp_path / "editor" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "org/tiny-bert"
+
+
+def test_non_default_adapter_name_is_saved_flat(tmp_path):
+    editor = mlm_editor(tmp_path)
+    model = get_peft_model(BertForMaskedLM.from_pretrained(tmp_path / "base"), LimeConfig(languages=LANGS), "xl")
+    folder = LimeEditor(model, editor.tokenizer).save_pretrained(tmp_path / "editor")
+    assert (folder / "adapter_model.safetensors").is_file() and not (folder / "xl").exists()
+    assert LimeEditor.from_pretrained(folder).languages == LANGS
+
+
+def test_soft_differences_of_the_base_model_warn(tmp_path):
+    editor = mlm_editor(tmp_path)
+    folder = editor.save_pretrained(tmp_path / "editor")
+    other = tiny_bert(editor.tokenizer, seed=1)  # same architecture, other weights
+    with pytest.warns(UserWarning, match="weights of the edited layers differ"):
+        LimeEditor.from_pretrained(folder, base_model=other)
+
+
+# ----------------------------------------------------------------------------------------------- model card
+def test_model_card_front_matter_and_body(tmp_path):
+    editor = mlm_editor(tmp_path)
+    editor.training_info = {"dataset": "mLAMA (en, fr, de)", "steps": 500}
+    editor.metrics = {"edit_success": 0.91, "locality": 0.88}
+    card = (editor.save_pretrained(tmp_path / "editor", repo_id="org/mbert-lime") / "README.md").read_text()
+    front, body = card.split("---\n")[1], card.split("---\n", 2)[2]
+    assert "library_name: hf_lime" in front
+    assert all(f"- {tag}" in front for tag in ("hf_lime", "lime", "model-editing", "cross-lingual", "peft"))
+    assert "language:\n- en\n- fr\n- de" in front
+    assert "base_model:" not in front  # a local folder is not a valid Hub `base_model`
+    assert "**LiME language masks:** on" in body and "MEND" in body
+    assert "**dataset:** mLAMA (en, fr, de)" in body and "**steps:** 500" in body
+    assert "| edit_success | 0.91 |" in body
+    assert 'LimeEditor.from_pretrained("org/mbert-lime")' in body
+
+
+def test_model_card_names_a_hub_base_model_and_renders_per_language_tables():
+    card = render_model_card(
+        base_model="google-bert/bert-base-multilingual-cased", task="seq_cls", editor="ke", languages=["en", "zh"],
+        use_lime_mask=False, metrics={"en": {"es": 0.5, "loc": 1.0}, "zh": {"es": 0.25}},
+    )  # fmt: skip
+    assert "base_model: google-bert/bert-base-multilingual-cased" in card
+    assert "**LiME language masks:** off" in card and "KnowledgeEditor" in card
+    assert "| | es | loc |" in card and "| zh | 0.25 |  |" in card
+    assert "Training details were not recorded" in card
