@@ -295,6 +295,24 @@ def test_load_with_explicit_base_model_and_tokenizer(tmp_path):
         LimeEditor.from_pretrained(folder, base_model=loaded.model)
 
 
+def test_load_an_adapter_saved_by_plain_peft(tmp_path):
+    """No lime_editor.json: the task comes from the base model config's `architectures`, nothing is fingerprinted."""
+    editor = mlm_editor(tmp_path, edit_lr_init=1.0, mend_init="random")
+    perturb(editor)
+    editor.model.save_pretrained(tmp_path / "plain")
+    editor.tokenizer.save_pretrained(tmp_path / "plain")
+    assert not (tmp_path / "plain" / "lime_editor.json").exists()
+    loaded = LimeEditor.from_pretrained(tmp_path / "plain")
+    assert loaded.task == "masked_lm" and loaded.training_info is None
+    batch = text_batch(editor.tokenizer)
+    for model in (editor, loaded):
+        with model.edit(PROMPT, "Lyon", language="en"):
+            outputs = logits(model, batch)
+    assert not torch.equal(outputs, logits(editor, batch))  # the edit changes the outputs ...
+    with editor.edit(PROMPT, "Lyon", language="en"):
+        assert torch.equal(outputs, logits(editor, batch))  # ... identically for the reloaded editor
+
+
 def test_save_needs_the_base_model_name(tmp_path):
     editor = LimeEditor(get_peft_model(build_model("bert-mlm"), LimeConfig(languages=LANGS)), task="masked_lm")
     assert not editor.config.base_model_name_or_path  # a model built from a config has no name
