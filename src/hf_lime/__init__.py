@@ -1,6 +1,7 @@
 """hf_lime: cross-lingual model editing (LiME, https://huggingface.co/papers/2205.12677) for the HF ecosystem."""
 
 from .editing import Edit, LayerDelta
+from .editor import LimeEditor
 from .masks import HardConcreteGate, LanguageMask
 from .metrics.install import install_evaluate_module_on_import
 from .tuner import LimeConfig, LimeLayer, LimeModel
@@ -15,6 +16,7 @@ __all__ = [
     "HardConcreteGate",
     "LanguageMask",
     "LayerDelta",
+    "LimeEditor",
     "LimeConfig",
     "LimeLayer",
     "LimeModel",

@@ -45,11 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--bootstrap", type=int, default=0)
     evaluate.add_argument("--output_dir", default=None, help="Write metrics.json and heatmaps here.")
     push = sub.add_parser("push", help="Push an editor folder to the Hub.")
-    _editor_args(push)
+    _editor_args(push, revision=False)
     push.add_argument("--repo_id", required=True)
     push.add_argument("--private", action="store_true")
     push.add_argument("--commit_message", default=None)
-    push.add_argument("--revision", default=None)
+    push.add_argument("--revision", default=None, help="Branch to push to (default: main).")
     prepare = sub.add_parser("prepare-model", help="Build an offline real model folder.")
     prepare.add_argument("name", choices=("me5-small", "me5-small-xnli", "me5-small-facts"))
     prepare.add_argument("--output", required=True)
@@ -61,15 +61,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _editor_args(parser: argparse.ArgumentParser) -> None:
+def _editor_args(parser: argparse.ArgumentParser, revision: bool = True) -> None:
     parser.add_argument("--editor", required=True, help="Editor folder or Hub id (LimeEditor.from_pretrained).")
-    parser.add_argument("--revision", default=None, help="Hub revision of the editor.")
+    if revision:
+        parser.add_argument("--revision", default=None, help="Hub revision of the editor.")
 
 
 def _load_editor(args):
     from .editor import LimeEditor
 
-    return LimeEditor.from_pretrained(args.editor, revision=getattr(args, "revision", None))
+    revision = None if args.command == "push" else args.revision
+    return LimeEditor.from_pretrained(args.editor, revision=revision)
 
 
 def _normalise(text: str) -> str:

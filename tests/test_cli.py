@@ -1,0 +1,74 @@
+"""The `hf-lime` command on a tiny saved editor (synthetic fact world)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers_facts import LANGUAGES, build_fact_tokenizer, fact_items, pretrained_fact_model
+
+from hf_lime import LimeConfig, LimeEditor
+from hf_lime.cli import main
+
+
+@pytest.fixture(scope="module")
+def editor_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    tokenizer, items = build_fact_tokenizer(), fact_items()
+    base = pretrained_fact_model(tokenizer, items, steps=150)
+    base.save_pretrained(root / "base")
+    tokenizer.save_pretrained(root / "base")
+    config = LimeConfig(languages=LANGUAGES, editor="ft", ft_optimizer="adam", ft_lr=0.05, ft_steps=20)
+    editor = LimeEditor.from_base_model(base, config, tokenizer)
+    editor.save_pretrained(root / "editor", base_model_name_or_path=str(root / "base"))
+    return root / "editor"
+
+
+PROMPT = "subj1 was born in [MASK] ."
+
+
+def test_predict(editor_dir, capsys):
+    assert main(["predict", "--editor", str(editor_dir), "--text", PROMPT]) == 0
+    answer = capsys.readouterr().out.strip()
+    assert answer.startswith("city")
+    assert answer == LimeEditor.from_pretrained(editor_dir).predict(PROMPT)
+
+
+def test_edit_shows_before_and_after_in_other_languages(editor_dir, capsys):
+    before = LimeEditor.from_pretrained(editor_dir).predict(PROMPT)
+    target = "city4" if before != "city4" else "city3"
+    code = main([
+        "edit", "--editor", str(editor_dir), "--text", PROMPT, "--target", target,
+        "--language", "en", "--show", "fr=subj1 est né à [MASK] .", "de=subj1 ist in [MASK] geboren .",
+    ])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    rows = {line.split()[0]: line.split()[1:3] for line in out.splitlines()[2:]}
+    assert rows["en"] == [before, target]
+    assert set(rows) == {"en", "fr", "de"}
+
+
+def test_evaluate_writes_a_report(editor_dir, tmp_path, capsys, monkeypatch):
+    import hf_lime.cli as cli
+
+    monkeypatch.setattr(cli, "_evaluation_items", lambda args, languages: fact_items())
+    out = tmp_path / "report"
+    code = main(["evaluate", "--editor", str(editor_dir), "--n_edits", "2", "--n_retain", "2",
+                 "--output_dir", str(out)])  # fmt: skip
+    assert code == 0
+    assert "reliability" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["es_matrix"]) == set(LANGUAGES)
+
+
+def test_user_errors_exit_with_code_2(editor_dir, capsys):
+    code = main(["edit", "--editor", str(editor_dir), "--text", "subj1 was born in [MASK] .", "--target", "city4",
+                 "--language", "xx"])  # fmt: skip
+    assert code == 2
+    assert "Unknown language" in capsys.readouterr().err
+    assert main(["predict", "--editor", str(editor_dir / "missing"), "--text", "x"]) == 2
+
+
+def test_parser_rejects_unknown_model_names():
+    with pytest.raises(SystemExit):
+        main(["prepare-model", "gpt-5", "--output", "x"])
