@@ -1,0 +1,424 @@
+"""The cross-lingual edit evaluation harness: edit in one language, score in every language, revert.
+
+For every edit language `l_e`, `n_edits` items are edited one at a time (the prompt in `l_e` with a new target in
+`l_e`); after each edit the *same* item is scored in every evaluation language `l` (edit success, reference = the new
+target in `l`) and `n_retain` unrelated items are scored in every `l` (locality, reference = the unedited model's own
+prediction). Each edit is reverted before the next, so the model is bit-identical afterwards. The records go through
+`hf_lime.metrics.compute_xl_edit_metrics`, the arithmetic of the `lime_xl_edit` evaluate module. The protocol is
+documented in `docs/evaluation.md`; the paper is https://huggingface.co/papers/2205.12677.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import random
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from numbers import Integral
+from typing import Any
+
+import torch
+
+from ..data.encoding import IGNORE_INDEX, TASKS, encode_example, pad_batch, predict_from_logits
+from ..data.episodes import NEW_TARGET_MODES, _check_languages, _Item, _parse_item, _sample_excluding, _target_table
+from ..data.schema import check_languages
+from ..metrics import compute_xl_edit_metrics
+from .report import EvaluationResult
+
+RECORD_FIELDS = ("predictions", "references", "edit_ids", "edit_languages", "eval_languages", "kinds")
+"""The keys of `EvaluationResult.records`: exactly the inputs of `compute_xl_edit_metrics` and `lime_xl_edit`."""
+
+
+@dataclass(frozen=True)
+class _EditPlan:
+    """One edit: the item, the language it is made in, its new target per language, and its retain items."""
+
+    edit_id: str
+    item: _Item
+    language: str
+    labels: dict[str, str]
+    retain: tuple[_Item, ...]
+
+
+def _digest(seed: int, *parts: str) -> int:
+    """A 64-bit number that depends only on the seed and the parts (never on Python's string hash seed)."""
+    text = ":".join(["hf_lime.evaluation", str(seed), *parts])
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
+
+
+@contextmanager
+def _head_at(head: torch.nn.Module, keep: torch.Tensor):
+    """Feed the output-embedding layer only the hidden states at `keep` (a `(batch, seq)` mask), when it is called
+    on `(batch, seq, hidden)` states; any other call is left alone."""
+
+    def select(module, args):
+        hidden = args[0]
+        if isinstance(hidden, torch.Tensor) and hidden.dim() == 3 and hidden.shape[:2] == keep.shape:
+            return (hidden[keep], *args[1:])
+        return None
+
+    handle = head.register_forward_pre_hook(select)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+class _Scorer:
+    """Encodes prompts, runs batched forward passes and renders predictions and references as comparable strings.
+
+    Masked/causal LM targets are rendered as their tokens joined by spaces (tokens and ids correspond one to one,
+    so two renderings are equal exactly when every target token is equal); classes as their id, e.g. `"2"`. For LM
+    tasks the vocabulary projection (`get_output_embeddings()`) is applied only at the target positions, which gives
+    the same argmax as full logits at a fraction of the cost for large vocabularies.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, task: str, label2id, max_length: int, batch_size: int) -> None:
+        self.model, self.tokenizer, self.task = model, tokenizer, task
+        self.label2id, self.max_length, self.batch_size = label2id, max_length, batch_size
+        self.device = next(model.parameters()).device
+        self._base: dict[tuple[str, str], tuple[dict, str]] = {}
+        self.slice_head = True  # compute vocabulary logits only at the target positions (same argmax, less work)
+
+    def encode(self, item: _Item, language: str, target: str) -> dict[str, Any]:
+        position = item.positions[language]
+        try:
+            return encode_example(
+                self.tokenizer,
+                self.task,
+                item.prompts[position],
+                target,
+                pair=item.pairs[position] or None,
+                label2id=self.label2id,
+                max_length=self.max_length,
+            )
+        except (ValueError, TypeError) as error:
+            raise ValueError(
+                f"Cannot encode item {item.id!r} in {language!r} with target {target!r}: {error}"
+            ) from error
+
+    def render(self, ids: list[int] | int) -> str:
+        if self.task == "seq_cls":
+            return str(int(ids))
+        return " ".join(self.tokenizer.convert_ids_to_tokens(list(ids)))
+
+    def reference(self, features: Mapping[str, Any]) -> str:
+        labels = features["labels"]
+        return self.render(labels if self.task == "seq_cls" else [i for i in labels if i != IGNORE_INDEX])
+
+    def batch(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        return {key: value.to(self.device) for key, value in pad_batch(self.tokenizer, features).items()}
+
+    @torch.no_grad()
+    def predict(self, features: Sequence[Mapping[str, Any]]) -> list[str]:
+        """The model's current prediction for each encoded example, in batches of `batch_size`."""
+        predictions: list[str] = []
+        for start in range(0, len(features), self.batch_size):
+            batch = self.batch(features[start : start + self.batch_size])
+            predictions.extend(self.render(ids) for ids in self._predict_batch(batch))
+        return predictions
+
+    def _predict_batch(self, batch: dict[str, torch.Tensor]) -> list:
+        """Argmax ids at the target positions (LM tasks) or classes, computing LM logits only where they are read."""
+        inputs = {key: value for key, value in batch.items() if key != "labels"}
+        labels = batch["labels"]
+        head = self.model.get_output_embeddings() if self.slice_head and self.task != "seq_cls" else None
+        if head is None or (self.task == "causal_lm" and bool((labels[:, 0] != IGNORE_INDEX).any())):
+            return predict_from_logits(self.task, self.model(**inputs).logits, batch)
+        keep = labels != IGNORE_INDEX
+        if self.task == "causal_lm":  # the prediction of token t is read at position t - 1
+            keep = torch.cat([keep[:, 1:], torch.zeros_like(keep[:, :1])], dim=1)
+        with _head_at(head, keep):
+            logits = self.model(**inputs).logits
+        if logits.dim() == 2 and logits.shape[0] == int(keep.sum()):
+            return [row.tolist() for row in logits.argmax(-1).split(keep.sum(dim=1).tolist())]
+        return predict_from_logits(self.task, logits, batch)  # the head was not called on the full hidden states
+
+    def base(self, pairs: Sequence[tuple[_Item, str]]) -> list[tuple[dict, str]]:
+        """Gold-target encodings and *current* predictions of `(item, language)` pairs, cached (call it unedited)."""
+        missing = {(item.id, language): (item, language) for item, language in pairs}
+        todo = [pair for key, pair in missing.items() if key not in self._base]
+        features = [self.encode(item, language, item.targets[item.positions[language]]) for item, language in todo]
+        for (item, language), encoded, prediction in zip(todo, features, self.predict(features), strict=True):
+            self._base[(item.id, language)] = (encoded, prediction)
+        return [self._base[(item.id, language)] for item, language in pairs]
+
+
+class _Planner:
+    """Chooses the edited items, their new targets and their retain items, deterministically from the seed."""
+
+    def __init__(self, items: list[_Item], eval_languages: list[str], new_target: str, seed: int) -> None:
+        self.items, self.eval_languages, self.new_target, self.seed = items, eval_languages, new_target, seed
+        self.table = _target_table(items)
+        self.order = sorted(range(len(items)), key=lambda i: (_digest(seed, "item", items[i].id), items[i].id))
+        self.retain_pool = [i for i, item in enumerate(items) if self._has_gold(item, eval_languages)]
+
+    @staticmethod
+    def _has_gold(item: _Item, languages: Sequence[str]) -> bool:
+        gold = item.gold_labels()
+        return all(language in gold for language in languages)
+
+    def new_labels(self, item: _Item, edit_language: str) -> dict[str, str] | None:
+        """The new target per language, labelled in the edit and every evaluation language (`None` if none)."""
+        needed = [edit_language, *self.eval_languages]
+        if not all(language in item.positions for language in needed):
+            return None
+        if self.new_target == "gold":
+            return item.gold_labels() if self._has_gold(item, needed) else None
+        candidates = [
+            labels
+            for target_id, labels in self.table.get(item.relation, [])
+            if target_id != item.target_id and all(language in labels for language in needed)
+        ]
+        if not candidates:
+            return None
+        return candidates[_digest(self.seed, "target", item.id) % len(candidates)]
+
+    def candidates(self, edit_language: str) -> Iterator[tuple[_Item, dict[str, str]]]:
+        """Every item that can be edited in `edit_language`, lazily in the seeded order, with its new target."""
+        for index in self.order:
+            labels = self.new_labels(self.items[index], edit_language)
+            if labels is not None:
+                yield self.items[index], labels
+
+    def retain_items(self, item: _Item, n_retain: int) -> tuple[_Item, ...]:
+        """`n_retain` other items of other groups, labelled in every evaluation language, fixed per item."""
+        if n_retain == 0:
+            return ()
+        rng = random.Random(_digest(self.seed, "retain", item.id))
+        chosen = _sample_excluding(
+            rng, self.retain_pool, n_retain, lambda i: self.items[i].group == item.group or self.items[i].id == item.id
+        )
+        if len(chosen) < n_retain:
+            raise ValueError(
+                f"Only {len(chosen)} items outside the group {item.group!r} of item {item.id!r} have targets in every "
+                f"evaluation language {self.eval_languages}, but n_retain={n_retain}; lower n_retain or add items."
+            )
+        return tuple(self.items[i] for i in chosen)
+
+
+def _select(planner: _Planner, scorer: _Scorer, edit_language: str, n_edits: int) -> list[tuple[_Item, dict]]:
+    """The first `n_edits` candidates (in `"gold"` mode: the first the unedited model gets wrong in `l_e`)."""
+    candidates = planner.candidates(edit_language)
+    if planner.new_target == "alternative":
+        chosen = list(itertools.islice(candidates, n_edits))
+        if len(chosen) < n_edits:
+            raise ValueError(
+                f"Only {len(chosen)} items can be edited in {edit_language!r} (they need a prompt in "
+                f"{edit_language!r} and every evaluation language {planner.eval_languages}, and another object of "
+                f"the same relation labelled in all of them), but n_edits={n_edits}."
+            )
+        return chosen
+    chosen, seen = [], 0
+    while len(chosen) < n_edits:
+        chunk = list(itertools.islice(candidates, scorer.batch_size))
+        if not chunk:
+            break
+        seen += len(chunk)
+        base = scorer.base([(item, edit_language) for item, _ in chunk])
+        chosen += [
+            pair for pair, (encoded, before) in zip(chunk, base, strict=True) if before != scorer.reference(encoded)
+        ]
+    if len(chosen) < n_edits:
+        warnings.warn(
+            f"new_target='gold': the unedited model gets only {len(chosen)} of {seen} candidate items wrong in "
+            f"{edit_language!r}; evaluating {len(chosen)} edits instead of n_edits={n_edits}.",
+            stacklevel=4,
+        )
+    return chosen[:n_edits]
+
+
+def _plan(planner: _Planner, scorer: _Scorer, edit_languages: list[str], n_edits: int, n_retain: int):
+    plans = []
+    for language in edit_languages:
+        for item, labels in _select(planner, scorer, language, n_edits):
+            retain = planner.retain_items(item, n_retain)
+            plans.append(_EditPlan(f"{language}:{item.id}", item, language, dict(labels), retain))
+    if not plans:
+        raise ValueError(
+            "new_target='gold' found no item that the unedited model gets wrong in the edit languages "
+            f"{edit_languages}: there is nothing to fix. Use new_target='alternative'."
+        )
+    return plans
+
+
+def _run_edit(model: Any, scorer: _Scorer, plan: _EditPlan, eval_languages: list[str], records: dict) -> None:
+    """Apply one edit, score its item and its retain items in every evaluation language, revert it."""
+    features = [scorer.encode(plan.item, language, plan.labels[language]) for language in eval_languages]
+    references = [scorer.reference(encoded) for encoded in features]
+    kinds, languages = ["edit"] * len(features), list(eval_languages)
+    retain_pairs = [(item, language) for item in plan.retain for language in eval_languages]
+    for (encoded, before), (_, language) in zip(scorer.base(retain_pairs), retain_pairs, strict=True):
+        features.append(encoded)
+        references.append(before)
+        kinds.append("retain")
+        languages.append(language)
+    edit_features = scorer.encode(plan.item, plan.language, plan.labels[plan.language])
+    edit = model.edit(scorer.batch([edit_features]), language=plan.language)
+    try:
+        predictions = scorer.predict(features)
+    finally:
+        edit.revert()
+    records["predictions"].extend(predictions)
+    records["references"].extend(references)
+    records["edit_ids"].extend([plan.edit_id] * len(features))
+    records["edit_languages"].extend([plan.language] * len(features))
+    records["eval_languages"].extend(languages)
+    records["kinds"].extend(kinds)
+
+
+def _check_int(name: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < low:
+        raise ValueError(f"`{name}` must be an int >= {low}, got {value!r}.")
+    return int(value)
+
+
+def _resolve_languages(model: Any, languages, edit_languages, eval_languages) -> tuple[list[str], list[str]]:
+    adapter_languages = list(getattr(model.base_model, "languages", None) or [])
+    if languages is None:
+        if not adapter_languages:
+            raise ValueError(
+                "This adapter has no `languages` (e.g. editor='ft' or use_lime_mask=False without languages); pass "
+                "languages=[...], the language codes to evaluate."
+            )
+        languages = adapter_languages
+    languages = check_languages(languages)
+    edit_languages = _check_languages("edit_languages", edit_languages, languages)
+    eval_languages = _check_languages("eval_languages", eval_languages, languages)
+    unknown = [language for language in edit_languages if adapter_languages and language not in adapter_languages]
+    if unknown:
+        raise ValueError(f"edit_languages {unknown} are unknown to this editor, which knows {adapter_languages}.")
+    return edit_languages, eval_languages
+
+
+def _parse_items(items: Any, languages: set[str]) -> list[_Item]:
+    rows = items.to_list() if hasattr(items, "to_list") else list(items)
+    if not rows:
+        raise ValueError("`items` is empty; pass parallel items in the common schema (see hf_lime.data.schema).")
+    parsed = [_parse_item(row, languages) for row in rows]
+    if len({item.id for item in parsed}) != len(parsed):
+        raise ValueError("Item ids must be unique; `items` has duplicates.")
+    return parsed
+
+
+def _default_label2id(model: Any, task: str, label2id: Mapping[str, int] | None) -> Mapping[str, int] | None:
+    if label2id is not None or task != "seq_cls":
+        return label2id
+    return dict(getattr(getattr(model, "config", None), "label2id", None) or {}) or None
+
+
+def evaluate_editor(
+    model: Any,
+    tokenizer: Any,
+    items: Any,
+    task: str,
+    languages: Sequence[str] | None = None,
+    edit_languages: Sequence[str] | None = None,
+    eval_languages: Sequence[str] | None = None,
+    n_edits: int = 20,
+    n_retain: int = 8,
+    new_target: str = "alternative",
+    seed: int = 0,
+    label2id: Mapping[str, int] | None = None,
+    max_length: int = 128,
+    batch_size: int = 32,
+    bootstrap: int = 0,
+    progress: bool = True,
+    return_records: bool = False,
+) -> EvaluationResult:
+    """Edit each chosen item in each edit language, score it and unrelated items in every language, revert.
+
+    Per edit language `l_e`: the first `n_edits` usable items in a seeded order are edited one at a time (usable:
+    a prompt in `l_e` and in every evaluation language, and a new target labelled in all of them). After each edit:
+
+    - the same item in every evaluation language `l` gives an `"edit"` record, reference = the new target in `l`;
+    - `n_retain` unrelated items (other groups, fixed per item) in every `l` give `"retain"` records, reference =
+      the unedited model's prediction (computed once, before any edit).
+
+    Predictions are read at the target positions: LM prompts are encoded with the reference target so that the
+    number of mask/continuation positions matches it (retain items with their own gold target), and a multi-token
+    target counts only when every token is right. The same seed gives the same items, targets and retain items for
+    every edit language (a paired design), independent of Python's hash seed.
+
+    Args:
+        model (`PeftModel`): A model with a LIME adapter (any editor); only `model.edit` and forward passes are used.
+        tokenizer (`PreTrainedTokenizerBase`): The model's tokenizer.
+        items (`datasets.Dataset` or `Sequence[Mapping]`): Parallel items in the common schema.
+        task (`str`): `"masked_lm"`, `"causal_lm"` or `"seq_cls"`.
+        languages (`list[str]`, *optional*, defaults to the adapter's languages): The languages of the evaluation;
+            required for adapters without languages (e.g. `editor="ft"`).
+        edit_languages (`list[str]`, *optional*, defaults to `languages`): Languages the edits are made in.
+        eval_languages (`list[str]`, *optional*, defaults to `languages`): Languages every edit is scored in.
+        n_edits (`int`, *optional*, defaults to `20`): Edits per edit language.
+        n_retain (`int`, *optional*, defaults to `8`): Unrelated items scored per edit (0 disables locality).
+        new_target (`str`, *optional*, defaults to `"alternative"`): `"alternative"` (another object of the same
+            relation, or another class) or `"gold"` (only items the unedited model gets wrong in `l_e`, edited to
+            their gold target; fewer than `n_edits` are used, with a warning, when fewer are wrong).
+        seed (`int`, *optional*, defaults to `0`): Seed of the item, target and retain selection (and bootstrap).
+        label2id (`Mapping[str, int]`, *optional*): Class name to id for `"seq_cls"`; defaults to the model
+            config's `label2id`.
+        max_length (`int`, *optional*, defaults to `128`): Maximum tokens per example.
+        batch_size (`int`, *optional*, defaults to `32`): Rows per scoring forward pass.
+        bootstrap (`int`, *optional*, defaults to `0`): Bootstrap resamples for confidence intervals (`"ci"`).
+        progress (`bool`, *optional*, defaults to `True`): Show a tqdm progress bar over the edits.
+        return_records (`bool`, *optional*, defaults to `False`): Keep the raw records in `result.records`.
+
+    Returns:
+        [`EvaluationResult`]: `metrics` is exactly `compute_xl_edit_metrics(**records, bootstrap=bootstrap,
+        seed=seed)`; `settings` records how it was obtained; `records` the inputs of `lime_xl_edit` when asked for.
+
+    Raises:
+        ValueError: On an unknown task, language or `new_target`, counts out of range, empty items, or too few items
+            that have the requested languages.
+
+    Example:
+
+    ```python
+    >>> from hf_lime.evaluation import evaluate_editor, format_table  # doctest: +SKIP
+    >>> result = evaluate_editor(model, tokenizer, items, task="masked_lm", n_edits=20)  # doctest: +SKIP
+    >>> result.metrics["reliability"], result.metrics["transfer"]  # doctest: +SKIP
+    >>> print(format_table(result))  # doctest: +SKIP
+    ```
+    """
+    if task not in TASKS:
+        raise ValueError(f"Unknown task {task!r}; allowed tasks are {TASKS}.")
+    if new_target not in NEW_TARGET_MODES:
+        raise ValueError(f"Unknown new_target {new_target!r}; allowed values are {NEW_TARGET_MODES}.")
+    if not callable(getattr(model, "edit", None)) or not hasattr(model, "base_model"):
+        raise TypeError(f"`model` must be a PeftModel with a LIME adapter, got {type(model).__name__}.")
+    n_edits, n_retain = _check_int("n_edits", n_edits, 1), _check_int("n_retain", n_retain, 0)
+    seed, batch_size = _check_int("seed", seed, 0), _check_int("batch_size", batch_size, 1)
+    _check_int("bootstrap", bootstrap, 0)
+    edit_languages, eval_languages = _resolve_languages(model, languages, edit_languages, eval_languages)
+    parsed = _parse_items(items, set(edit_languages) | set(eval_languages))
+    label2id = _default_label2id(model, task, label2id)
+    scorer = _Scorer(model, tokenizer, task, label2id, max_length, batch_size)
+    plans = _plan(_Planner(parsed, eval_languages, new_target, seed), scorer, edit_languages, n_edits, n_retain)
+    scorer.base([(item, language) for plan in plans for item in plan.retain for language in eval_languages])
+    records: dict[str, list[str]] = {name: [] for name in RECORD_FIELDS}
+    from tqdm.auto import tqdm
+
+    for plan in tqdm(plans, desc="Editing", unit="edit", disable=not progress):
+        _run_edit(model, scorer, plan, eval_languages, records)
+    metrics = compute_xl_edit_metrics(**records, bootstrap=bootstrap, seed=seed)
+    settings = _settings(model, task, edit_languages, eval_languages, plans, n_edits, n_retain, new_target, seed)
+    return EvaluationResult(metrics=metrics, settings=settings, records=records if return_records else None)
+
+
+def _settings(model, task, edit_languages, eval_languages, plans, n_edits, n_retain, new_target, seed) -> dict:
+    config = getattr(model.base_model, "lime_config", None)
+    return {
+        "task": task,
+        "editor": getattr(config, "editor", None),
+        "use_lime_mask": getattr(config, "use_lime_mask", None),
+        "edit_languages": list(edit_languages),
+        "eval_languages": list(eval_languages),
+        "n_edits": n_edits,
+        "n_retain": n_retain,
+        "new_target": new_target,
+        "seed": seed,
+        "edits_per_language": {lang: sum(p.language == lang for p in plans) for lang in edit_languages},
+    }
