@@ -23,7 +23,7 @@ import torch
 from peft import get_peft_model
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-from hf_lime import LimeConfig
+from hf_lime import LimeConfig, LimeEditor
 from hf_lime.data import load_cldr_facts
 from hf_lime.data.episodes import EpisodeCollator, EpisodeDataset
 from hf_lime.models.prepare import prepare_model
@@ -72,33 +72,30 @@ def train_editor(model, tokenizer, splits, languages, args) -> LimeTrainer:
     return trainer
 
 
-def show_text_edit(output_dir: Path, languages: list[str]) -> None:
-    """Reload the saved editor like a user would, edit one fact in English, print every language before/after."""
+def show_text_edit(output_dir: Path, languages: list[str], seed: int) -> None:
+    """Reload the saved editor like a user would, edit one held-out fact in English, print every language."""
     from hf_lime import LimeEditor
 
     editor = LimeEditor.from_pretrained(output_dir)
-    probes = load_cldr_facts(languages, relations=("capital",), seed=0)["test"]
-    item = probes[0]
-    prompts = dict(zip(item["languages"], item["prompts"], strict=True))
-    targets = dict(zip(item["languages"], item["targets"], strict=True))
-    other = next(row for row in probes if row["target_id"] != item["target_id"])
-    new_targets = dict(zip(other["languages"], other["targets"], strict=True))
-    print(f"\nText-level edit in en: {prompts['en'].replace('[Y]', '[MASK]')!r} -> {new_targets['en']!r}")
-    before = {
-        lang: editor.predict(prompts[lang], language=lang, num_tokens=_n(editor, new_targets[lang]))
-        for lang in languages
-    }
-    with editor.edit(prompts["en"], new_targets["en"], language="en"):
-        after = {
-            lang: editor.predict(prompts[lang], language=lang, num_tokens=_n(editor, new_targets[lang]))
-            for lang in languages
-        }
-    print(f"{'lang':<6}{'gold':<22}{'new target':<22}{'before':<22}{'after':<22}")
+    test = load_cldr_facts(languages, relations=("capital",), seed=seed)["test"]
+    item, other = test[0], next(row for row in test if row["target_id"] != test[0]["target_id"])
+    prompts = {lang: p.replace("[Y]", "[MASK]") for lang, p in zip(item["languages"], item["prompts"], strict=True)}
+    gold = dict(zip(item["languages"], item["targets"], strict=True))
+    new = dict(zip(other["languages"], other["targets"], strict=True))
+    print(f"\nText-level edit, made in English only: {prompts['en']!r} -> {new['en']!r}")
+
+    def answers() -> dict[str, str]:
+        return {lang: editor.predict(prompts[lang], num_tokens=_n_tokens(editor, new[lang])) for lang in languages}
+
+    before = answers()
+    with editor.edit(prompts["en"], new["en"], language="en"):
+        after = answers()
+    print(f"{'lang':<6}{'gold':<20}{'new target':<20}{'before':<20}{'after':<20}")
     for lang in languages:
-        print(f"{lang:<6}{targets[lang]:<22}{new_targets[lang]:<22}{before[lang]:<22}{after[lang]:<22}")
+        print(f"{lang:<6}{gold[lang]:<20}{new[lang]:<20}{before[lang]:<20}{after[lang]:<20}")
 
 
-def _n(editor, target: str) -> int:
+def _n_tokens(editor, target: str) -> int:
     from hf_lime.data.encoding import target_token_ids
 
     return len(target_token_ids(editor.tokenizer, target))
@@ -122,11 +119,12 @@ def main() -> None:
                              n_edits=args.n_edits, n_retain=8, seed=args.seed, max_length=48)  # fmt: skip
     print(format_table(result))
     save_report(result, output_dir)
-    model.save_pretrained(output_dir)
-    tokenizer.save_pretrained(output_dir)
-    info = {"base_model": str(folder), "languages": languages, "editor_steps": args.editor_steps}
+    info = {"base_model": str(folder), "dataset": "CLDR facts (babel)", "languages": languages,
+            "setting": "all -> all", "max_steps": args.editor_steps}  # fmt: skip
+    editor = LimeEditor(model, tokenizer, task="masked_lm", training_info=info, metrics=result.metrics)
+    editor.save_pretrained(output_dir, base_model_name_or_path=str(folder))
     (output_dir / "training_info.json").write_text(json.dumps(info, indent=2))
-    show_text_edit(output_dir, languages)
+    show_text_edit(output_dir, languages, args.seed)
     print(f"\nDone in {time.time() - start:.0f} s. Editor, metrics.json and heatmaps are in {output_dir}/")
 
 

@@ -41,7 +41,7 @@ from transformers import (
     set_seed,
 )
 
-from hf_lime import LimeConfig
+from hf_lime import LimeConfig, LimeEditor
 from hf_lime.data import load_mlama, load_xnli
 from hf_lime.data.episodes import EpisodeCollator, EpisodeDataset, episode_languages
 from hf_lime.trainer import LimeTrainer, LimeTrainingArguments
@@ -128,7 +128,8 @@ def main() -> None:
     collator = EpisodeCollator(tokenizer, task, label2id=label2id, max_length=data_args.max_length)
     chosen = episode_args(args, languages)
     train_info = {"dataset": data_args.dataset, "languages": languages, **chosen, "max_steps": args.max_steps}
-    train_info["world_size"] = args.world_size
+    train_info.update(world_size=args.world_size, base_model=model_args.model_name_or_path,
+                      editor=model_args.editor, lime=config.use_lime_mask)  # fmt: skip
     if model.base_model.editor.requires_training:
         common = {"languages": languages, "n_edit": args.n_edit, "n_retain": args.n_retain, **chosen}
         trainer = LimeTrainer(
@@ -165,8 +166,8 @@ def finish(model, tokenizer, test_items, task, label2id, languages, data_args, a
     print(format_table(result))
     output_dir = Path(args.output_dir)
     save_report(result, output_dir)
-    model.save_pretrained(output_dir)
-    tokenizer.save_pretrained(output_dir)
+    editor = LimeEditor(model, tokenizer, task=task, training_info=train_info, metrics=result.metrics)
+    editor.save_pretrained(output_dir, base_model_name_or_path=train_info["base_model"])
     (output_dir / "training_info.json").write_text(json.dumps(train_info, indent=2))
     logger.info("Editor, metrics.json and plots written to %s", output_dir)
 
