@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import random
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -18,17 +17,19 @@ EVAL_RESULTS_FILE = "eval_results.json"
 
 
 def configure_threads(num_threads: int | None = None) -> int:
-    """Set torch's intra-op threads (default: every available core) and return the number used.
+    """Set torch's intra-op CPU threads when ``num_threads`` is given; return the number in use.
+
+    By default torch's own setting is kept (it follows ``OMP_NUM_THREADS``). On a busy machine more threads than
+    free cores is much slower than one thread; on an idle 2-core machine ``num_threads=2`` is fastest.
 
     Args:
-        num_threads (`int`, *optional*): threads to use; defaults to ``len(os.sched_getaffinity(0))``.
+        num_threads (`int`, *optional*): threads to use; `None` keeps the current setting.
     """
-    if num_threads is None:
-        num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if num_threads < 1:
-        raise ValueError(f"num_threads must be at least 1, got {num_threads}.")
-    torch.set_num_threads(num_threads)
-    return num_threads
+    if num_threads is not None:
+        if not isinstance(num_threads, int) or num_threads < 1:
+            raise ValueError(f"num_threads must be a positive int, got {num_threads!r}.")
+        torch.set_num_threads(num_threads)
+    return torch.get_num_threads()
 
 
 @contextlib.contextmanager

@@ -117,7 +117,7 @@ def _score_job(row_logprobs: torch.Tensor, k: int, gold: tuple[int, ...], cands:
         best["open"] = tuple(row_logprobs.argmax(dim=-1).tolist()) == gold
     same = [c for c in cands if len(c) == k]
     if same:
-        ids = torch.tensor(same)
+        ids = torch.tensor(same, device=row_logprobs.device)
         scores = row_logprobs.gather(1, ids.T).mean(dim=0)
         top = int(scores.argmax())
         if float(scores[top]) > best.get("score", float("-inf")):
@@ -155,6 +155,7 @@ def evaluate_facts(
     from hf_lime.data.encoding import pad_batch, target_token_ids
 
     model.eval()
+    device = next(model.parameters()).device
     gold = []
     for row in rows:
         try:
@@ -166,6 +167,7 @@ def evaluate_facts(
     for start in tqdm(range(0, len(jobs), batch_size), desc="evaluating facts", disable=not progress):
         chunk = jobs[start : start + batch_size]
         batch = pad_batch(tokenizer, [{"input_ids": ids, "attention_mask": [1] * len(ids)} for _, _, ids in chunk])
+        batch = {key: value.to(device) for key, value in batch.items()}
         positions = batch["input_ids"] == tokenizer.mask_token_id
         logits = mask_logits(model, batch["input_ids"], batch["attention_mask"], positions)
         if vocab_limit is not None:

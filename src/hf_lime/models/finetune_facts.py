@@ -192,7 +192,7 @@ def finetune_facts(
         eval_split (`str`, *optional*, defaults to `"test"`): the held-out split to report.
         seed (`int`, *optional*, defaults to 0): seed of batch order, negatives and the evaluation sample.
         device (`str`, *optional*): ``"cpu"``/``"cuda"``; defaults to CUDA when available.
-        num_threads (`int`, *optional*): torch CPU threads; defaults to every available core.
+        num_threads (`int`, *optional*): torch CPU threads; defaults to torch's current setting.
         progress (`bool`, *optional*, defaults to `True`): show progress bars.
 
     Returns:

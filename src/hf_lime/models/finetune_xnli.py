@@ -185,7 +185,7 @@ def finetune_xnli(
         seed (`int`, *optional*, defaults to 0): seed of the premise split, batch order and initialisation.
         eval_split (`str`, *optional*, defaults to `"test"`): held-back split to report (``"validation"``/``"test"``).
         device (`str`, *optional*): ``"cpu"``/``"cuda"``; defaults to CUDA when available.
-        num_threads (`int`, *optional*): torch CPU threads; defaults to every available core.
+        num_threads (`int`, *optional*): torch CPU threads; defaults to torch's current setting.
         progress (`bool`, *optional*, defaults to `True`): show progress bars.
 
     Returns:

@@ -121,7 +121,7 @@ def prepare_model(
         base_dir (`str` or `Path`, *optional*): where ``me5-small`` is converted for the fine-tuned models;
             defaults to ``$HF_LIME_CACHE/me5-small`` (``~/.cache/hf_lime/me5-small``).
         device (`str`, *optional*): ``"cpu"``/``"cuda"`` for fine-tuning; defaults to CUDA when available.
-        num_threads (`int`, *optional*): torch CPU threads for fine-tuning; defaults to every available core.
+        num_threads (`int`, *optional*): torch CPU threads for fine-tuning; defaults to torch's current setting.
         progress (`bool`, *optional*, defaults to `True`): show tqdm progress bars.
 
     Returns:
