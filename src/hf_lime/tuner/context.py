@@ -104,6 +104,7 @@ def capture_layer_grads(
         records = {key: stack.enter_context(layer.capture()) for key, layer in layers.items()}
         outputs = model(**batch)
     loss = getattr(outputs, "loss", None)
+    del outputs  # free the logits before the backward (the edit's peak memory then stays below a fwd+bwd's)
     if loss is None:
         raise TypeError(
             f"{type(model).__name__} returned no loss for the edit batch: edit a model with a task head "

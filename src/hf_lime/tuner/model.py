@@ -263,10 +263,13 @@ class LimeModel(BaseTuner):
 
 
 def _checked_deltas(deltas: dict[str, LayerDelta]) -> dict[str, LayerDelta]:
-    for key, delta in deltas.items():
-        tensors = [delta.B] + ([] if delta.A is None else [delta.A])
-        if not all(torch.isfinite(t).all() for t in tensors):
-            raise ValueError(f"The editor produced a non-finite update for layer `{key}`; the model was not changed.")
+    """Refuse non-finite updates (one host sync for all layers; the offending layers are named)."""
+    finite = torch.stack(
+        [torch.isfinite(d.B).all() & (torch.isfinite(d.A).all() if d.A is not None else True) for d in deltas.values()]
+    )
+    if not bool(finite.all()):
+        bad = [key for key, ok in zip(deltas, finite.tolist(), strict=True) if not ok]
+        raise ValueError(f"The editor produced a non-finite update for layers {bad}; the model was not changed.")
     return deltas
 
 
