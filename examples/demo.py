@@ -39,8 +39,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--model_dir", default="outputs/models/me5-small-facts")
     parser.add_argument("--languages", nargs="+", default=DEMO_LANGUAGES)
     parser.add_argument("--fact_steps", type=int, default=300, help="Training steps of the fact-completion head.")
-    parser.add_argument("--editor_steps", type=int, default=300, help="Training steps of the editor.")
-    parser.add_argument("--n_edits", type=int, default=12, help="Test edits per editing language.")
+    parser.add_argument("--editor_steps", type=int, default=150, help="Training steps of the editor.")
+    parser.add_argument("--n_edits", type=int, default=8, help="Test edits per editing language.")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args()
 
@@ -110,7 +110,7 @@ def main() -> None:
     splits = load_cldr_facts(languages, seed=args.seed)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     base = AutoModelForMaskedLM.from_pretrained(folder, attn_implementation="eager")
-    model = get_peft_model(base, LimeConfig(languages=languages, editor="mend", mend_rank=256, edit_lr_init=1e-3))
+    model = get_peft_model(base, LimeConfig(languages=languages, editor="mend", mend_rank=256, edit_lr_init=1e-4))
     train_editor(model, tokenizer, splits, languages, args)
     from hf_lime.evaluation import evaluate_editor, format_table, save_report
 
