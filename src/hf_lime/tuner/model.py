@@ -264,6 +264,8 @@ class LimeModel(BaseTuner):
 
 def _checked_deltas(deltas: dict[str, LayerDelta]) -> dict[str, LayerDelta]:
     """Refuse non-finite updates (one host sync for all layers; the offending layers are named)."""
+    if not deltas:
+        return deltas
     finite = torch.stack(
         [torch.isfinite(d.B).all() & (torch.isfinite(d.A).all() if d.A is not None else True) for d in deltas.values()]
     )
