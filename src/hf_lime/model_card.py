@@ -105,8 +105,14 @@ def _evaluation(metrics: Mapping[str, Any] | None) -> str:
         for name, row in metrics.items():
             lines.append(f"| {name} | " + " | ".join(_format_value(row.get(col, "")) for col in columns) + " |")
         return "\n".join(lines)
+    scalars = {k: v for k, v in metrics.items() if not isinstance(v, Mapping)}
     lines = ["| Metric | Value |", "|---|---|"]
-    lines += [f"| {name} | {_format_value(value)} |" for name, value in metrics.items()]
+    lines += [f"| {name} | {_format_value(value)} |" for name, value in scalars.items()]
+    for name, title in (("es_matrix", "Edit success"), ("loc_matrix", "Locality")):
+        matrix = metrics.get(name)
+        if isinstance(matrix, Mapping) and matrix:
+            lines += ["", f"{title} (rows: editing language, columns: evaluation language):", ""]
+            lines.append(_evaluation(matrix))
     return "\n".join(lines)
 
 
