@@ -58,6 +58,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--n_edits", type=int, default=20, help="Test edits per editing language.")
     p.add_argument("--bootstrap", type=int, default=200)
     p.add_argument("--mend_rank", type=int, default=384)
+    p.add_argument("--summary_only", action="store_true", help="Only aggregate the finished runs of the grid.")
     return p.parse_args()
 
 
@@ -165,6 +166,8 @@ def main() -> None:
         path = out / "runs" / f"{run['id']}.json"
         if path.exists():
             results.append(json.loads(path.read_text()))
+            continue
+        if args.summary_only:
             continue
         if run["dataset"] not in tasks:
             tasks[run["dataset"]] = load_task(run["dataset"], args)
