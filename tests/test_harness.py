@@ -99,11 +99,11 @@ def test_records_are_complete_and_give_the_metrics(world):
 
 
 def test_retain_items_are_other_groups_and_fixed_per_item(world):
-    from hf_lime.data.episodes import _parse_item
+    from hf_lime.data.episodes import parse_item
     from hf_lime.evaluation.harness import _Planner
 
     _, items, _ = world
-    parsed = [_parse_item(row, set(LANGUAGES)) for row in items]
+    parsed = [parse_item(row, set(LANGUAGES)) for row in items]
     planner = _Planner(parsed, LANGUAGES, "alternative", seed=0)
     for item in parsed[:6]:
         retain = planner.retain_items(item, 5)

@@ -33,7 +33,7 @@ _ITEM_KEYS = ("id", "source", "relation", "group", "target_id", "languages", "pr
 
 
 @dataclass(frozen=True)
-class _Item:
+class ParsedItem:
     """One parallel item, indexed by language."""
 
     id: str
@@ -60,7 +60,7 @@ class _Item:
         return {lang: self.targets[pos] for lang, pos in self.positions.items() if self.targets[pos].strip()}
 
 
-def _parse_item(row: Mapping[str, Any], languages: set[str]) -> _Item:
+def parse_item(row: Mapping[str, Any], languages: set[str]) -> ParsedItem:
     missing = [key for key in _ITEM_KEYS if key not in row]
     if missing:
         raise ValueError(f"Item {row.get('id')!r} lacks the keys {missing}; items need {list(_ITEM_KEYS)}.")
@@ -71,7 +71,7 @@ def _parse_item(row: Mapping[str, Any], languages: set[str]) -> _Item:
         raise ValueError(f"Item {row['id']!r} lists a language twice: {columns[0]}.")
     # Languages outside `languages` have no mask row: they are ignored.
     positions = {lang: pos for pos, lang in enumerate(columns[0]) if lang in languages}
-    return _Item(
+    return ParsedItem(
         id=str(row["id"]),
         relation=str(row["relation"]),
         group=str(row["group"]),
@@ -83,7 +83,7 @@ def _parse_item(row: Mapping[str, Any], languages: set[str]) -> _Item:
     )
 
 
-def _target_table(items: Iterable[_Item]) -> dict[str, list[tuple[str, dict[str, str]]]]:
+def target_table(items: Iterable[ParsedItem]) -> dict[str, list[tuple[str, dict[str, str]]]]:
     """Per relation, the sorted list of ``(target_id, {language: label})`` seen in the items."""
     table: dict[str, dict[str, dict[str, str]]] = {}
     for item in items:
@@ -99,7 +99,7 @@ def _episode_rng(seed: int, index: int) -> random.Random:
     return random.Random(int.from_bytes(digest[:8], "big"))
 
 
-def _sample_excluding(rng: random.Random, pool: Sequence[int], k: int, blocked: Callable[[int], bool]) -> list[int]:
+def sample_excluding(rng: random.Random, pool: Sequence[int], k: int, blocked: Callable[[int], bool]) -> list[int]:
     """Up to `k` distinct entries of `pool` for which `blocked` is false (rejection sampling, then a full scan)."""
     chosen: list[int] = []
     seen: set[int] = set()
@@ -114,7 +114,7 @@ def _sample_excluding(rng: random.Random, pool: Sequence[int], k: int, blocked: 
     return chosen + rng.sample(rest, min(k - len(chosen), len(rest)))
 
 
-def _check_languages(name: str, selected: Sequence[str] | None, languages: Sequence[str]) -> list[str]:
+def check_language_subset(name: str, selected: Sequence[str] | None, languages: Sequence[str]) -> list[str]:
     if selected is None:
         return list(languages)
     if isinstance(selected, str):
@@ -152,7 +152,7 @@ def episode_languages(
     if preset == "all":
         chosen = languages
     elif preset == "monolingual":
-        chosen = _check_languages("edit_language", [edit_language], languages)
+        chosen = check_language_subset("edit_language", [edit_language], languages)
     else:
         if pair is None:
             others = [lang for lang in languages if lang != edit_language]
@@ -161,7 +161,7 @@ def episode_languages(
             pair = [edit_language, others[0]]
         if len(pair) != 2 or pair[0] == pair[1]:
             raise ValueError(f"pair must name two different languages, got {pair!r}.")
-        chosen = _check_languages("pair", list(pair), languages)
+        chosen = check_language_subset("pair", list(pair), languages)
     return {"edit_languages": list(chosen), "update_languages": list(chosen), "retain_languages": list(chosen)}
 
 
@@ -228,19 +228,19 @@ class EpisodeDataset(torch.utils.data.Dataset):
         new_target: str = "alternative",
     ) -> None:
         self.languages = self._check_language_list(languages)
-        self.edit_languages = _check_languages("edit_languages", edit_languages, self.languages)
-        self.update_languages = _check_languages("update_languages", update_languages, self.languages)
-        self.retain_languages = _check_languages("retain_languages", retain_languages, self.languages)
+        self.edit_languages = check_language_subset("edit_languages", edit_languages, self.languages)
+        self.update_languages = check_language_subset("update_languages", update_languages, self.languages)
+        self.retain_languages = check_language_subset("retain_languages", retain_languages, self.languages)
         _check_counts(n_edit, n_retain, num_episodes, new_target)
         self.n_edit, self.n_retain, self.num_episodes = n_edit, n_retain, num_episodes
         self.seed, self.new_target = int(seed), new_target
         self._lang_ids = {lang: i for i, lang in enumerate(self.languages)}
         rows = items.to_list() if hasattr(items, "to_list") else list(items)
-        self._items = [_parse_item(row, set(self.languages)) for row in rows]
+        self._items = [parse_item(row, set(self.languages)) for row in rows]
         ids = [item.id for item in self._items]
         if len(set(ids)) != len(ids):
             raise ValueError("Item ids must be unique; found duplicates.")
-        self._table = _target_table(self._items)
+        self._table = target_table(self._items)
         self._edit_pool = [i for i, item in enumerate(self._items) if self._editable(item)]
         self._retain_pool = [i for i, item in enumerate(self._items) if self._retain_langs(item)]
         self._check_pools()
@@ -272,24 +272,24 @@ class EpisodeDataset(torch.utils.data.Dataset):
         """Ids of the items that episodes can edit, in dataset order."""
         return [self._items[i].id for i in self._edit_pool]
 
-    def _candidates(self, item: _Item) -> list[tuple[str, dict[str, str]]]:
+    def _candidates(self, item: ParsedItem) -> list[tuple[str, dict[str, str]]]:
         if self.new_target == "gold":
             return [(item.target_id, item.gold_labels())]
         return [(tid, labels) for tid, labels in self._table.get(item.relation, []) if tid != item.target_id]
 
-    def _edit_langs(self, item: _Item) -> tuple[list[str], list[str]]:
+    def _edit_langs(self, item: ParsedItem) -> tuple[list[str], list[str]]:
         edit = [lang for lang in self.edit_languages if lang in item.positions]
         update = [lang for lang in self.update_languages if lang in item.positions]
         return edit, update
 
-    def _editable(self, item: _Item) -> bool:
+    def _editable(self, item: ParsedItem) -> bool:
         edit, update = self._edit_langs(item)
         return any(
             any(lang in labels for lang in edit) and any(lang in labels for lang in update)
             for _, labels in self._candidates(item)
         )
 
-    def _retain_langs(self, item: _Item) -> list[str]:
+    def _retain_langs(self, item: ParsedItem) -> list[str]:
         gold = item.gold_labels()
         return [lang for lang in self.retain_languages if lang in gold]
 
@@ -305,7 +305,7 @@ class EpisodeDataset(torch.utils.data.Dataset):
             raise IndexError(f"Episode index {index} out of range for {len(self)} episodes.")
         rng = _episode_rng(self.seed, index)
         first = self._edit_pool[index % len(self._edit_pool)]
-        others = _sample_excluding(rng, self._edit_pool, self.n_edit - 1, lambda i: i == first)
+        others = sample_excluding(rng, self._edit_pool, self.n_edit - 1, lambda i: i == first)
         edited = [first, *others]
         episode: dict[str, list[dict[str, Any]]] = {"edit": [], "update": [], "retain": []}
         for item_index in edited:
@@ -315,7 +315,7 @@ class EpisodeDataset(torch.utils.data.Dataset):
         episode["retain"] = self._retain_examples(edited, rng)
         return episode
 
-    def _edit_pair(self, item: _Item, rng: random.Random) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _edit_pair(self, item: ParsedItem, rng: random.Random) -> tuple[dict[str, Any], dict[str, Any]]:
         """Sample (edit language, update language, new target) for an editable item."""
         edit_langs, update_langs = self._edit_langs(item)
         candidates = self._candidates(item)
@@ -335,12 +335,12 @@ class EpisodeDataset(torch.utils.data.Dataset):
         """Items other than the edited ones, preferably not sharing their group (e.g. subject or premise)."""
         edited_ids = set(edited)
         edited_groups = {self._items[i].group for i in edited}
-        chosen = _sample_excluding(
+        chosen = sample_excluding(
             rng, self._retain_pool, self.n_retain, lambda i: i in edited_ids or self._items[i].group in edited_groups
         )
         if len(chosen) < self.n_retain:
             taken = edited_ids | set(chosen)
-            chosen += _sample_excluding(rng, self._retain_pool, self.n_retain - len(chosen), lambda i: i in taken)
+            chosen += sample_excluding(rng, self._retain_pool, self.n_retain - len(chosen), lambda i: i in taken)
         examples = []
         for item_index in chosen:
             item = self._items[item_index]

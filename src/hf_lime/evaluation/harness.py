@@ -23,7 +23,14 @@ from typing import Any
 import torch
 
 from ..data.encoding import IGNORE_INDEX, TASKS, encode_example, pad_batch, predict_from_logits
-from ..data.episodes import NEW_TARGET_MODES, _check_languages, _Item, _parse_item, _sample_excluding, _target_table
+from ..data.episodes import (
+    NEW_TARGET_MODES,
+    ParsedItem,
+    check_language_subset,
+    parse_item,
+    sample_excluding,
+    target_table,
+)
 from ..data.schema import check_languages
 from ..metrics import compute_xl_edit_metrics
 from .report import EvaluationResult
@@ -37,10 +44,10 @@ class _EditPlan:
     """One edit: the item, the language it is made in, its new target per language, and its retain items."""
 
     edit_id: str
-    item: _Item
+    item: ParsedItem
     language: str
     labels: dict[str, str]
-    retain: tuple[_Item, ...]
+    retain: tuple[ParsedItem, ...]
 
 
 def _digest(seed: int, *parts: str) -> int:
@@ -83,7 +90,7 @@ class _Scorer:
         self._base: dict[tuple[str, str], tuple[dict, str]] = {}
         self.slice_head = True  # compute vocabulary logits only at the target positions (same argmax, less work)
 
-    def encode(self, item: _Item, language: str, target: str) -> dict[str, Any]:
+    def encode(self, item: ParsedItem, language: str, target: str) -> dict[str, Any]:
         position = item.positions[language]
         try:
             return encode_example(
@@ -137,7 +144,7 @@ class _Scorer:
             return [row.tolist() for row in logits.argmax(-1).split(keep.sum(dim=1).tolist())]
         return predict_from_logits(self.task, logits, batch)  # the head was not called on the full hidden states
 
-    def base(self, pairs: Sequence[tuple[_Item, str]]) -> list[tuple[dict, str]]:
+    def base(self, pairs: Sequence[tuple[ParsedItem, str]]) -> list[tuple[dict, str]]:
         """Gold-target encodings and *current* predictions of `(item, language)` pairs, cached (call it unedited)."""
         missing = {(item.id, language): (item, language) for item, language in pairs}
         todo = [pair for key, pair in missing.items() if key not in self._base]
@@ -150,18 +157,18 @@ class _Scorer:
 class _Planner:
     """Chooses the edited items, their new targets and their retain items, deterministically from the seed."""
 
-    def __init__(self, items: list[_Item], eval_languages: list[str], new_target: str, seed: int) -> None:
+    def __init__(self, items: list[ParsedItem], eval_languages: list[str], new_target: str, seed: int) -> None:
         self.items, self.eval_languages, self.new_target, self.seed = items, eval_languages, new_target, seed
-        self.table = _target_table(items)
+        self.table = target_table(items)
         self.order = sorted(range(len(items)), key=lambda i: (_digest(seed, "item", items[i].id), items[i].id))
         self.retain_pool = [i for i, item in enumerate(items) if self._has_gold(item, eval_languages)]
 
     @staticmethod
-    def _has_gold(item: _Item, languages: Sequence[str]) -> bool:
+    def _has_gold(item: ParsedItem, languages: Sequence[str]) -> bool:
         gold = item.gold_labels()
         return all(language in gold for language in languages)
 
-    def new_labels(self, item: _Item, edit_language: str) -> dict[str, str] | None:
+    def new_labels(self, item: ParsedItem, edit_language: str) -> dict[str, str] | None:
         """The new target per language, labelled in the edit and every evaluation language (`None` if none)."""
         needed = [edit_language, *self.eval_languages]
         if not all(language in item.positions for language in needed):
@@ -177,19 +184,19 @@ class _Planner:
             return None
         return candidates[_digest(self.seed, "target", item.id) % len(candidates)]
 
-    def candidates(self, edit_language: str) -> Iterator[tuple[_Item, dict[str, str]]]:
+    def candidates(self, edit_language: str) -> Iterator[tuple[ParsedItem, dict[str, str]]]:
         """Every item that can be edited in `edit_language`, lazily in the seeded order, with its new target."""
         for index in self.order:
             labels = self.new_labels(self.items[index], edit_language)
             if labels is not None:
                 yield self.items[index], labels
 
-    def retain_items(self, item: _Item, n_retain: int) -> tuple[_Item, ...]:
+    def retain_items(self, item: ParsedItem, n_retain: int) -> tuple[ParsedItem, ...]:
         """`n_retain` other items of other groups, labelled in every evaluation language, fixed per item."""
         if n_retain == 0:
             return ()
         rng = random.Random(_digest(self.seed, "retain", item.id))
-        chosen = _sample_excluding(
+        chosen = sample_excluding(
             rng, self.retain_pool, n_retain, lambda i: self.items[i].group == item.group or self.items[i].id == item.id
         )
         if len(chosen) < n_retain:
@@ -200,7 +207,7 @@ class _Planner:
         return tuple(self.items[i] for i in chosen)
 
 
-def _select(planner: _Planner, scorer: _Scorer, edit_language: str, n_edits: int) -> list[tuple[_Item, dict]]:
+def _select(planner: _Planner, scorer: _Scorer, edit_language: str, n_edits: int) -> list[tuple[ParsedItem, dict]]:
     """The first `n_edits` candidates (in `"gold"` mode: the first the unedited model gets wrong in `l_e`)."""
     candidates = planner.candidates(edit_language)
     if planner.new_target == "alternative":
@@ -286,19 +293,19 @@ def _resolve_languages(model: Any, languages, edit_languages, eval_languages) ->
             )
         languages = adapter_languages
     languages = check_languages(languages)
-    edit_languages = _check_languages("edit_languages", edit_languages, languages)
-    eval_languages = _check_languages("eval_languages", eval_languages, languages)
+    edit_languages = check_language_subset("edit_languages", edit_languages, languages)
+    eval_languages = check_language_subset("eval_languages", eval_languages, languages)
     unknown = [language for language in edit_languages if adapter_languages and language not in adapter_languages]
     if unknown:
         raise ValueError(f"edit_languages {unknown} are unknown to this editor, which knows {adapter_languages}.")
     return edit_languages, eval_languages
 
 
-def _parse_items(items: Any, languages: set[str]) -> list[_Item]:
+def _parse_items(items: Any, languages: set[str]) -> list[ParsedItem]:
     rows = items.to_list() if hasattr(items, "to_list") else list(items)
     if not rows:
         raise ValueError("`items` is empty; pass parallel items in the common schema (see hf_lime.data.schema).")
-    parsed = [_parse_item(row, languages) for row in rows]
+    parsed = [parse_item(row, languages) for row in rows]
     if len({item.id for item in parsed}) != len(parsed):
         raise ValueError("Item ids must be unique; `items` has duplicates.")
     return parsed
