@@ -156,10 +156,7 @@ class KnowledgeEditor(BaseEditor):
         rows = captured.token_rows.to(h.device)
         deltas = {}
         for spec in self.layers:
-            x, delta = captured.inputs[spec.key], captured.grads[spec.key]
-            masks = ctx.mask(spec.key, captured.token_lang_ids, spec.d_in)
-            if masks is not None:
-                x, delta = x * masks[0], delta * masks[1]
+            x, delta = ctx.masked_inputs(spec.key, spec.d_in)
             deltas[spec.key] = self._layer_delta(self.heads[spec.key](h), rows, x, delta, ctx.edit_lr(spec.key))
         return EditorOutput(deltas=deltas, info=EditInfo(loss_before=captured.loss))
 

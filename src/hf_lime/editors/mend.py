@@ -168,10 +168,7 @@ class MendEditor(BaseEditor):
         captured = ctx.capture()
         deltas = {}
         for spec in self.layers:
-            x, delta = captured.inputs[spec.key], captured.grads[spec.key]
-            masks = ctx.mask(spec.key, captured.token_lang_ids, spec.d_in)
-            if masks is not None:
-                x, delta = x * masks[0], delta * masks[1]
+            x, delta = ctx.masked_inputs(spec.key, spec.d_in)
             x_t, delta_t = self.transform(spec.key, x, delta)
             deltas[spec.key] = LayerDelta(B=-ctx.edit_lr(spec.key) * delta_t.T, A=x_t)
         return EditorOutput(deltas=deltas, info=EditInfo(loss_before=captured.loss))

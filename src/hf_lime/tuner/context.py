@@ -72,6 +72,15 @@ class EditContext:
             return None
         return self.masks.split(key, token_lang_ids, d_in)
 
+    def masked_inputs(self, key: str, d_in: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer `key`'s captured `(x, δ)`, each token scaled by its language's LiME mask (unchanged when off)."""
+        captured = self.capture()
+        x, delta = captured.inputs[key], captured.grads[key]
+        masks = self.mask(key, captured.token_lang_ids, d_in)
+        if masks is not None:
+            x, delta = x * masks[0], delta * masks[1]
+        return x, delta
+
     def capture(self) -> Captured:
         """Run the model once on the edit batch; return each layer's inputs and loss gradients (cached)."""
         if self._captured is None:
