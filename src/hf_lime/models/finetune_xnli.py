@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..data.xnli import XNLI_LABELS
 from ._training import (
     check_positive,
     configure_threads,
@@ -26,8 +27,6 @@ from ._training import (
 )
 
 logger = logging.getLogger(__name__)
-
-XNLI_LABELS = ("entailment", "neutral", "contradiction")
 
 
 def flatten_xnli(items: Iterable[Mapping], languages: Sequence[str]) -> list[dict]:
