@@ -48,7 +48,6 @@ class LimeModel(BaseTuner):
     uses_shared_state: bool = True
 
     def __init__(self, model: nn.Module, config: Any, adapter_name: str, **kwargs: Any) -> None:
-        self._lime_ready = False
         super().__init__(model, config, adapter_name, **kwargs)
         self.model.eval()
 
@@ -116,7 +115,6 @@ class LimeModel(BaseTuner):
         if device is not None:
             for name in CONTAINERS:
                 getattr(self, name)[adapter_name].to(device)
-        self._lime_ready = True
 
     def _mark_only_adapters_as_trainable(self, model: nn.Module) -> None:
         """Freeze the base model; the editor containers keep their own `requires_grad`."""
