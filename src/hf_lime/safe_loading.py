@@ -23,6 +23,7 @@ from peft import PeftModel
 from torch import nn
 
 from .data.encoding import TASKS
+from .tasks import TASK_SUFFIXES, infer_task, task_from_class_name  # noqa: F401  (re-exported)
 from .tuner.config import PEFT_TYPE, LimeConfig
 from .tuner.layer import LimeLayer
 
@@ -42,11 +43,6 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 REQUIRED_CONFIG_KEYS = ("peft_type", "editor", "languages", "target_modules", "base_model_name_or_path")
 MAX_JSON_BYTES = 4 * 1024 * 1024
 # Base-model properties an editor depends on: a mismatch is an error. `SOFT_FIELDS` only warn.
-TASK_SUFFIXES = {
-    "masked_lm": ("ForMaskedLM",),
-    "seq_cls": ("ForSequenceClassification",),
-    "causal_lm": ("ForCausalLM", "LMHeadModel"),
-}
 HARD_FIELDS = ("architecture", "model_type", "hidden_size", "num_hidden_layers", "intermediate_size")
 SOFT_FIELDS = ("vocab_size", "num_labels")
 
@@ -342,32 +338,6 @@ def check_json_serialisable(name: str, value: Any) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- loading
-def infer_task(model: nn.Module) -> str:
-    """The task of a transformers model, from its class: Auto-mapping membership first, then the name suffix."""
-    return task_from_class_name(type(model).__name__)
-
-
-def task_from_class_name(name: str) -> str:
-    from transformers.models.auto import modeling_auto as auto
-
-    mappings = {
-        "masked_lm": auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES,
-        "seq_cls": auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
-        "causal_lm": auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-    }
-    for task, mapping in mappings.items():
-        names = {n for value in mapping.values() for n in ((value,) if isinstance(value, str) else value)}
-        if name in names:
-            return task
-    for task, suffixes in TASK_SUFFIXES.items():
-        if name.endswith(suffixes):
-            return task
-    raise ValueError(
-        f"Cannot tell the task of a {name}: LimeEditor handles masked LMs (*ForMaskedLM), sequence classifiers "
-        "(*ForSequenceClassification) and causal LMs (*ForCausalLM). Pass `task=` explicitly."
-    )
-
-
 def check_plain_base_model(base_model: nn.Module | None) -> None:
     if base_model is None:
         return

@@ -30,10 +30,10 @@ OPTIMIZERS = ("sgd", "adam")
 
 @dataclass
 class _Pass:
-    """One forward pass with the edited layers recording: the loss, the edit logits and the layer records."""
+    """One forward pass with the edited layers recording: the loss, whether all targets are predicted, the records."""
 
     loss: torch.Tensor
-    logits: torch.Tensor
+    predicted: bool
     records: dict[str, list[Any]]
 
 
@@ -86,7 +86,6 @@ class FineTuneEditor(BaseEditor):
     def compute_deltas(self, ctx) -> EditorOutput:
         retain, base_logits = self._retain_reference(ctx)
         update = _SgdUpdate(self.layers, self.lr) if self.optimizer == "sgd" else _AdamUpdate(self.lr)
-        causal = _is_causal_lm(ctx.model)
         info = EditInfo(steps=0)
         losses = []
         for step in range(self.steps + 1):
@@ -94,7 +93,7 @@ class FineTuneEditor(BaseEditor):
                 break
             result = self._forward(ctx, update.deltas(), retain, base_logits)
             losses.append(float(result.loss.detach()))
-            done = self.early_stop and _targets_predicted(result.logits, ctx.batch["labels"], causal)
+            done = self.early_stop and result.predicted
             if done or step == self.steps:
                 break
             update.step(_layer_grads(result))
@@ -120,14 +119,13 @@ class FineTuneEditor(BaseEditor):
     def _forward(self, ctx, deltas, retain, base_logits) -> _Pass:
         with ExitStack() as stack, torch.enable_grad():
             records = {key: stack.enter_context(layer.capture()) for key, layer in ctx.layers.items()}
-            outputs = ctx.forward(deltas)
-            loss = outputs.loss
+            loss, predicted = ctx.edit_loss(deltas)
             if loss is None or not torch.isfinite(loss):
                 raise ValueError(f"The fine-tuning loss is not usable ({loss}); check the edit labels and model head.")
             if retain is not None:
                 logits = ctx.forward(deltas, retain).logits
                 loss = loss + self.loc_coef * _kl(base_logits, logits, retain.get("attention_mask"))
-        return _Pass(loss=loss, logits=outputs.logits.detach(), records=records)
+        return _Pass(loss=loss, predicted=predicted, records=records)
 
 
 class _SgdUpdate:
@@ -217,24 +215,6 @@ def _kl(base_logits: torch.Tensor, logits: torch.Tensor, attention_mask: torch.T
         return kl.mean()
     weights = attention_mask.to(kl.device, kl.dtype)
     return (kl * weights).sum() / weights.sum().clamp(min=1.0)
-
-
-def _is_causal_lm(model: Any) -> bool:
-    """Decoder-only generative models predict token `t + 1` at position `t` (labels are shifted by the loss)."""
-    can_generate = getattr(model, "can_generate", None)
-    encoder_decoder = getattr(getattr(model, "config", None), "is_encoder_decoder", False)
-    return bool(callable(can_generate) and can_generate() and not encoder_decoder)
-
-
-def _targets_predicted(logits: torch.Tensor, labels: torch.Tensor, causal: bool) -> bool:
-    """Whether every target (class, or every labelled token of every row) is the model's argmax."""
-    labels = labels.to(logits.device)
-    if labels.dim() == 1:
-        return bool((logits.argmax(-1) == labels).all())
-    if causal:
-        logits, labels = logits[:, :-1], labels[:, 1:]
-    target = labels != -100
-    return bool((logits.argmax(-1)[target] == labels[target]).all())
 
 
 def ft_kwargs(config) -> dict:

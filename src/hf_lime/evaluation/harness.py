@@ -15,7 +15,6 @@ import itertools
 import random
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from numbers import Integral
 from typing import Any
@@ -32,6 +31,7 @@ from ..data.episodes import (
     target_table,
 )
 from ..data.schema import check_languages
+from ..head import target_logits
 from ..metrics import compute_xl_edit_metrics
 from .report import EvaluationResult
 
@@ -56,24 +56,6 @@ def _digest(seed: int, *parts: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
 
 
-@contextmanager
-def _head_at(head: torch.nn.Module, keep: torch.Tensor):
-    """Feed the output-embedding layer only the hidden states at `keep` (a `(batch, seq)` mask), when it is called
-    on `(batch, seq, hidden)` states; any other call is left alone."""
-
-    def select(module, args):
-        hidden = args[0]
-        if isinstance(hidden, torch.Tensor) and hidden.dim() == 3 and hidden.shape[:2] == keep.shape:
-            return (hidden[keep], *args[1:])
-        return None
-
-    handle = head.register_forward_pre_hook(select)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
 class _Scorer:
     """Encodes prompts, runs batched forward passes and renders predictions and references as comparable strings.
 
@@ -88,7 +70,6 @@ class _Scorer:
         self.label2id, self.max_length, self.batch_size = label2id, max_length, batch_size
         self.device = next(model.parameters()).device
         self._base: dict[tuple[str, str], tuple[dict, str]] = {}
-        self.slice_head = True  # compute vocabulary logits only at the target positions (same argmax, less work)
 
     def encode(self, item: ParsedItem, language: str, target: str) -> dict[str, Any]:
         position = item.positions[language]
@@ -130,19 +111,10 @@ class _Scorer:
 
     def _predict_batch(self, batch: dict[str, torch.Tensor]) -> list:
         """Argmax ids at the target positions (LM tasks) or classes, computing LM logits only where they are read."""
-        inputs = {key: value for key, value in batch.items() if key != "labels"}
-        labels = batch["labels"]
-        head = self.model.get_output_embeddings() if self.slice_head and self.task != "seq_cls" else None
-        if head is None or (self.task == "causal_lm" and bool((labels[:, 0] != IGNORE_INDEX).any())):
+        if self.task == "seq_cls":
+            inputs = {key: value for key, value in batch.items() if key != "labels"}
             return predict_from_logits(self.task, self.model(**inputs).logits, batch)
-        keep = labels != IGNORE_INDEX
-        if self.task == "causal_lm":  # the prediction of token t is read at position t - 1
-            keep = torch.cat([keep[:, 1:], torch.zeros_like(keep[:, :1])], dim=1)
-        with _head_at(head, keep):
-            logits = self.model(**inputs).logits
-        if logits.dim() == 2 and logits.shape[0] == int(keep.sum()):
-            return [row.tolist() for row in logits.argmax(-1).split(keep.sum(dim=1).tolist())]
-        return predict_from_logits(self.task, logits, batch)  # the head was not called on the full hidden states
+        return target_logits(self.model, batch, self.task).predictions()
 
     def base(self, pairs: Sequence[tuple[ParsedItem, str]]) -> list[tuple[dict, str]]:
         """Gold-target encodings and *current* predictions of `(item, language)` pairs, cached (call it unedited)."""

@@ -1,17 +1,20 @@
 """One cross-lingual training episode: edit in one language, learn from another, retain everything else.
 
 `loss = c_edit · NLL(f_θ'(x_update), y_new) + c_loc · KL(f_θ(x_retain) ‖ f_θ'(x_retain)) + c_l0 · L0(masks)`
+
+Both terms are read at the target positions only (the `[MASK]`s of a masked LM, the continuation of a causal LM,
+the class of a classifier): that is the behaviour an edit changes and locality protects, and it spares computing
+vocabulary logits elsewhere (`hf_lime.head`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from ..data.encoding import is_correct
+from ..head import TargetLogits, target_logits
 
 # Logged metric names, defined once (see docs/training.md).
 LOSS_EDIT, LOSS_LOC, LOSS_L0 = "loss/edit", "loss/loc", "loss/l0"
@@ -32,39 +35,16 @@ def harmonic_mean(a: float, b: float) -> float:
     return 0.0 if a + b == 0 else 2.0 * a * b / (a + b)
 
 
-def _model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in batch.items() if k not in ("lang_ids", "labels")}
-
-
-def _positions(task: str, batch: dict[str, Any], logits: torch.Tensor) -> torch.Tensor:
-    """Boolean mask over `logits.shape[:-1]` of the positions the KL averages over (non-padding)."""
-    if task == "seq_cls":
-        return torch.ones(logits.shape[0], dtype=torch.bool, device=logits.device)
-    mask = batch.get("attention_mask")
-    return torch.ones(logits.shape[:-1], dtype=torch.bool, device=logits.device) if mask is None else mask.bool()
-
-
-def retain_kl(task: str, batch: dict[str, Any], base_logits: torch.Tensor, edited_logits: torch.Tensor):
-    """`KL(base ‖ edited)` averaged over the non-padding positions (rows for classifiers)."""
-    keep = _positions(task, batch, edited_logits)
-    base_logp = F.log_softmax(base_logits.float(), dim=-1)[keep]
-    edited_logp = F.log_softmax(edited_logits.float(), dim=-1)[keep]
+def retain_kl(base: TargetLogits, edited: TargetLogits) -> torch.Tensor:
+    """`KL(base ‖ edited)` averaged over the target positions (rows for classifiers)."""
+    base_logp = F.log_softmax(base.logits.float(), dim=-1)
+    edited_logp = F.log_softmax(edited.logits.float(), dim=-1)
     return F.kl_div(edited_logp, base_logp, log_target=True, reduction="batchmean")
 
 
-def retain_agreement(task: str, batch: dict[str, Any], base_logits, edited_logits) -> float:
+def retain_agreement(base: TargetLogits, edited: TargetLogits) -> float:
     """Share of retain rows whose prediction (all target tokens) is unchanged by the edit."""
-    base_pred = dict(batch)
-    if task == "seq_cls":
-        base_pred["labels"] = base_logits.argmax(-1)
-    else:
-        labels = batch["labels"].clone()
-        shifted = base_logits.argmax(-1)
-        if task == "causal_lm":
-            shifted = torch.cat([shifted[:, :1], shifted[:, :-1]], dim=1)  # prediction for token t sits at t-1
-        labels[labels != -100] = shifted[labels != -100]
-        base_pred["labels"] = labels
-    flags = is_correct(task, edited_logits, base_pred)
+    flags = edited.row_correct(reference=base.logits.argmax(-1))
     return sum(flags) / max(len(flags), 1)
 
 
@@ -88,18 +68,19 @@ def run_episode(peft_model, episode: dict[str, dict], task: str, c_edit: float, 
     has_retain = retain["input_ids"].shape[0] > 0
     if has_retain:
         with torch.no_grad():
-            base_logits = peft_model(**_model_inputs(retain)).logits
+            base = target_logits(peft_model, retain, task)
     output = tuner.compute_edit(edit_batch, languages)
     with tuner.apply_deltas(output.deltas):
-        post = peft_model(**{k: v for k, v in update.items() if k != "lang_ids"})
-        edited_logits = peft_model(**_model_inputs(retain)).logits if has_retain else None
-    loss_edit = post.loss
-    loss_loc = retain_kl(task, retain, base_logits, edited_logits) if has_retain else loss_edit.new_zeros(())
+        post = target_logits(peft_model, update, task)
+        edited = target_logits(peft_model, retain, task) if has_retain else None
+    loss_edit = post.loss()
+    loss_loc = retain_kl(base, edited) if has_retain else loss_edit.new_zeros(())
     loss_l0 = tuner.l0_penalty(edit["lang_ids"]).to(loss_edit.device)
     loss = c_edit * loss_edit + c_loc * loss_loc + c_l0 * loss_l0
     with torch.no_grad():
-        edit_acc = float(sum(is_correct(task, post.logits, update)) / update["input_ids"].shape[0])
-        loc_acc = retain_agreement(task, retain, base_logits, edited_logits) if has_retain else 1.0
+        flags = post.row_correct()
+        edit_acc = sum(flags) / max(len(flags), 1)
+        loc_acc = retain_agreement(base, edited) if has_retain else 1.0
     metrics = {
         LOSS_EDIT: loss_edit.item(),
         LOSS_LOC: loss_loc.item(),

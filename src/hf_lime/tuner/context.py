@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..editing import LayerDelta
+from ..head import target_logits
 from ..masks import MaskBank
 from .layer import LimeLayer
 
@@ -38,6 +39,9 @@ class EditContext:
         edit_lrs (`nn.Module`): Callable `key -> step size`.
         retain_batch (`Mapping[str, torch.Tensor]`, *optional*): Unrelated inputs whose outputs the edit should keep
             (used by editors that constrain locality at edit time, e.g. fine-tuning with `ft_loc_coef > 0`).
+        task (`str`, *optional*): `"masked_lm"`, `"causal_lm"` or `"seq_cls"`; inferred from the model's class when
+            omitted. With a known task the edit loss computes vocabulary logits at the target positions only
+            (`hf_lime.head`); otherwise the model's own `loss` is used.
     """
 
     def __init__(
@@ -49,6 +53,7 @@ class EditContext:
         masks: MaskBank | None,
         edit_lrs: nn.Module,
         retain_batch: Any = None,
+        task: str | None = None,
     ) -> None:
         self.model = model
         self.layers = layers
@@ -57,6 +62,7 @@ class EditContext:
         self.masks = masks
         self.edit_lrs = edit_lrs
         self.retain_batch = retain_batch
+        self.task = task or _known_task(model)
         self._captured: Captured | None = None
 
     @property
@@ -84,13 +90,23 @@ class EditContext:
     def capture(self) -> Captured:
         """Run the model once on the edit batch; return each layer's inputs and loss gradients (cached)."""
         if self._captured is None:
-            self._captured = capture_layer_grads(self.model, self.layers, self.batch, self.lang_ids)
+            self._captured = capture_layer_grads(self.model, self.layers, self.batch, self.lang_ids, self.task)
         return self._captured
 
     def forward(self, deltas: dict[str, LayerDelta] | None = None, batch: dict[str, Any] | None = None):
         """Model outputs on `batch` (default: the edit batch) with `deltas` added; nothing is modified."""
         with apply_functional_deltas(self.layers, deltas or {}):
             return self.model(**(batch if batch is not None else self.batch))
+
+    def edit_loss(self, deltas: dict[str, LayerDelta] | None = None) -> tuple[torch.Tensor, bool]:
+        """The edit batch's loss with `deltas` added, and whether every target already is the model's argmax."""
+        with apply_functional_deltas(self.layers, deltas or {}):
+            if self.task is not None:
+                scored = target_logits(self.model, self.batch, self.task)
+                return scored.loss(), all(scored.row_correct())
+            outputs = self.model(**self.batch)
+        causal = _is_causal_lm(self.model)
+        return outputs.loss, _targets_predicted(outputs.logits.detach(), self.batch["labels"], causal)
 
 
 @contextmanager
@@ -106,14 +122,24 @@ def apply_functional_deltas(layers: dict[str, LimeLayer], deltas: dict[str, Laye
 
 
 def capture_layer_grads(
-    model: nn.Module, layers: dict[str, LimeLayer], batch: dict[str, Any], lang_ids: torch.Tensor | None
+    model: nn.Module,
+    layers: dict[str, LimeLayer],
+    batch: dict[str, Any],
+    lang_ids: torch.Tensor | None,
+    task: str | None = None,
 ) -> Captured:
-    """Forward the edit batch recording every edited layer, then differentiate the loss w.r.t. the layer outputs."""
+    """Forward the edit batch recording every edited layer, then differentiate the loss w.r.t. the layer outputs.
+
+    With a known `task` the vocabulary logits are computed at the target positions only (same loss and gradients).
+    """
     with ExitStack() as stack, torch.enable_grad():
         records = {key: stack.enter_context(layer.capture()) for key, layer in layers.items()}
-        outputs = model(**batch)
-    loss = getattr(outputs, "loss", None)
-    del outputs  # free the logits before the backward (the edit's peak memory then stays below a fwd+bwd's)
+        if task is not None:
+            loss = target_logits(model, batch, task).loss()
+        else:
+            outputs = model(**batch)
+            loss = getattr(outputs, "loss", None)
+            del outputs  # free the logits before the backward (the edit's peak memory then stays below a fwd+bwd's)
     if loss is None:
         raise TypeError(
             f"{type(model).__name__} returned no loss for the edit batch: edit a model with a task head "
@@ -156,3 +182,30 @@ def _token_rows(batch: dict[str, Any], keep: torch.Tensor | None) -> torch.Tenso
     input_ids = batch["input_ids"]
     rows = torch.arange(input_ids.shape[0], device=input_ids.device).repeat_interleave(input_ids.shape[1])
     return rows if keep is None else rows[keep.to(rows.device)]
+
+
+def _known_task(model: nn.Module) -> str | None:
+    from ..tasks import infer_task
+
+    try:
+        return infer_task(model)
+    except ValueError:
+        return None
+
+
+def _is_causal_lm(model: Any) -> bool:
+    """Decoder-only generative models predict token `t + 1` at position `t` (labels are shifted by the loss)."""
+    can_generate = getattr(model, "can_generate", None)
+    encoder_decoder = getattr(getattr(model, "config", None), "is_encoder_decoder", False)
+    return bool(callable(can_generate) and can_generate() and not encoder_decoder)
+
+
+def _targets_predicted(logits: torch.Tensor, labels: torch.Tensor, causal: bool) -> bool:
+    """Whether every target (class, or every labelled token of every row) is the model's argmax."""
+    labels = labels.to(logits.device)
+    if labels.dim() == 1:
+        return bool((logits.argmax(-1) == labels).all())
+    if causal:
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    target = labels != -100
+    return bool((logits.argmax(-1)[target] == labels[target]).all())

@@ -1,0 +1,122 @@
+"""Vocabulary logits only where they are read: at the target positions of masked and causal LMs.
+
+A model such as multilingual-e5 / XLM-R has a 250k-token vocabulary, so projecting every position of a batch onto
+it costs more than the whole transformer (and the `(batch, seq, vocab)` tensor dominates memory). Editing losses,
+their gradients, locality KLs and predictions only ever read the few target positions, so the output-embedding
+layer (`get_output_embeddings()`) is fed just those hidden states. Losses, gradients and argmaxes are the same as
+with full logits (up to float rounding); the rest of the model runs unchanged.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data.encoding import IGNORE_INDEX
+
+LM_TASKS = ("masked_lm", "causal_lm")
+
+
+def target_positions(task: str, labels: torch.Tensor) -> torch.Tensor:
+    """`(batch, seq)` mask of the positions whose logits predict the target tokens.
+
+    For ``masked_lm`` these are the labelled positions; for ``causal_lm`` token `t` is predicted at `t - 1`.
+    """
+    keep = labels != IGNORE_INDEX
+    if task == "causal_lm":
+        if bool(keep[:, 0].any()):
+            raise ValueError("causal_lm labels at position 0 have no preceding position to predict them from.")
+        keep = torch.cat([keep[:, 1:], torch.zeros_like(keep[:, :1])], dim=1)
+    return keep
+
+
+@contextmanager
+def head_at(head: nn.Module, keep: torch.Tensor):
+    """Feed `head` only the hidden states at `keep` (a `(batch, seq)` mask) when it is called on `(batch, seq,
+    hidden)` states; any other call is left alone."""
+
+    def select(module, args):
+        hidden = args[0]
+        if isinstance(hidden, torch.Tensor) and hidden.dim() == 3 and hidden.shape[:2] == keep.shape:
+            return (hidden[keep], *args[1:])
+        return None
+
+    handle = head.register_forward_pre_hook(select)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@dataclass
+class TargetLogits:
+    """Logits at the target positions of a batch, in row-major order.
+
+    Attributes:
+        logits (`torch.Tensor`): `(N, vocab)`, one row per target token (`(batch, num_labels)` for classifiers).
+        targets (`torch.Tensor`): `(N,)` the target ids (classes).
+        counts (`list[int]`): target tokens per batch row (sums to N).
+    """
+
+    logits: torch.Tensor
+    targets: torch.Tensor
+    counts: list[int]
+
+    def loss(self) -> torch.Tensor:
+        """Mean cross-entropy over the target tokens (what the transformers LM and classification heads return)."""
+        return F.cross_entropy(self.logits.float(), self.targets)
+
+    def predictions(self) -> list[list[int]]:
+        """Argmax ids per row."""
+        return [row.tolist() for row in self.logits.argmax(-1).split(self.counts)]
+
+    def row_correct(self, reference: torch.Tensor | None = None) -> list[bool]:
+        """Per row: every target token's argmax equals `reference` (defaults to the targets)."""
+        reference = self.targets if reference is None else reference
+        hits = (self.logits.argmax(-1) == reference).split(self.counts)
+        return [bool(row.all()) for row in hits]
+
+
+def target_logits(model: nn.Module, batch: dict[str, Any], task: str) -> TargetLogits:
+    """
+    Run `model` on a `batch` with `labels`, computing vocabulary logits at the target positions only (LM tasks).
+
+    Args:
+        model (`nn.Module`): A masked LM, causal LM or sequence classifier (a `PeftModel` is fine); it is called
+            without `labels`.
+        batch (`dict[str, torch.Tensor]`): Padded inputs with `labels` (`-100` off target for LMs, one class per
+            row for classifiers).
+        task (`str`): `"masked_lm"`, `"causal_lm"` or `"seq_cls"`.
+
+    Returns:
+        [`TargetLogits`] (one row per example for classifiers). LMs without an output-embedding layer (or that do
+        not call it on the hidden states) still work: their full logits are gathered at the same positions.
+    """
+    inputs = {key: value for key, value in batch.items() if key not in ("labels", "lang_ids")}
+    labels = batch["labels"]
+    if task == "seq_cls":
+        return TargetLogits(logits=model(**inputs).logits, targets=labels, counts=[1] * labels.shape[0])
+    if task not in LM_TASKS:
+        raise ValueError(f"Unknown task {task!r}; allowed tasks are {(*LM_TASKS, 'seq_cls')}.")
+    keep = target_positions(task, labels)
+    targets = labels[:, 1:][labels[:, 1:] != IGNORE_INDEX] if task == "causal_lm" else labels[keep]
+    head = _output_embeddings(model)
+    if head is None:
+        logits = model(**inputs).logits[keep]
+    else:
+        with head_at(head, keep):
+            logits = model(**inputs).logits
+        if logits.dim() == 3:  # the hook did not fire on the hidden states: gather from the full logits
+            logits = logits[keep]
+    return TargetLogits(logits=logits, targets=targets, counts=keep.sum(dim=1).tolist())
+
+
+def _output_embeddings(model: nn.Module) -> nn.Module | None:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    getter = getattr(base, "get_output_embeddings", None)
+    return getter() if callable(getter) else None
