@@ -36,7 +36,8 @@ from hf_lime.trainer import LimeTrainer, LimeTrainingArguments
 logger = logging.getLogger("reproduce")
 MLAMA_LANGUAGES = ["en", "fr", "de", "es", "ru", "zh", "ar", "ja"]
 XNLI_LANGUAGES = ["en", "fr", "de", "es", "ru", "zh", "ar", "hi"]
-RELATIONS = ["P19", "P20", "P27", "P30", "P36", "P37", "P103", "P106", "P138", "P140", "P176", "P364"]
+# Relations present in all eight default languages of the mLAMA release (P30, P103, P140 are missing in some).
+RELATIONS = ["P17", "P19", "P20", "P27", "P36", "P37", "P106", "P138", "P176", "P364", "P407", "P495"]
 KEYS = ("reliability", "transfer", "edit_success", "locality", "hmean", "language_gap", "language_std")
 
 
@@ -50,6 +51,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--lime", nargs="+", default=["off", "on"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--steps", type=int, default=300, help="Editor training steps per run.")
+    p.add_argument("--episodes_per_step", type=int, default=4, help="Training episodes per optimizer step.")
     p.add_argument("--model_steps", type=int, default=None, help="Steps of the base-model recipes (default theirs).")
     p.add_argument("--mlama_languages", nargs="+", default=MLAMA_LANGUAGES)
     p.add_argument("--xnli_languages", nargs="+", default=XNLI_LANGUAGES)
@@ -102,7 +104,8 @@ def train(model, tokenizer, task_info: dict, run: dict, args, run_dir: Path) -> 
              if run["setting"] == "monolingual" else {})  # fmt: skip
     label2id = dict(model.config.label2id) if task_info["task"] == "seq_cls" else None
     train_args = LimeTrainingArguments(
-        output_dir=str(run_dir / "checkpoints"), max_steps=args.steps, per_device_train_batch_size=4,
+        output_dir=str(run_dir / "checkpoints"), max_steps=args.steps,
+        per_device_train_batch_size=args.episodes_per_step,
         learning_rate=1e-4, edit_lr_learning_rate=1e-3, logging_steps=25, save_strategy="no", seed=run["seed"],
         use_cpu=not torch.cuda.is_available(), c_edit=1.0, c_loc=1.0, disable_tqdm=True,
     )  # fmt: skip
