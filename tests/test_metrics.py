@@ -321,3 +321,12 @@ def test_install_on_import_can_be_skipped_and_never_raises(tmp_path, monkeypatch
     assert "Could not install" in caplog.text
     monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "cache"))
     assert install_evaluate_module_on_import() == install_evaluate_module(modules_cache=tmp_path / "cache")
+
+
+def test_matrices_keep_the_order_languages_first_appear_in():
+    result = compute_xl_edit_metrics(
+        **records(hit("e1", "zh", "zh"), hit("e1", "zh", "en"), hit("e2", "en", "zh"), hit("e2", "en", "en"))
+    )
+    assert list(result["es_matrix"]) == ["zh", "en"]
+    assert list(result["es_matrix"]["en"]) == ["zh", "en"]
+    assert list(result["es_by_language"]) == ["zh", "en"]

@@ -34,7 +34,7 @@ def _check_matrix(matrix: dict) -> tuple[list[str], list[str]]:
             f"got {type(matrix).__name__}."
         )
     rows = list(matrix)
-    columns = sorted({column for row in matrix.values() for column in row})
+    columns = list(dict.fromkeys(column for row in matrix.values() for column in row))  # the caller's order
     if not columns:
         raise ValueError("`matrix` has no cells to plot.")
     return rows, columns
@@ -116,7 +116,7 @@ def plot_by_language(result: dict, path: str | Path) -> Path:
     for key in ("es_by_language", "loc_by_language"):
         if not isinstance(result.get(key), dict):
             raise ValueError(f"`result` has no {key!r} dict; pass the output of compute_xl_edit_metrics.")
-    languages = sorted(set(result["es_by_language"]) | set(result["loc_by_language"]))
+    languages = list(dict.fromkeys([*result["es_by_language"], *result["loc_by_language"]]))
     if not languages:
         raise ValueError("`result` has no per-language values to plot.")
     positions = np.arange(len(languages))

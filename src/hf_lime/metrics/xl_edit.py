@@ -124,7 +124,9 @@ def _validate_bootstrap_options(bootstrap: int, confidence: float, seed: int) ->
 
 def _build_table(records: _Records, kind: str, edit_index: dict[str, int]) -> _CellTable:
     rows = [i for i, record_kind in enumerate(records.kinds) if record_kind == kind]
-    cells = sorted({(records.edit_languages[i], records.eval_languages[i]) for i in rows})
+    cells = _ordered_cells(records)
+    present = {(records.edit_languages[i], records.eval_languages[i]) for i in rows}
+    cells = [cell for cell in cells if cell in present]
     cell_index = {cell: j for j, cell in enumerate(cells)}
     edit_rows = np.array([edit_index[records.edit_ids[i]] for i in rows], dtype=np.int64)
     cell_cols = np.array([cell_index[(records.edit_languages[i], records.eval_languages[i])] for i in rows], np.int64)
@@ -134,6 +136,16 @@ def _build_table(records: _Records, kind: str, edit_index: dict[str, int]) -> _C
     np.add.at(correct, (edit_rows, cell_cols), hits)
     np.add.at(total, (edit_rows, cell_cols), 1.0)
     return _CellTable(cells=cells, correct=correct, total=total)
+
+
+def _ordered_cells(records: _Records) -> list[tuple[str, str]]:
+    """All (edit, eval) language pairs, each language in order of first appearance in the records (the order the
+    caller evaluated them in, e.g. the adapter's language order), so tables and heatmaps keep that order."""
+    order: dict[str, int] = {}
+    for language in (*records.edit_languages, *records.eval_languages):
+        order.setdefault(language, len(order))
+    pairs = set(zip(records.edit_languages, records.eval_languages, strict=True))
+    return sorted(pairs, key=lambda cell: (order[cell[0]], order[cell[1]]))
 
 
 def _cell_means(table: _CellTable, weights: np.ndarray) -> np.ndarray:
@@ -185,7 +197,7 @@ def _matrix(cells: list[tuple[str, str]], means: np.ndarray) -> dict[str, dict[s
 
 def _by_language(cells: list[tuple[str, str]], means: np.ndarray) -> dict[str, float]:
     """Per evaluation language: mean over edit languages of the present cells."""
-    languages = sorted({eval_language for _, eval_language in cells})
+    languages = list(dict.fromkeys(eval_language for _, eval_language in cells))
     by_language = {}
     for language in languages:
         mask = np.array([eval_language == language for _, eval_language in cells], dtype=bool)
