@@ -31,6 +31,7 @@ from hf_lime.data import load_mlama, load_xnli
 from hf_lime.data.episodes import EpisodeCollator, EpisodeDataset
 from hf_lime.evaluation import evaluate_editor, save_report
 from hf_lime.models.prepare import prepare_model
+from hf_lime.tasks import model_label2id
 from hf_lime.trainer import LimeTrainer, LimeTrainingArguments
 
 logger = logging.getLogger("reproduce")
@@ -102,7 +103,7 @@ def train(model, tokenizer, task_info: dict, run: dict, args, run_dir: Path) -> 
     languages = task_info["languages"]
     roles = ({"edit_languages": ["en"], "update_languages": ["en"], "retain_languages": ["en"]}
              if run["setting"] == "monolingual" else {})  # fmt: skip
-    label2id = dict(model.config.label2id) if task_info["task"] == "seq_cls" else None
+    label2id = model_label2id(model, task_info["task"])
     train_args = LimeTrainingArguments(
         output_dir=str(run_dir / "checkpoints"), max_steps=args.steps,
         per_device_train_batch_size=args.episodes_per_step,

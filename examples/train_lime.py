@@ -44,6 +44,7 @@ from transformers import (
 from hf_lime import LimeConfig, LimeEditor
 from hf_lime.data import load_mlama, load_xnli
 from hf_lime.data.episodes import EpisodeCollator, EpisodeDataset, episode_languages
+from hf_lime.tasks import model_label2id
 from hf_lime.trainer import LimeTrainer, LimeTrainingArguments
 
 logger = logging.getLogger("train_lime")
@@ -100,11 +101,6 @@ def episode_args(args: LimeTrainingArguments, languages: list[str]) -> dict:
     return chosen
 
 
-def label2id_of(model) -> dict[str, int] | None:
-    mapping = getattr(model.config, "label2id", None)
-    return {str(k): int(v) for k, v in mapping.items()} if mapping else None
-
-
 def main() -> None:
     parser = HfArgumentParser((ModelArguments, DataArguments, LimeTrainingArguments))
     model_args, data_args, args = parser.parse_args_into_dataclasses()
@@ -124,7 +120,7 @@ def main() -> None:
         num_top_layers=model_args.num_top_layers,
     )
     model = get_peft_model(base, config)
-    label2id = label2id_of(base) if task == "seq_cls" else None
+    label2id = model_label2id(base, task)
     collator = EpisodeCollator(tokenizer, task, label2id=label2id, max_length=data_args.max_length)
     chosen = episode_args(args, languages)
     train_info = {"dataset": data_args.dataset, "languages": languages, **chosen, "max_steps": args.max_steps}

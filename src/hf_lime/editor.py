@@ -40,6 +40,7 @@ from .safe_loading import (
     resolve_editor_folder,
     soft_base_model_differences,
 )
+from .tasks import model_label2id
 from .tuner import LimeConfig
 from .tuner.config import PEFT_TYPE
 
@@ -360,7 +361,7 @@ class LimeEditor:
         _check_target(target, self.task)
         if self.task == "seq_cls":
             premise, hypothesis = _as_pair(text)
-            label2id = getattr(self.model.get_base_model().config, "label2id", None)
+            label2id = model_label2id(self.model.get_base_model(), "seq_cls")
             return encode_example(tokenizer, "seq_cls", premise, target, hypothesis, label2id, max_length)
         if not isinstance(text, str):
             raise TypeError(f"task={self.task!r} takes a string prompt, got {type(text).__name__}.")

@@ -40,3 +40,11 @@ def task_from_class_name(name: str) -> str:
         f"Cannot tell the task of a {name}: LimeEditor handles masked LMs (*ForMaskedLM), sequence classifiers "
         "(*ForSequenceClassification) and causal LMs (*ForCausalLM). Pass `task=` explicitly."
     )
+
+
+def model_label2id(model: nn.Module, task: str) -> dict[str, int] | None:
+    """A classifier's `config.label2id` (class name -> id), `None` for the LM tasks or when the config has none."""
+    if task != "seq_cls":
+        return None
+    mapping = getattr(getattr(model, "config", None), "label2id", None) or {}
+    return {str(name): int(index) for name, index in mapping.items()} or None

@@ -33,6 +33,7 @@ from ..data.episodes import (
 from ..data.schema import check_languages
 from ..head import target_logits
 from ..metrics import compute_xl_edit_metrics
+from ..tasks import model_label2id
 from .report import EvaluationResult
 
 RECORD_FIELDS = ("predictions", "references", "edit_ids", "edit_languages", "eval_languages", "kinds")
@@ -283,12 +284,6 @@ def _parse_items(items: Any, languages: set[str]) -> list[ParsedItem]:
     return parsed
 
 
-def _default_label2id(model: Any, task: str, label2id: Mapping[str, int] | None) -> Mapping[str, int] | None:
-    if label2id is not None or task != "seq_cls":
-        return label2id
-    return dict(getattr(getattr(model, "config", None), "label2id", None) or {}) or None
-
-
 def evaluate_editor(
     model: Any,
     tokenizer: Any,
@@ -373,7 +368,7 @@ def evaluate_editor(
     _check_int("bootstrap", bootstrap, 0)
     edit_languages, eval_languages = _resolve_languages(model, languages, edit_languages, eval_languages)
     parsed = _parse_items(items, set(edit_languages) | set(eval_languages))
-    label2id = _default_label2id(model, task, label2id)
+    label2id = label2id if label2id is not None else model_label2id(model, task)
     scorer = _Scorer(model, tokenizer, task, label2id, max_length, batch_size)
     plans = _plan(_Planner(parsed, eval_languages, new_target, seed), scorer, edit_languages, n_edits, n_retain)
     scorer.base([(item, language) for plan in plans for item in plan.retain for language in eval_languages])
