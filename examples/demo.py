@@ -39,7 +39,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--model_dir", default="outputs/models/me5-small-facts")
     parser.add_argument("--languages", nargs="+", default=DEMO_LANGUAGES)
     parser.add_argument("--fact_steps", type=int, default=300, help="Training steps of the fact-completion head.")
-    parser.add_argument("--editor_steps", type=int, default=150, help="Training steps of the editor.")
+    parser.add_argument("--editor_steps", type=int, default=200, help="Training steps of the editor.")
+    parser.add_argument("--learning_rate", type=float, default=1e-4, help="Adam learning rate of the editor network.")
+    parser.add_argument("--edit_lr_init", type=float, default=1e-3, help="Initial MEND step size per layer.")
     parser.add_argument("--n_edits", type=int, default=8, help="Test edits per editing language.")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args()
@@ -52,7 +54,7 @@ def train_editor(model, tokenizer, splits, languages, args) -> LimeTrainer:
         output_dir=str(Path(args.output_dir) / "checkpoints"),
         max_steps=args.editor_steps,
         per_device_train_batch_size=2,
-        learning_rate=1e-4,
+        learning_rate=args.learning_rate,
         edit_lr_learning_rate=1e-3,
         logging_steps=25,
         save_strategy="no",
@@ -110,7 +112,9 @@ def main() -> None:
     splits = load_cldr_facts(languages, seed=args.seed)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     base = AutoModelForMaskedLM.from_pretrained(folder, attn_implementation="eager")
-    model = get_peft_model(base, LimeConfig(languages=languages, editor="mend", mend_rank=256, edit_lr_init=1e-4))
+    model = get_peft_model(
+        base, LimeConfig(languages=languages, editor="mend", mend_rank=256, edit_lr_init=args.edit_lr_init)
+    )
     train_editor(model, tokenizer, splits, languages, args)
     from hf_lime.evaluation import evaluate_editor, format_table, save_report
 

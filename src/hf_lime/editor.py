@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 import warnings
@@ -16,7 +15,7 @@ import torch
 from peft import PeftModel
 from torch import nn
 
-from .data.encoding import PLACEHOLDER, TASKS, _causal_prompt_ids, encode_example, pad_batch, target_token_ids
+from .data.encoding import TASKS, pad_batch
 from .editing import Edit
 from .lora_export import export_edits_as_lora, module_name
 from .model_card import render_model_card
@@ -40,13 +39,11 @@ from .safe_loading import (
     resolve_editor_folder,
     soft_base_model_differences,
 )
-from .tasks import model_label2id
+from .text_io import as_rows, encode_text, masked_prompt, predict_text
 from .tuner import LimeConfig
 from .tuner.config import PEFT_TYPE
 
 __all__ = ["LimeEditor", "infer_task", "masked_prompt"]
-
-_MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 class LimeEditor:
@@ -350,29 +347,14 @@ class LimeEditor:
         Returns:
             [`Edit`]: the applied edit.
         """
-        texts, targets = _as_rows(text, target)
+        texts, targets = as_rows(text, target)
         examples = [self._encode(t, y, max_length) for t, y in zip(texts, targets, strict=True)]
         batch = {key: value.to(self.device) for key, value in pad_batch(self.tokenizer, examples).items()}
         rows = language if language is None or isinstance(language, str) else list(language)
         return self.model.base_model.edit(batch, language=rows)
 
     def _encode(self, text: Any, target: Any, max_length: int) -> dict[str, Any]:
-        tokenizer = self._require_tokenizer()
-        _check_target(target, self.task)
-        if self.task == "seq_cls":
-            premise, hypothesis = _as_pair(text)
-            label2id = model_label2id(self.model.get_base_model(), "seq_cls")
-            return encode_example(tokenizer, "seq_cls", premise, target, hypothesis, label2id, max_length)
-        if not isinstance(text, str):
-            raise TypeError(f"task={self.task!r} takes a string prompt, got {type(text).__name__}.")
-        if self.task == "masked_lm":
-            prompt, n_masks = masked_prompt(text, tokenizer)
-            k = len(target_token_ids(tokenizer, target))
-            if n_masks > 1 and n_masks != k:
-                raise ValueError(f"{text!r} has {n_masks} masks but the target {target!r} has {k} tokens.")
-            return encode_example(tokenizer, "masked_lm", prompt, target, max_length=max_length)
-        prompt = text if PLACEHOLDER in text else f"{text} {PLACEHOLDER}"
-        return encode_example(tokenizer, "causal_lm", prompt, target, max_length=max_length)
+        return encode_text(self.model.get_base_model(), self._require_tokenizer(), self.task, text, target, max_length)
 
     @torch.no_grad()
     def predict(
@@ -403,63 +385,9 @@ class LimeEditor:
         if language is not None and self.languages and language not in self.languages:
             raise ValueError(f"Unknown language {language!r}; this editor knows {self.languages}.")
         texts = text if isinstance(text, list) else [text]
-        predict_one = {"masked_lm": self._predict_masked, "seq_cls": self._predict_class}.get(self.task)
-        if predict_one is None:
-            answers = [self._predict_continuation(t, max_new_tokens, max_length) for t in texts]
-        else:
-            answers = [predict_one(t, num_tokens, max_length) for t in texts]
+        options = {"num_tokens": num_tokens, "max_new_tokens": max_new_tokens, "max_length": max_length}
+        answers = [predict_text(self.model, self.tokenizer, self.task, t, **options) for t in texts]
         return answers if isinstance(text, list) else answers[0]
-
-    def _logits(self, encoding: Mapping[str, Any]) -> torch.Tensor:
-        inputs = {k: torch.as_tensor(v).to(self.device) for k, v in encoding.items() if k in _MODEL_INPUTS}
-        return self.model(**inputs).logits
-
-    def _predict_masked(self, text: Any, num_tokens: int | None, max_length: int) -> str:
-        tokenizer = self.tokenizer
-        if not isinstance(text, str):
-            raise TypeError(f"task='masked_lm' takes string prompts, got {type(text).__name__}.")
-        prompt, n_masks = masked_prompt(text, tokenizer)
-        if num_tokens is not None:
-            if isinstance(num_tokens, bool) or not isinstance(num_tokens, int) or num_tokens < 1:
-                raise ValueError(f"`num_tokens` must be a positive int, got {num_tokens!r}.")
-            if n_masks > 1 and num_tokens != n_masks:
-                raise ValueError(f"{text!r} has {n_masks} masks but num_tokens={num_tokens}.")
-            n_masks = num_tokens
-        encoding = tokenizer(
-            prompt.replace(PLACEHOLDER, tokenizer.mask_token * n_masks),
-            return_tensors="pt",
-            truncation=True,
-            max_length=max_length,
-        )
-        positions = encoding["input_ids"][0] == tokenizer.mask_token_id
-        if int(positions.sum()) != n_masks:
-            raise ValueError(f"Expected {n_masks} mask tokens in the encoded {text!r}; raise max_length?")
-        ids = self._logits(encoding)[0][positions.to(self.device)].argmax(-1).tolist()
-        return tokenizer.decode(ids).strip()
-
-    def _predict_class(self, text: Any, num_tokens: int | None, max_length: int) -> str:
-        premise, hypothesis = _as_pair(text)
-        encoding = self.tokenizer(premise, hypothesis, return_tensors="pt", truncation=True, max_length=max_length)
-        class_id = int(self._logits(encoding)[0].argmax())
-        id2label = getattr(self.model.get_base_model().config, "id2label", None) or {}
-        return str(id2label.get(class_id, class_id))
-
-    def _predict_continuation(self, text: Any, max_new_tokens: int, max_length: int) -> str:
-        tokenizer = self.tokenizer
-        if not isinstance(text, str):
-            raise TypeError(f"task='causal_lm' takes string prompts, got {type(text).__name__}.")
-        context = text.split(PLACEHOLDER, 1)[0].strip()
-        ids = _causal_prompt_ids(tokenizer, context)[-max_length:] if context else [tokenizer.bos_token_id]
-        if ids == [None]:
-            raise ValueError("An empty prompt needs a tokenizer with a BOS token.")
-        limit = getattr(self.model.get_base_model().config, "max_position_embeddings", None) or 1 << 30
-        new: list[int] = []
-        for _ in range(min(max_new_tokens, max(limit - len(ids), 0))):
-            next_id = int(self._logits({"input_ids": torch.tensor([ids + new])})[0, -1].argmax())
-            if next_id == tokenizer.eos_token_id:
-                break
-            new.append(next_id)
-        return tokenizer.decode(new, skip_special_tokens=True).strip()
 
     def _require_tokenizer(self) -> Any:
         if self.tokenizer is None:
@@ -480,53 +408,6 @@ class LimeEditor:
         """Write `edits` as a plain PEFT LoRA adapter for this editor's base model (see `lora_export`)."""
         self._set_base_name(None)
         return export_edits_as_lora(edits, path, self.config.base_model_name_or_path, revision=self.config.revision)
-
-
-# ----------------------------------------------------------------------------------------------- helpers
-def masked_prompt(text: str, tokenizer: Any) -> tuple[str, int]:
-    """
-    `text` with its answer placeholder replaced by `"[Y]"`, and how many masks it had. The placeholder is one run
-    of `"[Y]"`, `"[MASK]"` or the tokenizer's mask token (whitespace between them allowed).
-    """
-    if tokenizer.mask_token is None:
-        raise ValueError("task='masked_lm' needs a tokenizer with a mask token.")
-    one = "|".join(re.escape(m) for m in dict.fromkeys((PLACEHOLDER, "[MASK]", tokenizer.mask_token)))
-    runs = list(re.finditer(rf"(?:{one})(?:\s*(?:{one}))*", text))
-    if len(runs) != 1:
-        raise ValueError(
-            f"The text needs exactly one placeholder ({tokenizer.mask_token!r}, '[MASK]' or '[Y]', possibly repeated "
-            f"once per target token) where the answer goes; found {len(runs)} in {text!r}."
-        )
-    run = runs[0]
-    n_masks = len(re.findall(one, run.group()))
-    return text[: run.start()] + PLACEHOLDER + text[run.end() :], n_masks
-
-
-def _as_rows(text: Any, target: Any) -> tuple[list, list]:
-    if isinstance(text, list):
-        if not isinstance(target, list) or len(target) != len(text) or not text:
-            raise ValueError("For a list of texts pass a non-empty list of targets of the same length.")
-        return text, target
-    if isinstance(target, list):
-        raise TypeError("A list of targets needs a list of texts (one target per text).")
-    return [text], [target]
-
-
-def _as_pair(text: Any) -> tuple[str, str | None]:
-    if isinstance(text, str):
-        return text, None
-    if isinstance(text, tuple) and len(text) == 2 and all(isinstance(t, str) for t in text):
-        return text[0], text[1]
-    raise TypeError(f"A classifier input is a string or a (premise, hypothesis) tuple of strings, got {text!r}.")
-
-
-def _check_target(target: Any, task: str) -> None:
-    if isinstance(target, str):
-        if not target.strip():
-            raise ValueError(f"The target must be a non-empty string, got {target!r}.")
-    elif task != "seq_cls" or isinstance(target, bool) or not isinstance(target, int):
-        allowed = "a label name or class id" if task == "seq_cls" else "a non-empty string"
-        raise TypeError(f"The target for task={task!r} must be {allowed}, got {target!r}.")
 
 
 def _library_version() -> str:

@@ -1,0 +1,163 @@
+"""Text in, text out for `LimeEditor`: turn a user's prompt and target into an edit batch, and read answers back.
+
+Masked LMs take a prompt with one placeholder (`"[MASK]"`, `"[Y]"` or the tokenizer's mask token); classifiers a
+text or a `(premise, hypothesis)` tuple; causal LMs a prompt whose continuation is the answer.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from .data.encoding import PLACEHOLDER, _causal_prompt_ids, encode_example, target_token_ids
+from .tasks import model_label2id
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def encode_text(base_model: nn.Module, tokenizer: Any, task: str, text: Any, target: Any, max_length: int) -> dict:
+    """One edit example (features with `labels`) from a user's `text` and new `target`."""
+    check_target(target, task)
+    if task == "seq_cls":
+        premise, hypothesis = as_pair(text)
+        label2id = model_label2id(base_model, "seq_cls")
+        return encode_example(tokenizer, "seq_cls", premise, target, hypothesis, label2id, max_length)
+    if not isinstance(text, str):
+        raise TypeError(f"task={task!r} takes a string prompt, got {type(text).__name__}.")
+    if task == "masked_lm":
+        prompt, n_masks = masked_prompt(text, tokenizer)
+        k = len(target_token_ids(tokenizer, target))
+        if n_masks > 1 and n_masks != k:
+            raise ValueError(f"{text!r} has {n_masks} masks but the target {target!r} has {k} tokens.")
+        return encode_example(tokenizer, "masked_lm", prompt, target, max_length=max_length)
+    prompt = text if PLACEHOLDER in text else f"{text} {PLACEHOLDER}"
+    return encode_example(tokenizer, "causal_lm", prompt, target, max_length=max_length)
+
+
+def predict_text(
+    model: nn.Module,
+    tokenizer: Any,
+    task: str,
+    text: Any,
+    num_tokens: int | None = None,
+    max_new_tokens: int = 8,
+    max_length: int = 128,
+) -> str:
+    """The model's answer to one `text`: decoded mask tokens, a label name, or a greedy continuation."""
+    if task == "masked_lm":
+        return _predict_masked(model, tokenizer, text, num_tokens, max_length)
+    if task == "seq_cls":
+        return _predict_class(model, tokenizer, text, max_length)
+    return _predict_continuation(model, tokenizer, text, max_new_tokens, max_length)
+
+
+def _logits(model: nn.Module, encoding: Mapping[str, Any]) -> torch.Tensor:
+    device = next(model.parameters()).device
+    inputs = {k: torch.as_tensor(v).to(device) for k, v in encoding.items() if k in MODEL_INPUTS}
+    return model(**inputs).logits
+
+
+def _predict_masked(model: nn.Module, tokenizer: Any, text: Any, num_tokens: int | None, max_length: int) -> str:
+    if not isinstance(text, str):
+        raise TypeError(f"task='masked_lm' takes string prompts, got {type(text).__name__}.")
+    prompt, n_masks = masked_prompt(text, tokenizer)
+    if num_tokens is not None:
+        if isinstance(num_tokens, bool) or not isinstance(num_tokens, int) or num_tokens < 1:
+            raise ValueError(f"`num_tokens` must be a positive int, got {num_tokens!r}.")
+        if n_masks > 1 and num_tokens != n_masks:
+            raise ValueError(f"{text!r} has {n_masks} masks but num_tokens={num_tokens}.")
+        n_masks = num_tokens
+    encoding = tokenizer(
+        prompt.replace(PLACEHOLDER, tokenizer.mask_token * n_masks),
+        return_tensors="pt",
+        truncation=True,
+        max_length=max_length,
+    )
+    positions = encoding["input_ids"][0] == tokenizer.mask_token_id
+    if int(positions.sum()) != n_masks:
+        raise ValueError(f"Expected {n_masks} mask tokens in the encoded {text!r}; raise max_length?")
+    logits = _logits(model, encoding)[0]
+    ids = logits[positions.to(logits.device)].argmax(-1).tolist()
+    return tokenizer.decode(ids).strip()
+
+
+def _predict_class(model: nn.Module, tokenizer: Any, text: Any, max_length: int) -> str:
+    premise, hypothesis = as_pair(text)
+    encoding = tokenizer(premise, hypothesis, return_tensors="pt", truncation=True, max_length=max_length)
+    class_id = int(_logits(model, encoding)[0].argmax())
+    id2label = getattr(_base(model).config, "id2label", None) or {}
+    return str(id2label.get(class_id, class_id))
+
+
+def _predict_continuation(model: nn.Module, tokenizer: Any, text: Any, max_new_tokens: int, max_length: int) -> str:
+    if not isinstance(text, str):
+        raise TypeError(f"task='causal_lm' takes string prompts, got {type(text).__name__}.")
+    context = text.split(PLACEHOLDER, 1)[0].strip()
+    ids = _causal_prompt_ids(tokenizer, context)[-max_length:] if context else [tokenizer.bos_token_id]
+    if ids == [None]:
+        raise ValueError("An empty prompt needs a tokenizer with a BOS token.")
+    limit = getattr(_base(model).config, "max_position_embeddings", None) or 1 << 30
+    new: list[int] = []
+    for _ in range(min(max_new_tokens, max(limit - len(ids), 0))):
+        next_id = int(_logits(model, {"input_ids": torch.tensor([ids + new])})[0, -1].argmax())
+        if next_id == tokenizer.eos_token_id:
+            break
+        new.append(next_id)
+    return tokenizer.decode(new, skip_special_tokens=True).strip()
+
+
+def _base(model: nn.Module) -> nn.Module:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def masked_prompt(text: str, tokenizer: Any) -> tuple[str, int]:
+    """
+    `text` with its answer placeholder replaced by `"[Y]"`, and how many masks it had. The placeholder is one run
+    of `"[Y]"`, `"[MASK]"` or the tokenizer's mask token (whitespace between them allowed).
+    """
+    if tokenizer.mask_token is None:
+        raise ValueError("task='masked_lm' needs a tokenizer with a mask token.")
+    one = "|".join(re.escape(m) for m in dict.fromkeys((PLACEHOLDER, "[MASK]", tokenizer.mask_token)))
+    runs = list(re.finditer(rf"(?:{one})(?:\s*(?:{one}))*", text))
+    if len(runs) != 1:
+        raise ValueError(
+            f"The text needs exactly one placeholder ({tokenizer.mask_token!r}, '[MASK]' or '[Y]', possibly repeated "
+            f"once per target token) where the answer goes; found {len(runs)} in {text!r}."
+        )
+    run = runs[0]
+    n_masks = len(re.findall(one, run.group()))
+    return text[: run.start()] + PLACEHOLDER + text[run.end() :], n_masks
+
+
+def as_rows(text: Any, target: Any) -> tuple[list, list]:
+    """`(texts, targets)` as two equally long lists from one text/target or two lists."""
+    if isinstance(text, list):
+        if not isinstance(target, list) or len(target) != len(text) or not text:
+            raise ValueError("For a list of texts pass a non-empty list of targets of the same length.")
+        return text, target
+    if isinstance(target, list):
+        raise TypeError("A list of targets needs a list of texts (one target per text).")
+    return [text], [target]
+
+
+def as_pair(text: Any) -> tuple[str, str | None]:
+    """A classifier input as `(premise, hypothesis or None)`."""
+    if isinstance(text, str):
+        return text, None
+    if isinstance(text, tuple) and len(text) == 2 and all(isinstance(t, str) for t in text):
+        return text[0], text[1]
+    raise TypeError(f"A classifier input is a string or a (premise, hypothesis) tuple of strings, got {text!r}.")
+
+
+def check_target(target: Any, task: str) -> None:
+    """A non-empty string (LMs) or a label name / class id (classifiers), else a clear error."""
+    if isinstance(target, str):
+        if not target.strip():
+            raise ValueError(f"The target must be a non-empty string, got {target!r}.")
+    elif task != "seq_cls" or isinstance(target, bool) or not isinstance(target, int):
+        allowed = "a label name or class id" if task == "seq_cls" else "a non-empty string"
+        raise TypeError(f"The target for task={task!r} must be {allowed}, got {target!r}.")
