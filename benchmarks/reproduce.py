@@ -107,7 +107,7 @@ def train(model, tokenizer, task_info: dict, run: dict, args, run_dir: Path) -> 
     train_args = LimeTrainingArguments(
         output_dir=str(run_dir / "checkpoints"), max_steps=args.steps,
         per_device_train_batch_size=args.episodes_per_step,
-        learning_rate=1e-4, edit_lr_learning_rate=1e-3, logging_steps=25, save_strategy="no", seed=run["seed"],
+        learning_rate=1e-4, logging_steps=25, save_strategy="no", seed=run["seed"],
         use_cpu=not torch.cuda.is_available(), c_edit=1.0, c_loc=1.0, disable_tqdm=True,
     )  # fmt: skip
     trainer = LimeTrainer(

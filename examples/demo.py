@@ -55,7 +55,6 @@ def train_editor(model, tokenizer, splits, languages, args) -> LimeTrainer:
         max_steps=args.editor_steps,
         per_device_train_batch_size=2,
         learning_rate=args.learning_rate,
-        edit_lr_learning_rate=1e-3,
         logging_steps=25,
         save_strategy="no",
         use_cpu=not torch.cuda.is_available(),

@@ -78,7 +78,7 @@ def test_model_without_head_is_rejected():
 
 def test_non_finite_update_is_refused(model):
     with torch.no_grad():
-        model.base_model.edit_lrs.lrs.fill_(float("inf"))
+        model.base_model.edit_lrs.fill_(float("inf"))
     with pytest.raises(ValueError, match="non-finite"):
         model.edit(make_batch("masked_lm"), language="en")
     assert model.base_model.applied_edit_ids == []

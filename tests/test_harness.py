@@ -51,7 +51,7 @@ def make_model(base, step_size: float | None = None, **config):
     model = get_peft_model(copy.deepcopy(base), LimeConfig(**config))
     if step_size is not None:
         with torch.no_grad():
-            model.base_model.edit_lrs.lrs.fill_(step_size)
+            model.base_model.edit_lrs.fill_(step_size)
     return model
 
 
@@ -191,7 +191,7 @@ def test_multi_token_targets_are_scored_token_by_token(family):
     model = get_peft_model(build_model(family), LimeConfig(languages=["en", "fr", "de"], use_lime_mask=False))
     model.base_model.model.resize_token_embeddings(len(tokenizer))
     with torch.no_grad():
-        model.base_model.edit_lrs.lrs.fill_(0.0)
+        model.base_model.edit_lrs.fill_(0.0)
     result = evaluate_editor(
         model, tokenizer, multi_token_items(), task, n_edits=3, n_retain=2, progress=False, return_records=True
     )
@@ -393,7 +393,7 @@ def test_real_mlama_items_with_the_mbert_vocabulary(shared_data):
                         intermediate_size=64, attn_implementation="eager")  # fmt: skip
     model = get_peft_model(BertForMaskedLM(config).eval(), LimeConfig(languages=languages))
     with torch.no_grad():
-        model.base_model.edit_lrs.lrs.fill_(0.0)
+        model.base_model.edit_lrs.fill_(0.0)
     result = evaluate_editor(model, tokenizer, items, "masked_lm", n_edits=3, n_retain=2, progress=False,
                              return_records=True)  # fmt: skip
     assert result.metrics["locality"] == 1.0 and result.metrics["n_edits"] == 9

@@ -222,3 +222,19 @@ def test_language_order_is_saved_and_reloaded(tmp_path):
     model.save_pretrained(tmp_path)
     loaded = PeftModel.from_pretrained(build_model("bert-mlm"), tmp_path)
     assert loaded.base_model.languages == ["zh", "en", "ar"]
+
+
+def test_learned_edit_step_sizes_stay_positive():
+    from hf_lime.editors.base import EditStepSizes
+
+    sizes = EditStepSizes(["a", "b"], init=1e-3)
+    assert torch.allclose(sizes.lrs, torch.full((2,), 1e-3))
+    optimizer = torch.optim.Adam(sizes.parameters(), lr=0.5)
+    for _ in range(50):  # a gradient that pushes the step sizes down as hard as it can
+        optimizer.zero_grad()
+        (sizes("a") + sizes("b")).backward()
+        optimizer.step()
+    assert bool((sizes.lrs > 0).all()) and float(sizes.lrs.max()) < 1e-3
+    assert sizes.fill_(0.0)("a").item() == 0.0 and sizes.fill_(2.0)("b").item() == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="> 0"):
+        EditStepSizes(["a"], init=-1e-3)

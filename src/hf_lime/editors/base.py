@@ -14,6 +14,7 @@ Adding an editor means: a module in `editors/`, an entry in `EDITOR_REGISTRY`, a
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -47,20 +48,38 @@ class EditorOutput:
 
 class EditStepSizes(nn.Module):
     """
-    Learned per-layer edit step sizes (MEND's `edit_lrs`).
+    Learned per-layer edit step sizes (MEND's `edit_lrs`), kept positive: the parameter is the log step size.
+
+    MEND learns the raw step sizes, which Adam can push through zero to a negative value — an editor that then
+    *ascends* the edit loss on that layer (we saw it happen within 200 steps on a real model). Learning `log(lr)`
+    keeps every step size positive and makes the optimizer's steps relative (`edit_lr_learning_rate` ≈ the relative
+    change per step).
 
     Args:
         keys (`list[str]`): Layer keys, in order.
-        init (`float`): Initial step size.
+        init (`float`): Initial step size (> 0).
     """
 
     def __init__(self, keys: list[str], init: float) -> None:
         super().__init__()
+        if not init > 0:
+            raise ValueError(f"The initial edit step size must be > 0, got {init!r}.")
         self.keys = list(keys)
-        self.lrs = nn.Parameter(torch.full((len(keys),), float(init)))
+        self.log_lrs = nn.Parameter(torch.full((len(keys),), math.log(float(init))))
+
+    @property
+    def lrs(self) -> torch.Tensor:
+        """The current step sizes, one per layer key."""
+        return self.log_lrs.exp()
+
+    @torch.no_grad()
+    def fill_(self, value: float) -> EditStepSizes:
+        """Set every step size to `value` (`0.0` gives edits that change nothing)."""
+        self.log_lrs.fill_(math.log(value) if value > 0 else float("-inf"))
+        return self
 
     def forward(self, key: str) -> torch.Tensor:
-        return self.lrs[self.keys.index(key)]
+        return self.log_lrs[self.keys.index(key)].exp()
 
 
 class BaseEditor(nn.Module, ABC):

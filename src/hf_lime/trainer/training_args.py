@@ -31,8 +31,9 @@ class LimeTrainingArguments(TrainingArguments):
     Args:
         mask_learning_rate (`float`, *optional*, defaults to `1e-3`):
             Learning rate of the LiME mask parameters (gates and scales).
-        edit_lr_learning_rate (`float`, *optional*, defaults to `1e-4`):
-            Learning rate of the learned per-layer edit step sizes.
+        edit_lr_learning_rate (`float`, *optional*, defaults to `1e-2`):
+            Learning rate of the learned per-layer edit step sizes. They are learned in log space (always positive),
+            so this is roughly the relative change of a step size per optimizer step.
 
     > Parameters of the episodes (which languages edit, update and retain)
 
@@ -64,7 +65,9 @@ class LimeTrainingArguments(TrainingArguments):
     c_loc: float = field(default=1.0, metadata={"help": "Weight of the KL on the retain batch."})
     c_l0: float = field(default=1.0, metadata={"help": "Weight of the expected L0 penalty of the mask gates."})
     mask_learning_rate: float = field(default=1e-3, metadata={"help": "Learning rate of the LiME masks."})
-    edit_lr_learning_rate: float = field(default=1e-4, metadata={"help": "Learning rate of the edit step sizes."})
+    edit_lr_learning_rate: float = field(
+        default=1e-2, metadata={"help": "Learning rate of the (log) edit step sizes: ~relative change per step."}
+    )
     languages: list[str] | None = field(default=None, metadata={"help": "Ordered languages (the mask rows)."})
     edit_languages: list[str] | None = field(default=None, metadata={"help": "Languages edits are shown in."})
     update_languages: list[str] | None = field(default=None, metadata={"help": "Languages of the post-edit loss."})
