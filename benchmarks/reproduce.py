@@ -156,7 +156,33 @@ def summarise(results: list[dict], out: Path) -> None:
         lines.append(f"| {' | '.join(key)} | {len(rows)} | " + " | ".join(cells) + f" | {row['wall_s']:.0f} |")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    for dataset in sorted({row["dataset"] for row in summary}):
+        plot_summary([row for row in summary if row["dataset"] == dataset], out / f"summary_{dataset}.png")
     logger.info("\n%s", "\n".join(lines))
+
+
+def plot_summary(rows: list[dict], path: Path) -> Path:
+    """Bars of reliability / transfer / locality (mean ± std over seeds) for each grid row of one dataset."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    names = ("reliability", "transfer", "locality")
+    labels = [f"{r['editor'].upper()}\n{r['setting']}\nLiME {r['lime']}" for r in rows]
+    figure = Figure(figsize=(max(5.0, 1.2 * len(rows) + 1.5), 3.8), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    positions = np.arange(len(rows))
+    for offset, name in zip((-0.27, 0.0, 0.27), names, strict=True):
+        means = [r[name][0] for r in rows]
+        stds = [r[name][1] for r in rows]
+        axes.bar(positions + offset, means, width=0.27, yerr=stds, capsize=2, label=name)
+    axes.set_xticks(positions, labels, fontsize=7)
+    axes.set_ylim(0, 1)
+    axes.set_ylabel("mean over seeds (± std)")
+    axes.set_title(f"{rows[0]['dataset']}: edits made in one language, scored in all")
+    axes.legend(fontsize=7, ncols=3, loc="upper right")
+    figure.savefig(path, dpi=130)
+    return path
 
 
 def main() -> None:
