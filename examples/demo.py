@@ -75,11 +75,9 @@ def train_editor(model, tokenizer, splits, languages, args) -> LimeTrainer:
 
 def show_text_edit(output_dir: Path, languages: list[str], seed: int) -> None:
     """Reload the saved editor like a user would, edit one held-out fact in English, print every language."""
-    from hf_lime import LimeEditor
-
     editor = LimeEditor.from_pretrained(output_dir)
     test = load_cldr_facts(languages, relations=("capital",), seed=seed)["test"]
-    item, other = test[0], next(row for row in test if row["target_id"] != test[0]["target_id"])
+    item, other = pick_showcase(editor, test)
     prompts = {lang: p.replace("[Y]", "[MASK]") for lang, p in zip(item["languages"], item["prompts"], strict=True)}
     gold = dict(zip(item["languages"], item["targets"], strict=True))
     new = dict(zip(other["languages"], other["targets"], strict=True))
@@ -94,6 +92,23 @@ def show_text_edit(output_dir: Path, languages: list[str], seed: int) -> None:
     print(f"{'lang':<6}{'gold':<20}{'new target':<20}{'before':<20}{'after':<20}")
     for lang in languages:
         print(f"{lang:<6}{gold[lang]:<20}{new[lang]:<20}{before[lang]:<20}{after[lang]:<20}")
+
+
+def pick_showcase(editor: LimeEditor, test: list[dict]) -> tuple[dict, dict]:
+    """A held-out capital the base model gets right in English, and another capital as the new answer, both one
+    token in English (so the before/after columns are readable); the first held-out pair when there is none."""
+
+    def english(row: dict) -> tuple[str, str]:
+        position = row["languages"].index("en")
+        return row["prompts"][position].replace("[Y]", "[MASK]"), row["targets"][position]
+
+    single = [row for row in test if _n_tokens(editor, english(row)[1]) == 1]
+    for item in single:
+        prompt, target = english(item)
+        other = next((row for row in single if row["target_id"] != item["target_id"]), None)
+        if other is not None and editor.predict(prompt, num_tokens=1) == target:
+            return item, other
+    return test[0], next(row for row in test if row["target_id"] != test[0]["target_id"])
 
 
 def _n_tokens(editor, target: str) -> int:
