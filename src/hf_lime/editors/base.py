@@ -69,8 +69,8 @@ class EditStepSizes(nn.Module):
 
     @property
     def lrs(self) -> torch.Tensor:
-        """The current step sizes, one per layer key."""
-        return self.log_lrs.exp()
+        """The current step sizes, one per layer key (detached; the editors use `forward`)."""
+        return self.log_lrs.detach().exp()
 
     @torch.no_grad()
     def fill_(self, value: float) -> EditStepSizes:
