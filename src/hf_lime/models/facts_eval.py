@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 
+from ..head import head_at
+
 logger = logging.getLogger(__name__)
 
 PLACEHOLDER = "[Y]"
@@ -60,18 +62,18 @@ def encode_facts(tokenizer, rows: Sequence[dict], max_length: int = 64) -> list[
 
 
 def mask_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor):
-    """Vocabulary logits of a ``BertForMaskedLM`` at the ``positions`` mask only (never the full ``B×T×V``).
+    """Vocabulary logits of a masked LM at the ``positions`` mask only (never the full ``B×T×V``).
 
     Args:
-        model (`BertForMaskedLM`): the masked LM.
+        model (`PreTrainedModel`): the masked LM.
         input_ids, attention_mask (`torch.Tensor`): the padded batch.
         positions (`torch.Tensor`): boolean ``(B, T)``, true at the positions to score.
 
     Returns:
         `torch.Tensor`: ``(positions.sum(), vocab)`` logits, in row-major order of ``positions``.
     """
-    hidden = model.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    return model.cls(hidden[positions])
+    with head_at(model.get_output_embeddings(), positions):
+        return model(input_ids=input_ids, attention_mask=attention_mask).logits
 
 
 def candidate_table(rows: Iterable[dict], tokenizer) -> dict[tuple[str, str], list[tuple[int, ...]]]:
