@@ -261,6 +261,21 @@ def test_ft_early_stops_once_the_target_is_the_argmax(family):
     assert again.info.steps == 0 and again.deltas == {}
 
 
+@pytest.mark.parametrize("family", FAMILY_SUBSET)
+def test_ft_on_a_model_class_of_unknown_task_uses_the_models_own_loss_and_stops_alike(family):
+    config = {"editor": "ft", "use_lime_mask": False, "ft_optimizer": "adam", "ft_lr": 5e-2, "ft_steps": 30}
+    batch = make_batch(FAMILIES[family].task)
+    known = lime_model(family, **config)
+    base = build_model(family)
+    base.__class__ = type("CustomEditTarget", (type(base),), {})  # a class name no task can be read from
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        unknown = get_peft_model(base, LimeConfig(**config))
+    reference, fallback = known.edit(batch), unknown.edit(batch)
+    assert 0 < fallback.info.steps < 30 and fallback.info.steps == reference.info.steps
+    assert torch.allclose(outputs(unknown, batch), outputs(known, batch), atol=1e-5)
+
+
 def test_locality_constrained_ft_keeps_retain_outputs_closer():
     config = {"ft_optimizer": "adam", "ft_lr": 2e-2, "ft_steps": 8, "ft_early_stop": False}
     batch = make_batch("masked_lm")

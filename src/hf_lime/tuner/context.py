@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data.encoding import is_correct
 from ..editing import LayerDelta
 from ..head import target_logits
 from ..masks import MaskBank
@@ -105,8 +106,9 @@ class EditContext:
                 scored = target_logits(self.model, self.batch, self.task)
                 return scored.loss(), all(scored.row_correct())
             outputs = self.model(**self.batch)
-        causal = _is_causal_lm(self.model)
-        return outputs.loss, _targets_predicted(outputs.logits.detach(), self.batch["labels"], causal)
+        labels = self.batch["labels"]
+        task = "seq_cls" if labels.dim() == 1 else "causal_lm" if _is_causal_lm(self.model) else "masked_lm"
+        return outputs.loss, all(is_correct(task, outputs.logits.detach(), self.batch))
 
 
 @contextmanager
@@ -198,14 +200,3 @@ def _is_causal_lm(model: Any) -> bool:
     can_generate = getattr(model, "can_generate", None)
     encoder_decoder = getattr(getattr(model, "config", None), "is_encoder_decoder", False)
     return bool(callable(can_generate) and can_generate() and not encoder_decoder)
-
-
-def _targets_predicted(logits: torch.Tensor, labels: torch.Tensor, causal: bool) -> bool:
-    """Whether every target (class, or every labelled token of every row) is the model's argmax."""
-    labels = labels.to(logits.device)
-    if labels.dim() == 1:
-        return bool((logits.argmax(-1) == labels).all())
-    if causal:
-        logits, labels = logits[:, :-1], labels[:, 1:]
-    target = labels != -100
-    return bool((logits.argmax(-1)[target] == labels[target]).all())
