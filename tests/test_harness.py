@@ -71,7 +71,7 @@ def same(a, b) -> bool:
 
 def test_records_are_complete_and_give_the_metrics(world):
     tokenizer, items, base = world
-    result = run(make_model(base, 1.5), tokenizer, items, return_records=True)
+    result = run(make_model(base, 0.1), tokenizer, items, return_records=True)
     records = result.records
     assert isinstance(result, EvaluationResult) and tuple(records) == RECORD_FIELDS
     assert same(result.metrics, compute_xl_edit_metrics(**records))
@@ -113,7 +113,7 @@ def test_retain_items_are_other_groups_and_fixed_per_item(world):
 
 def test_base_model_is_bit_identical_afterwards(world):
     tokenizer, items, base = world
-    model = make_model(base, 1.5)
+    model = make_model(base, 0.1)
     batch = pad_batch(tokenizer, [encode_example(tokenizer, "masked_lm", "subj3 ist in [Y] geboren .", "city3")])
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
@@ -135,11 +135,11 @@ def test_step_size_controls_edit_success_and_locality(world):
     assert frozen["locality"] == 1.0 and frozen["edit_success"] == 0.0  # the base model knows every gold object
     tiny = run(make_model(base, 1e-6), tokenizer, items).metrics
     assert tiny["reliability"] == 0.0 and tiny["locality"] == 1.0
-    good = run(make_model(base, 1.5), tokenizer, items).metrics
+    good = run(make_model(base, 0.1), tokenizer, items).metrics
     assert good["reliability"] >= 0.5 and good["transfer"] > 0.0
-    assert good["locality"] < 1.0  # one un-trained gradient step is not local: the metric sees it
-    # A huge step overshoots (one gradient step through LayerNorm): edit success falls again.
-    huge = run(make_model(base, 100.0), tokenizer, items).metrics
+    assert good["locality"] < 1.0  # an un-trained edit is not local: the metric sees it
+    # A huge step overshoots (the normalised factors pass through the model's LayerNorms): edit success falls again.
+    huge = run(make_model(base, 10.0), tokenizer, items).metrics
     assert huge["reliability"] < good["reliability"]
 
 
@@ -156,7 +156,7 @@ def test_fine_tuning_editor_without_languages(world):
 
 def test_same_seed_same_records_other_seed_other_items(world):
     tokenizer, items, base = world
-    model = make_model(base, 1.5)
+    model = make_model(base, 0.1)
     first = run(model, tokenizer, items, return_records=True, edit_languages=["fr"])
     second = run(model, tokenizer, items, return_records=True, edit_languages=["fr"])
     other = run(model, tokenizer, items, return_records=True, edit_languages=["fr"], seed=1)
@@ -254,7 +254,7 @@ def test_gold_mode_edits_only_mistakes_to_their_gold_class():
 
 def test_format_table(world):
     tokenizer, items, base = world
-    result = run(make_model(base, 1.5), tokenizer, items, edit_languages=["fr", "en"], bootstrap=50)
+    result = run(make_model(base, 0.1), tokenizer, items, edit_languages=["fr", "en"], bootstrap=50)
     table = format_table(result)
     lines = table.splitlines()
     assert lines[0].split() == ["eval", "ES", "fr", "ES", "en", "ES", "mean", "Loc", "fr", "Loc", "en", "Loc", "mean"]
@@ -279,7 +279,7 @@ def test_format_table(world):
 
 def test_save_report(world, tmp_path):
     tokenizer, items, base = world
-    result = run(make_model(base, 1.5), tokenizer, items, return_records=True)
+    result = run(make_model(base, 0.1), tokenizer, items, return_records=True)
     written = save_report(result, tmp_path / "report")
     assert set(written) == {"metrics", "table", "settings", "records", "es_heatmap", "loc_heatmap", "by_language"}
     assert all(path.is_file() and path.stat().st_size > 0 for path in written.values())
@@ -288,7 +288,7 @@ def test_save_report(world, tmp_path):
     assert same(json.loads(written["metrics"].read_text()), result.metrics)
     assert json.loads(written["records"].read_text()) == result.records
     assert written["table"].read_text().strip() == format_table(result)
-    no_retain = run(make_model(base, 1.5), tokenizer, items, n_retain=0)
+    no_retain = run(make_model(base, 0.1), tokenizer, items, n_retain=0)
     written = save_report(no_retain.metrics, tmp_path / "bare")
     assert json.loads(written["metrics"].read_text())["locality"] is None  # NaN is written as null
     assert "loc_heatmap" not in written and "settings" not in written
@@ -315,7 +315,7 @@ def test_bad_inputs(world, kwargs, error, match):
     tokenizer, items, base = world
     kwargs = {"items": items} | kwargs
     with pytest.raises(error, match=match):
-        run(make_model(base, 1.5), tokenizer, **kwargs)
+        run(make_model(base, 0.1), tokenizer, **kwargs)
 
 
 def test_items_lacking_a_language_are_not_edited(world):
@@ -325,8 +325,8 @@ def test_items_lacking_a_language_are_not_edited(world):
         item["languages"], item["prompts"] = item["languages"][:2], item["prompts"][:2]
         item["pairs"], item["targets"] = item["pairs"][:2], item["targets"][:2]
     with pytest.raises(ValueError, match=r"Only 4 items can be edited in 'en'"):
-        run(make_model(base, 1.5), tokenizer, cut, n_edits=5)
-    result = run(make_model(base, 1.5), tokenizer, cut, n_edits=4, n_retain=2, return_records=True)
+        run(make_model(base, 0.1), tokenizer, cut, n_edits=5)
+    result = run(make_model(base, 0.1), tokenizer, cut, n_edits=4, n_retain=2, return_records=True)
     assert {edit_id.split(":", 1)[1] for edit_id in result.records["edit_ids"]} == {f"P19:{s}" for s in range(20, 24)}
 
 
@@ -342,7 +342,7 @@ print(json.dumps(module.compute(**records, bootstrap=20, seed=3)))
 @pytest.mark.slow
 def test_records_through_the_evaluate_module_give_the_same_metrics(world, tmp_path):
     tokenizer, items, base = world
-    result = run(make_model(base, 1.5), tokenizer, items, return_records=True, bootstrap=20, seed=3)
+    result = run(make_model(base, 0.1), tokenizer, items, return_records=True, bootstrap=20, seed=3)
     path = tmp_path / "records.json"
     path.write_text(json.dumps(result.records))
     env = dict(os.environ, HF_EVALUATE_OFFLINE="1", HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
@@ -359,14 +359,14 @@ def test_logits_only_at_target_positions_give_the_same_predictions(family):
     from conftest import FAMILIES, build_model, make_batch
 
     from hf_lime.data.encoding import predict_from_logits
-    from hf_lime.evaluation.harness import _Scorer
+    from hf_lime.evaluation.scoring import TargetScorer
 
     task = FAMILIES[family].task
     model = get_peft_model(build_model(family), LimeConfig(languages=["en"], use_lime_mask=False))
     batch = make_batch(task, batch_size=4, seq_len=10, seed=1)
     batch["labels"][1, 5] = 9  # rows with different numbers of target positions
     batch["attention_mask"][2, -1:] = 0
-    scorer = _Scorer(model, None, task, None, max_length=32, batch_size=8)
+    scorer = TargetScorer(model, None, task, None, max_length=32, batch_size=8)
     shapes = []
     handle = model.get_output_embeddings().register_forward_hook(lambda m, a, out: shapes.append(tuple(out.shape)))
     sliced = scorer._predict_batch(batch)

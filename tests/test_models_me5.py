@@ -15,7 +15,6 @@ from helpers_tokenizers import build_sentencepiece_tokenizer
 
 from hf_lime.models import e5_format, me5, prepare
 from hf_lime.models.e5_format import dequantize_q4_0, parse_e5_header
-from hf_lime.models.facts_eval import _score_job
 from hf_lime.models.finetune_facts import finetune_facts, load_masked_lm, sampled_softmax_loss
 from hf_lime.models.finetune_xnli import XNLI_LABELS, finetune_xnli
 
@@ -348,18 +347,6 @@ def test_sampled_softmax_equals_full_softmax_when_all_tokens_are_sampled(tiny_ba
         sampled = sampled_softmax_loss(model, batch, 4000, len(tokenizer), generator)
         full = model(**batch).loss
     torch.testing.assert_close(sampled, full)
-
-
-def test_candidate_scoring_picks_best_mean_logprob():
-    logprobs = torch.full((2, 10), -5.0)
-    logprobs[0, 3], logprobs[1, 4] = -0.1, -0.2  # gold (3, 4) is the argmax at both masks
-    best: dict = {}
-    _score_job(logprobs, 2, (3, 4), [(3, 4), (3, 7), (5,)], best)
-    assert best["open"] is True and best["choice"] == (3, 4)
-    one = torch.full((1, 10), -5.0)
-    one[0, 5] = -0.01  # the 1-token candidate scores higher on average than (3, 4)
-    _score_job(one, 1, (3, 4), [(3, 4), (3, 7), (5,)], best)
-    assert best["choice"] == (5,) and best["open"] is True
 
 
 # ---------------------------------------------------------------- prepare_model

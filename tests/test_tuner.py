@@ -58,28 +58,8 @@ def test_gpt2_conv1d_switches_fan_in_fan_out():
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_untrained_edit_is_one_gradient_step(family):
-    """Identity-initialised MEND without masks: ΔW == -lr · ∇W L exactly (up to float rounding)."""
-    lr = 0.5
-    model = lime_model(family, use_lime_mask=False, languages=[], edit_lr_init=lr)
-    batch = make_batch(FAMILIES[family].task)
-    layers = model.base_model.lime_layers
-    weights = [layer.get_base_layer().weight for layer in layers.values()]
-    for w in weights:
-        w.requires_grad_(True)
-    loss = model(**batch).loss
-    grads = torch.autograd.grad(loss, weights)
-    for w in weights:
-        w.requires_grad_(False)
-    edit = model.edit(batch)
-    for (key, layer), grad in zip(layers.items(), grads, strict=True):
-        expected = -lr * (grad.T if layer.fan_in_fan_out else grad)
-        torch.testing.assert_close(edit.deltas[key].dense(), expected, rtol=1e-4, atol=1e-6)
-
-
-@pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_edit_lowers_loss_and_moves_prediction(family):
-    model = lime_model(family, edit_lr_init=1.0)
+    model = lime_model(family, edit_lr_init=1e-3)
     task = FAMILIES[family].task
     batch = make_batch(task)
     before = model(**batch)
@@ -146,7 +126,8 @@ def test_second_edit_sees_the_first():
 def test_batched_edit_one_language_per_row_uses_each_rows_mask():
     model = lime_model("bert-mlm", edit_lr_init=1.0).eval()  # deterministic gates
     with torch.no_grad():
-        model.base_model.masks.masks["bert-encoder-layer-2-output-dense"].scale[1].mul_(5.0)
+        # a uniform scale would cancel (masks re-weight, they never resize): change some features only
+        model.base_model.masks.masks["bert-encoder-layer-2-output-dense"].scale[1, :8].mul_(5.0)
     batch = make_batch("masked_lm")
     same = model.base_model.compute_edit(batch, ["en", "en"]).deltas
     mixed = model.base_model.compute_edit(batch, ["en", "fr"]).deltas

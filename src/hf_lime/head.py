@@ -9,7 +9,7 @@ with full logits (up to float rounding); the rest of the model runs unchanged.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +51,26 @@ def head_at(head: nn.Module, keep: torch.Tensor):
         yield
     finally:
         handle.remove()
+
+
+@contextmanager
+def vocabulary_subset(head: nn.Module, vocab_ids: torch.Tensor):
+    """Inside the block, the output-embedding layer `head` (an `nn.Linear` onto the vocabulary) projects onto the
+    rows `vocab_ids` only, so the logits' last dimension is `len(vocab_ids)` (column `j` is token `vocab_ids[j]`).
+    Used to rank candidate objects without the full-vocabulary projection."""
+    weight, bias = getattr(head, "weight", None), getattr(head, "bias", None)
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        raise TypeError(f"Restricting the vocabulary needs a Linear output layer, got {type(head).__name__}.")
+
+    def forward(hidden: torch.Tensor) -> torch.Tensor:
+        ids = vocab_ids.to(weight.device)
+        return F.linear(hidden, weight[ids], None if bias is None else bias[ids])
+
+    head.forward = forward
+    try:
+        yield
+    finally:
+        del head.forward
 
 
 @dataclass
@@ -105,15 +125,30 @@ def target_logits(model: nn.Module, batch: dict[str, Any], task: str) -> TargetL
         raise ValueError(f"Unknown task {task!r}; allowed tasks are {(*LM_TASKS, 'seq_cls')}.")
     keep = target_positions(task, labels)
     targets = labels[:, 1:][labels[:, 1:] != IGNORE_INDEX] if task == "causal_lm" else labels[keep]
+    logits = logits_at(model, inputs, keep)
+    return TargetLogits(logits=logits, targets=targets, counts=keep.sum(dim=1).tolist())
+
+
+def logits_at(model: nn.Module, inputs: dict[str, Any], keep: torch.Tensor, vocab_ids: torch.Tensor | None = None):
+    """
+    Logits of a masked or causal LM at the positions `keep` (a `(batch, seq)` mask) only, `(keep.sum(), vocab)` in
+    row-major order; with `vocab_ids`, over those tokens only (`(keep.sum(), len(vocab_ids))`).
+
+    Args:
+        model (`nn.Module`): The LM (a `PeftModel` is fine), called on `inputs` (no labels).
+        inputs (`dict[str, torch.Tensor]`): The padded batch.
+        keep (`torch.Tensor`): Boolean `(batch, seq)` positions to project.
+        vocab_ids (`torch.Tensor`, *optional*): Token ids to project onto; all of them by default.
+    """
     head = _output_embeddings(model)
     if head is None:
         logits = model(**inputs).logits[keep]
-    else:
-        with head_at(head, keep):
-            logits = model(**inputs).logits
-        if logits.dim() == 3:  # the hook did not fire on the hidden states: gather from the full logits
-            logits = logits[keep]
-    return TargetLogits(logits=logits, targets=targets, counts=keep.sum(dim=1).tolist())
+        return logits if vocab_ids is None else logits[:, vocab_ids.to(logits.device)]
+    with head_at(head, keep), vocabulary_subset(head, vocab_ids) if vocab_ids is not None else nullcontext():
+        logits = model(**inputs).logits
+    if logits.dim() == 3:  # the hook did not fire on the hidden states: gather from the full logits
+        logits = logits[keep]
+    return logits
 
 
 def _output_embeddings(model: nn.Module) -> nn.Module | None:

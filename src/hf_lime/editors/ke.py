@@ -7,8 +7,8 @@ edit row, a row scale `α` (`d_out`), a column scale `β` (`d_in`), an additive 
     ΔW = lr · g(η) · ( -diag(α) ∇W diag(β) + γ_out γ_inᵀ ),    g(η) = 2 σ(η),
 
 kept as low-rank factors: one column `-lr g α ⊙ δ_t` / row `β ⊙ x_t` per token, plus `ke_rank` shift columns per row.
-`α = d_out · softmax(a)` and `β = d_in · softmax(b)` as in KE; LiME multiplies `x` and `δ` by the editing language's
-mask first (per token, exactly where MEND applies it).
+`α = d_out · softmax(a)` and `β = d_in · softmax(b)` as in KE; LiME re-weights `x` and `δ` by the editing language's
+mask first (per token, exactly where MEND applies it, keeping each token's norm: a mask never resizes an edit).
 
 Initialisation: the heads start at `α = β = 1`, `g = 1` and `γ_out = 0`, so an untrained editor is exactly one
 gradient step of size `lr` (the learned per-layer step size).
@@ -153,11 +153,13 @@ class KnowledgeEditor(BaseEditor):
     def compute_deltas(self, ctx) -> EditorOutput:
         h = self.condition_vectors(ctx)  # first: it checks the labels against the model kind
         captured = ctx.capture()
-        rows = captured.token_rows.to(h.device)
         deltas = {}
         for spec in self.layers:
-            x, delta = ctx.masked_inputs(spec.key, spec.d_in)
-            deltas[spec.key] = self._layer_delta(self.heads[spec.key](h), rows, x, delta, ctx.edit_lr(spec.key))
+            tokens = ctx.masked_inputs(spec.key, spec.d_in)
+            rows = tokens.rows.to(h.device)
+            deltas[spec.key] = self._layer_delta(
+                self.heads[spec.key](h), rows, tokens.x, tokens.delta, ctx.edit_lr(spec.key)
+            )
         return EditorOutput(deltas=deltas, info=EditInfo(loss_before=captured.loss))
 
     @staticmethod

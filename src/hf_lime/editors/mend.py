@@ -1,12 +1,21 @@
-"""MEND (Mitchell et al., ICLR 2022): a low-rank hypernetwork that transforms a layer's gradient into its update.
+"""MEND (Mitchell et al., ICLR 2022) as the LiME reference code builds it: a low-rank hypernetwork that maps a layer's
+per-token gradient factors to its update.
 
-For an edited layer the gradient of the edit loss is `∇W = Σ_t δ_t x_tᵀ`. MEND maps each token's pair `(x_t, δ_t)`
-through a small network to `(x̃_t, δ̃_t)` and applies `ΔW = -lr · Σ_t δ̃_t x̃_tᵀ`, which is kept as the rank-`N`
-factors `B = -lr · δ̃ᵀ`, `A = x̃`. LiME multiplies `x` and `δ` by the editing language's mask first.
+For an edited layer the gradient of the edit loss is `∇W = Σ_t δ_t x_tᵀ` (layer input `x_t`, gradient at the layer
+output `δ_t`). Per edited layer, MEND
 
-Our networks are residual and identity-initialised around the normalisation, `u + σ ⊙ g((u - μ) / σ)` with the
-last projection of `g` zero, so an untrained editor is exactly one gradient step of size `lr`; the correction is
-relative to each feature's scale, and the overall magnitude is learned by the per-layer step sizes.
+1. keeps the tokens whose `x_t` and `δ_t` are both non-zero (in the top block only the target positions have a
+   gradient);
+2. multiplies them by the editing language's LiME mask (`EditContext.masked_inputs`, before any normalisation);
+3. normalises each token's `x_t` and `δ_t` with a LayerNorm (learnable gain and bias): the raw gradient's scale is
+   discarded, so a uniform mask cancels and the learned per-layer step size alone sets an edit's size. Before the
+   LayerNorm, each edit row's `x` and `δ` are divided by their root mean square over the row's tokens: the
+   LayerNorm's epsilon is then relative to the edit (a gradient of a few 1e-3 would otherwise be only partly
+   normalised by an epsilon of 1e-5, and the edit's size would follow the loss's units), while tokens with a far
+   smaller gradient than the row's dominant ones stay small;
+4. maps `[x̂_t, δ̂_t]` through residual low-rank blocks `h + relu((U V h + b) ⊙ s_l + t_l)` (one network per layer
+   shape, shared by the layers of that shape with a per-layer scale `s_l` and shift `t_l`; `U = 0` at init);
+5. applies `ΔW = -lr_l · Σ_t δ̃_t x̃_tᵀ`, kept as the rank-`N` factors `B = -lr_l · δ̃ᵀ`, `A = x̃`.
 """
 
 from __future__ import annotations
@@ -18,111 +27,112 @@ from ..editing import EditInfo, LayerDelta
 from .base import BaseEditor, EditorOutput, LayerSpec
 
 
-class RunningNorm(nn.Module):
-    """Feature-wise running mean / standard deviation over all tokens seen in training."""
+class LowRankBlock(nn.Module):
+    """
+    `h ↦ h + relu((U V h + b) ⊙ scale[l] + shift[l])`: a residual rank-`r` block with a per-layer scale and shift.
 
-    def __init__(self, width: int, eps: float = 1e-8) -> None:
+    `U` starts at zero, so the block starts as the identity (the reference's "id" init); `"random"` starts it with a
+    small random `U`. `V` is scaled by `1/sqrt(width)` so that `V h` is of order one for normalised `h`.
+
+    Args:
+        width (`int`): Input and output width.
+        rank (`int`): Bottleneck width (capped at `width`).
+        num_layers (`int`): Layers sharing the block (rows of `scale` and `shift`).
+        init (`str`): `"id"` or `"random"`.
+    """
+
+    def __init__(self, width: int, rank: int, num_layers: int, init: str = "id") -> None:
         super().__init__()
-        self.eps = eps
-        self.register_buffer("mean", torch.zeros(width))
-        self.register_buffer("var", torch.ones(width))
-        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+        rank = min(rank, width)
+        self.down = nn.Parameter(torch.randn(rank, width) * width**-0.5)
+        self.up = nn.Parameter(torch.zeros(width, rank) if init == "id" else torch.randn(width, rank) * 1e-3)
+        self.bias = nn.Parameter(torch.zeros(width))
+        self.layer_scale = nn.Parameter(torch.ones(num_layers, width))
+        self.layer_shift = nn.Parameter(torch.zeros(num_layers, width))
 
-    @torch.no_grad()
-    def update(self, u: torch.Tensor) -> None:
-        n = u.shape[0]
-        if n == 0:
-            return
-        batch_mean, batch_var = u.mean(0), u.var(0, unbiased=False)
-        total = self.count + n
-        delta = batch_mean - self.mean
-        ratio = float(n / total)
-        self.mean += delta * ratio
-        self.var += (batch_var - self.var) * ratio + delta.pow(2) * ratio * (1.0 - ratio)
-        self.count.copy_(total)
-
-    def stats(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.count.item() == 0:
-            mean, var = u.mean(0).detach(), u.var(0, unbiased=False).detach()
-        else:
-            mean, var = self.mean, self.var
-        return mean, (var + self.eps).sqrt()
-
-
-class LowRankResidual(nn.Module):
-    """`h ↦ U relu(V h + b)`: a rank-`r` block whose output projection starts at zero ("id" init)."""
-
-    def __init__(self, width: int, rank: int, init: str = "id") -> None:
-        super().__init__()
-        self.down = nn.Linear(width, rank)
-        self.up = nn.Linear(rank, width, bias=False)
-        if init == "id":
-            nn.init.zeros_(self.up.weight)
-        else:
-            nn.init.normal_(self.up.weight, std=1e-3)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.up(torch.relu(self.down(h)))
+    def forward(self, h: torch.Tensor, layer_index: int) -> torch.Tensor:
+        pre = (h @ self.down.T) @ self.up.T + self.bias
+        pre = pre * self.layer_scale[layer_index] + self.layer_shift[layer_index]
+        # clamp, not relu: its gradient at exactly 0 is 1, so the zero-initialised `up` learns from the first step
+        return h + pre.clamp(min=0)
 
 
 class GradientTransform(nn.Module):
     """
-    One MEND network over inputs of width `width`, shared by `num_layers` layers (each with a scale and shift).
+    One MEND network for layers of shape `(d_out, d_in)`: per-token LayerNorms of `x` and `δ`, then residual
+    low-rank blocks over `[x̂, δ̂]` (or one stack each when `combine=False`).
 
     Args:
-        width (`int`): Input width (`d_in + d_out` when combined).
-        rank (`int`): Bottleneck width.
-        n_hidden (`int`): Number of residual low-rank blocks.
+        d_in (`int`): Input width of the edited layers.
+        d_out (`int`): Output width of the edited layers.
+        rank (`int`): Bottleneck width of each block.
+        n_hidden (`int`): The reference's `n_hidden`: each stack has `n_hidden + 1` blocks.
         num_layers (`int`): Layers sharing this network.
         init (`str`): `"id"` or `"random"`.
-        norm (`bool`): Normalise inputs with running statistics.
+        norm (`bool`): Per-token LayerNorm of `x` and `δ` (learnable gain and bias); `False` feeds the raw values.
+        combine (`bool`): One stack over the concatenation `[x̂, δ̂]` instead of one stack each.
+        norm_eps (`float`): The LayerNorms' epsilon.
     """
 
-    def __init__(self, width: int, rank: int, n_hidden: int, num_layers: int, init: str, norm: bool) -> None:
+    def __init__(
+        self,
+        d_in: int,
+        d_out: int,
+        rank: int,
+        n_hidden: int,
+        num_layers: int,
+        init: str = "id",
+        norm: bool = True,
+        combine: bool = True,
+        norm_eps: float = 1e-5,
+    ) -> None:
         super().__init__()
-        self.norm = RunningNorm(width) if norm else None
-        self.blocks = nn.ModuleList([LowRankResidual(width, min(rank, width), init) for _ in range(n_hidden)])
-        self.layer_scale = nn.Parameter(torch.zeros(num_layers, width))
-        self.layer_shift = nn.Parameter(torch.zeros(num_layers, width))
+        self.d_in, self.combine = d_in, combine
+        self.norm_x = nn.LayerNorm(d_in, eps=norm_eps) if norm else nn.Identity()
+        self.norm_delta = nn.LayerNorm(d_out, eps=norm_eps) if norm else nn.Identity()
+        widths = {"xd": d_in + d_out} if combine else {"x": d_in, "d": d_out}
+        self.stacks = nn.ModuleDict(
+            {
+                part: nn.ModuleList([LowRankBlock(w, rank, num_layers, init) for _ in range(n_hidden + 1)])
+                for part, w in widths.items()
+            }
+        )
 
-    def forward(self, u: torch.Tensor, layer_index: int) -> torch.Tensor:
-        if self.norm is not None:
-            if self.training:
-                self.norm.update(u.detach())
-            mean, std = self.norm.stats(u)
-            z = (u - mean) / std
-        else:
-            std, z = None, u
-        z = z * (1.0 + self.layer_scale[layer_index]) + self.layer_shift[layer_index]
-        h = z
-        for block in self.blocks:
-            h = h + block(h)
-        # The learned correction is computed in normalised units and mapped back to each feature's scale, so it is
-        # relative to the input (stable to train); it starts at exactly zero, so the untrained editor is plain
-        # gradient descent. The overall magnitude is learned by the per-layer edit step sizes.
-        return u + (h - z) * std if std is not None else u + (h - z)
+    def _run(self, part: str, h: torch.Tensor, layer_index: int) -> torch.Tensor:
+        for block in self.stacks[part]:
+            h = block(h, layer_index)
+        return h
+
+    def forward(self, x: torch.Tensor, delta: torch.Tensor, layer_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(x̃, δ̃)` for the tokens' `(x, δ)` (tokens × features)."""
+        x_hat, delta_hat = self.norm_x(x), self.norm_delta(delta)
+        if self.combine:
+            out = self._run("xd", torch.cat([x_hat, delta_hat], dim=-1), layer_index)
+            return out[:, : self.d_in], out[:, self.d_in :]
+        return self._run("x", x_hat, layer_index), self._run("d", delta_hat, layer_index)
 
 
 class MendEditor(BaseEditor):
     """
-    MEND as a LIME editor.
+    MEND as a LIME editor, built as the LiME reference code builds it (see the module docstring).
 
     Args:
         layers (`list[LayerSpec]`): The edited layers.
-        rank (`int`, *optional*, defaults to `1920`): Bottleneck width (capped at each network's width).
-        n_hidden (`int`, *optional*, defaults to `1`): Residual blocks per network.
-        init (`str`, *optional*, defaults to `"id"`): `"id"` or `"random"`.
-        norm (`bool`, *optional*, defaults to `True`): Running-statistics input normalisation.
-        combine (`bool`, *optional*, defaults to `True`): One network over `[x, δ]` instead of one each.
+        rank (`int`, *optional*, defaults to `1920`): Bottleneck width of each block (capped at the network width).
+        n_hidden (`int`, *optional*, defaults to `1`): The reference's `n_hidden`: `n_hidden + 1` residual blocks.
+        init (`str`, *optional*, defaults to `"id"`): `"id"` (blocks start as the identity) or `"random"`.
+        norm (`bool`, *optional*, defaults to `True`): Per-token LayerNorm of `x` and `δ` before the blocks.
+        combine (`bool`, *optional*, defaults to `True`): One network over `[x̂, δ̂]` instead of one each.
         shared (`bool`, *optional*, defaults to `True`): Share networks across layers of the same shape.
+        norm_eps (`float`, *optional*, defaults to `1e-5`): Epsilon of the LayerNorms.
 
     Example:
 
     ```py
     >>> from hf_lime.editors import LayerSpec, MendEditor
-    >>> editor = MendEditor([LayerSpec("l0", "l0", d_in=8, d_out=16)], rank=4)
-    >>> sorted(editor.nets)
-    ['8x16']
+    >>> editor = MendEditor([LayerSpec("l0", "l0", d_in=8, d_out=16), LayerSpec("l1", "l1", d_in=8, d_out=16)], rank=4)
+    >>> sorted(editor.nets), len(editor.nets["8x16"].stacks["xd"])
+    (['8x16'], 2)
     ```
     """
 
@@ -138,40 +148,51 @@ class MendEditor(BaseEditor):
         norm: bool = True,
         combine: bool = True,
         shared: bool = True,
+        norm_eps: float = 1e-5,
     ) -> None:
         super().__init__(layers)
-        self.combine = combine
         self._group: dict[str, tuple[str, int]] = {}
         groups: dict[str, list[LayerSpec]] = {}
         for spec in self.layers:
             group = f"{spec.d_in}x{spec.d_out}" if shared else spec.key
             self._group[spec.key] = (group, len(groups.setdefault(group, [])))
             groups[group].append(spec)
-        self.nets = nn.ModuleDict()
-        for group, specs in groups.items():
-            d_in, d_out = specs[0].d_in, specs[0].d_out
-            widths = {"xd": d_in + d_out} if combine else {"x": d_in, "d": d_out}
-            self.nets[group] = nn.ModuleDict(
-                {part: GradientTransform(w, rank, n_hidden, len(specs), init, norm) for part, w in widths.items()}
-            )
+        self.nets = nn.ModuleDict(
+            {
+                group: GradientTransform(
+                    specs[0].d_in, specs[0].d_out, rank, n_hidden, len(specs), init, norm, combine, norm_eps
+                )
+                for group, specs in groups.items()
+            }
+        )
 
     def transform(self, key: str, x: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Map one layer's `(x, δ)` (tokens × features) through its network."""
         group, index = self._group[key]
-        nets = self.nets[group]
-        if self.combine:
-            out = nets["xd"](torch.cat([x, delta], dim=-1), index)
-            return out[:, : x.shape[1]], out[:, x.shape[1] :]
-        return nets["x"](x, index), nets["d"](delta, index)
+        return self.nets[group](x, delta, index)
 
     def compute_deltas(self, ctx) -> EditorOutput:
         captured = ctx.capture()
         deltas = {}
         for spec in self.layers:
-            x, delta = ctx.masked_inputs(spec.key, spec.d_in)
+            tokens = ctx.masked_inputs(spec.key, spec.d_in)
+            x, delta = _per_row_rms_scaled(tokens.x, tokens.rows), _per_row_rms_scaled(tokens.delta, tokens.rows)
             x_t, delta_t = self.transform(spec.key, x, delta)
             deltas[spec.key] = LayerDelta(B=-ctx.edit_lr(spec.key) * delta_t.T, A=x_t)
         return EditorOutput(deltas=deltas, info=EditInfo(loss_before=captured.loss))
+
+
+def _per_row_rms_scaled(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """`values` (tokens × features) divided by the root mean square of the tokens of their batch row."""
+    if values.shape[0] == 0:
+        return values
+    rows = rows.to(values.device)
+    n_rows = int(rows.max()) + 1
+    squares = values.detach().pow(2).mean(-1)
+    sums = squares.new_zeros(n_rows).index_add_(0, rows, squares)
+    counts = squares.new_zeros(n_rows).index_add_(0, rows, torch.ones_like(squares))
+    rms = (sums / counts.clamp_min(1.0)).sqrt().clamp_min(torch.finfo(values.dtype).tiny)
+    return values / rms[rows, None]
 
 
 def mend_kwargs(config) -> dict:
@@ -183,4 +204,5 @@ def mend_kwargs(config) -> dict:
         "norm": config.mend_norm,
         "combine": config.mend_combine,
         "shared": config.mend_shared,
+        "norm_eps": config.mend_norm_eps,
     }

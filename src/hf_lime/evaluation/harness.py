@@ -19,9 +19,7 @@ from dataclasses import dataclass
 from numbers import Integral
 from typing import Any
 
-import torch
-
-from ..data.encoding import IGNORE_INDEX, TASKS, encode_example, pad_batch, predict_from_logits
+from ..data.encoding import TASKS
 from ..data.episodes import (
     NEW_TARGET_MODES,
     ParsedItem,
@@ -31,10 +29,10 @@ from ..data.episodes import (
     target_table,
 )
 from ..data.schema import check_languages
-from ..head import target_logits
 from ..metrics import compute_xl_edit_metrics
 from ..tasks import model_label2id
 from .report import EvaluationResult
+from .scoring import SCORINGS, TargetScorer, make_scorer
 
 RECORD_FIELDS = ("predictions", "references", "edit_ids", "edit_languages", "eval_languages", "kinds")
 """The keys of `EvaluationResult.records`: exactly the inputs of `compute_xl_edit_metrics` and `lime_xl_edit`."""
@@ -55,76 +53,6 @@ def _digest(seed: int, *parts: str) -> int:
     """A 64-bit number that depends only on the seed and the parts (never on Python's string hash seed)."""
     text = ":".join(["hf_lime.evaluation", str(seed), *parts])
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
-
-
-class _Scorer:
-    """Encodes prompts, runs batched forward passes and renders predictions and references as comparable strings.
-
-    Masked/causal LM targets are rendered as their tokens joined by spaces (tokens and ids correspond one to one,
-    so two renderings are equal exactly when every target token is equal); classes as their id, e.g. `"2"`. For LM
-    tasks the vocabulary projection (`get_output_embeddings()`) is applied only at the target positions, which gives
-    the same argmax as full logits at a fraction of the cost for large vocabularies.
-    """
-
-    def __init__(self, model: Any, tokenizer: Any, task: str, label2id, max_length: int, batch_size: int) -> None:
-        self.model, self.tokenizer, self.task = model, tokenizer, task
-        self.label2id, self.max_length, self.batch_size = label2id, max_length, batch_size
-        self.device = next(model.parameters()).device
-        self._base: dict[tuple[str, str], tuple[dict, str]] = {}
-
-    def encode(self, item: ParsedItem, language: str, target: str) -> dict[str, Any]:
-        position = item.positions[language]
-        try:
-            return encode_example(
-                self.tokenizer,
-                self.task,
-                item.prompts[position],
-                target,
-                pair=item.pairs[position] or None,
-                label2id=self.label2id,
-                max_length=self.max_length,
-            )
-        except (ValueError, TypeError) as error:
-            raise ValueError(
-                f"Cannot encode item {item.id!r} in {language!r} with target {target!r}: {error}"
-            ) from error
-
-    def render(self, ids: list[int] | int) -> str:
-        if self.task == "seq_cls":
-            return str(int(ids))
-        return " ".join(self.tokenizer.convert_ids_to_tokens(list(ids)))
-
-    def reference(self, features: Mapping[str, Any]) -> str:
-        labels = features["labels"]
-        return self.render(labels if self.task == "seq_cls" else [i for i in labels if i != IGNORE_INDEX])
-
-    def batch(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        return {key: value.to(self.device) for key, value in pad_batch(self.tokenizer, features).items()}
-
-    @torch.no_grad()
-    def predict(self, features: Sequence[Mapping[str, Any]]) -> list[str]:
-        """The model's current prediction for each encoded example, in batches of `batch_size`."""
-        predictions: list[str] = []
-        for start in range(0, len(features), self.batch_size):
-            batch = self.batch(features[start : start + self.batch_size])
-            predictions.extend(self.render(ids) for ids in self._predict_batch(batch))
-        return predictions
-
-    def _predict_batch(self, batch: dict[str, torch.Tensor]) -> list:
-        """Argmax ids at the target positions (LM tasks) or classes, computing LM logits only where they are read."""
-        if self.task == "seq_cls":
-            inputs = {key: value for key, value in batch.items() if key != "labels"}
-            return predict_from_logits(self.task, self.model(**inputs).logits, batch)
-        return target_logits(self.model, batch, self.task).predictions()
-
-    def base(self, pairs: Sequence[tuple[ParsedItem, str]]) -> list[tuple[dict, str]]:
-        """Gold-target encodings and *current* predictions of `(item, language)` pairs, cached (call it unedited)."""
-        missing = {(item.id, language): (item, language) for item, language in pairs}
-        todo = [pair for key, pair in missing.items() if key not in self._base]
-        features = [self.encode(item, language, item.targets[item.positions[language]]) for item, language in todo]
-        for (item, language), encoded, prediction in zip(todo, features, self.predict(features), strict=True):
-            self._base[(item.id, language)] = (encoded, prediction)
-        return [self._base[(item.id, language)] for item, language in pairs]
 
 
 class _Planner:
@@ -180,7 +108,9 @@ class _Planner:
         return tuple(self.items[i] for i in chosen)
 
 
-def _select(planner: _Planner, scorer: _Scorer, edit_language: str, n_edits: int) -> list[tuple[ParsedItem, dict]]:
+def _select(
+    planner: _Planner, scorer: TargetScorer, edit_language: str, n_edits: int
+) -> list[tuple[ParsedItem, dict]]:
     """The first `n_edits` candidates (in `"gold"` mode: the first the unedited model gets wrong in `l_e`)."""
     candidates = planner.candidates(edit_language)
     if planner.new_target == "alternative":
@@ -200,7 +130,9 @@ def _select(planner: _Planner, scorer: _Scorer, edit_language: str, n_edits: int
         seen += len(chunk)
         base = scorer.base([(item, edit_language) for item, _ in chunk])
         chosen += [
-            pair for pair, (encoded, before) in zip(chunk, base, strict=True) if before != scorer.reference(encoded)
+            (item, labels)
+            for (item, labels), before in zip(chunk, base, strict=True)
+            if before != scorer.reference(item, edit_language, labels[edit_language])
         ]
     if len(chosen) < n_edits:
         warnings.warn(
@@ -211,7 +143,7 @@ def _select(planner: _Planner, scorer: _Scorer, edit_language: str, n_edits: int
     return chosen[:n_edits]
 
 
-def _plan(planner: _Planner, scorer: _Scorer, edit_languages: list[str], n_edits: int, n_retain: int):
+def _plan(planner: _Planner, scorer: TargetScorer, edit_languages: list[str], n_edits: int, n_retain: int):
     plans = []
     for language in edit_languages:
         for item, labels in _select(planner, scorer, language, n_edits):
@@ -225,27 +157,26 @@ def _plan(planner: _Planner, scorer: _Scorer, edit_languages: list[str], n_edits
     return plans
 
 
-def _run_edit(model: Any, scorer: _Scorer, plan: _EditPlan, eval_languages: list[str], records: dict) -> None:
+def _run_edit(model: Any, scorer: TargetScorer, plan: _EditPlan, eval_languages: list[str], records: dict) -> None:
     """Apply one edit, score its item and its retain items in every evaluation language, revert it."""
-    features = [scorer.encode(plan.item, language, plan.labels[language]) for language in eval_languages]
-    references = [scorer.reference(encoded) for encoded in features]
-    kinds, languages = ["edit"] * len(features), list(eval_languages)
+    queries = [(plan.item, language, plan.labels[language]) for language in eval_languages]
+    references = [scorer.reference(*query) for query in queries]
+    kinds, languages = ["edit"] * len(queries), list(eval_languages)
     retain_pairs = [(item, language) for item in plan.retain for language in eval_languages]
-    for (encoded, before), (_, language) in zip(scorer.base(retain_pairs), retain_pairs, strict=True):
-        features.append(encoded)
+    for before, (item, language) in zip(scorer.base(retain_pairs), retain_pairs, strict=True):
+        queries.append((item, language, item.targets[item.positions[language]]))
         references.append(before)
         kinds.append("retain")
         languages.append(language)
-    edit_features = scorer.encode(plan.item, plan.language, plan.labels[plan.language])
-    edit = model.edit(scorer.batch([edit_features]), language=plan.language)
+    edit = model.edit(scorer.edit_batch(plan.item, plan.language, plan.labels[plan.language]), language=plan.language)
     try:
-        predictions = scorer.predict(features)
+        predictions = scorer.predict(queries)
     finally:
         edit.revert()
     records["predictions"].extend(predictions)
     records["references"].extend(references)
-    records["edit_ids"].extend([plan.edit_id] * len(features))
-    records["edit_languages"].extend([plan.language] * len(features))
+    records["edit_ids"].extend([plan.edit_id] * len(queries))
+    records["edit_languages"].extend([plan.language] * len(queries))
     records["eval_languages"].extend(languages)
     records["kinds"].extend(kinds)
 
@@ -295,6 +226,7 @@ def evaluate_editor(
     n_edits: int = 20,
     n_retain: int = 8,
     new_target: str = "alternative",
+    scoring: str = "open",
     seed: int = 0,
     label2id: Mapping[str, int] | None = None,
     max_length: int = 128,
@@ -312,9 +244,10 @@ def evaluate_editor(
     - `n_retain` unrelated items (other groups, fixed per item) in every `l` give `"retain"` records, reference =
       the unedited model's prediction (computed once, before any edit).
 
-    Predictions are read at the target positions: LM prompts are encoded with the reference target so that the
-    number of mask/continuation positions matches it (retain items with their own gold target), and a multi-token
-    target counts only when every token is right. The same seed gives the same items, targets and retain items for
+    With `scoring="open"`, predictions are read at the target positions: LM prompts are encoded with the reference
+    target so that the number of mask/continuation positions matches it (retain items with their own gold target),
+    and a multi-token target counts only when every token is right; with `scoring="candidates"` the answer is the
+    best-ranked object of the relation. The same seed gives the same items, targets and retain items for
     every edit language (a paired design), independent of Python's hash seed.
 
     Args:
@@ -331,6 +264,11 @@ def evaluate_editor(
         new_target (`str`, *optional*, defaults to `"alternative"`): `"alternative"` (another object of the same
             relation, or another class) or `"gold"` (only items the unedited model gets wrong in `l_e`, edited to
             their gold target; fewer than `n_edits` are used, with a warning, when fewer are wrong).
+        scoring (`str`, *optional*, defaults to `"open"`): How an answer is read. `"open"`: the argmax over the
+            whole vocabulary at the target positions (every target token must be right) or the class. `"candidates"`
+            (masked LMs): the best of the relation's objects in that language (those of the evaluated items), each
+            candidate scored by the mean log-probability of its tokens (mLAMA's typed querying; see
+            `hf_lime.evaluation.candidates`).
         seed (`int`, *optional*, defaults to `0`): Seed of the item, target and retain selection (and bootstrap).
         label2id (`Mapping[str, int]`, *optional*): Class name to id for `"seq_cls"`; defaults to the model
             config's `label2id`.
@@ -359,6 +297,8 @@ def evaluate_editor(
     """
     if task not in TASKS:
         raise ValueError(f"Unknown task {task!r}; allowed tasks are {TASKS}.")
+    if scoring not in SCORINGS:
+        raise ValueError(f"Unknown scoring {scoring!r}; allowed values are {SCORINGS}.")
     if new_target not in NEW_TARGET_MODES:
         raise ValueError(f"Unknown new_target {new_target!r}; allowed values are {NEW_TARGET_MODES}.")
     if not callable(getattr(model, "edit", None)) or not hasattr(model, "base_model"):
@@ -369,7 +309,7 @@ def evaluate_editor(
     edit_languages, eval_languages = _resolve_languages(model, languages, edit_languages, eval_languages)
     parsed = _parse_items(items, set(edit_languages) | set(eval_languages))
     label2id = label2id if label2id is not None else model_label2id(model, task)
-    scorer = _Scorer(model, tokenizer, task, label2id, max_length, batch_size)
+    scorer = make_scorer(scoring, model, tokenizer, task, label2id, max_length, batch_size, parsed)
     plans = _plan(_Planner(parsed, eval_languages, new_target, seed), scorer, edit_languages, n_edits, n_retain)
     scorer.base([(item, language) for plan in plans for item in plan.retain for language in eval_languages])
     records: dict[str, list[str]] = {name: [] for name in RECORD_FIELDS}
@@ -379,6 +319,7 @@ def evaluate_editor(
         _run_edit(model, scorer, plan, eval_languages, records)
     metrics = compute_xl_edit_metrics(**records, bootstrap=bootstrap, seed=seed)
     settings = _settings(model, task, edit_languages, eval_languages, plans, n_edits, n_retain, new_target, seed)
+    settings["scoring"] = scoring
     return EvaluationResult(metrics=metrics, settings=settings, records=records if return_records else None)
 
 

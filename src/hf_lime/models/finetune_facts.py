@@ -234,7 +234,7 @@ def finetune_facts(
     train_seconds = time.perf_counter() - start
     with torch.no_grad():
         model.cls.predictions.bias[len(tokenizer) :] = UNUSED_BIAS  # ids past the tokenizer are never predicted
-    candidates = candidate_table(train_rows + flatten_facts(eval_items, languages), tokenizer)
+    candidates = candidate_table(train_rows + flatten_facts(eval_items, languages))
     scores = evaluate_facts(model, tokenizer, eval_rows, candidates, max_length=max_length, progress=progress)
     model.to("cpu")
     output_dir = Path(output_dir)

@@ -9,6 +9,8 @@ from typing import Literal
 
 from peft.config import PeftConfig
 
+from ..masks import MASK_SCOPES
+
 PEFT_TYPE = "LIME"
 EDITORS = ("mend", "ke", "ft")
 FT_OPTIMIZERS = ("sgd", "adam")
@@ -77,12 +79,16 @@ class LimeConfig(PeftConfig):
         mend_rank (`int`, *optional*, defaults to `1920`):
             Width of MEND's low-rank bottleneck (capped at the input width of each network).
         mend_n_hidden (`int`, *optional*, defaults to `1`):
-            Number of residual low-rank blocks in each MEND network.
+            The reference's `n_hidden`: each MEND network has `mend_n_hidden + 1` residual low-rank blocks.
         mend_init (`str`, *optional*, defaults to `"id"`):
-            `"id"` initialises every network to the identity (an untrained editor is one gradient step);
-            `"random"` initialises the output projections randomly.
+            `"id"` initialises every block to the identity (an untrained editor applies the normalised factors);
+            `"random"` initialises the blocks' output projections randomly.
         mend_norm (`bool`, *optional*, defaults to `True`):
-            Normalise the networks' inputs feature-wise with running statistics.
+            Normalise each token's layer input and output gradient with a LayerNorm (learnable gain and bias) before
+            the network, as the reference does: the raw gradient's scale is discarded and the learned step sizes
+            alone set an edit's size. `False` feeds the raw values.
+        mend_norm_eps (`float`, *optional*, defaults to `1e-5`):
+            Epsilon of those LayerNorms (PyTorch's and the reference's default).
         mend_combine (`bool`, *optional*, defaults to `True`):
             One network over the concatenated layer input and output gradient (`True`) or one network each.
         mend_shared (`bool`, *optional*, defaults to `True`):
@@ -118,7 +124,11 @@ class LimeConfig(PeftConfig):
             Initial probability that a gate is closed; sets the initial `log_alpha`.
         mask_offset (`float`, *optional*, defaults to `1.0`):
             Constant added to the mask: inputs are scaled by `mask_offset + s * z`, so with 1.0 the mask amplifies
-            and never removes.
+            and never removes. The masked input and gradient of each token keep their norms: a mask re-weights
+            features, it never resizes an edit.
+        mask_scope (`str`, *optional*, defaults to `"language"`):
+            `"language"`: one mask row per language (LiME). `"shared"`: one row for all languages, the control that
+            tells a language-specific mask apart from "a mask".
     """
 
     target_modules: list[str] | str | None = field(
@@ -143,11 +153,12 @@ class LimeConfig(PeftConfig):
     )
     edit_lr_init: float = field(default=1e-4, metadata={"help": "Initial learned per-layer edit step size."})
     mend_rank: int = field(default=1920, metadata={"help": "Width of MEND's low-rank bottleneck."})
-    mend_n_hidden: int = field(default=1, metadata={"help": "Residual low-rank blocks per MEND network."})
+    mend_n_hidden: int = field(default=1, metadata={"help": "The reference's n_hidden: n_hidden + 1 MEND blocks."})
     mend_init: Literal["id", "random"] = field(
-        default="id", metadata={"help": "'id': networks start as the identity (one gradient step); 'random'."}
+        default="id", metadata={"help": "'id': MEND's blocks start as the identity; 'random'."}
     )
-    mend_norm: bool = field(default=True, metadata={"help": "Normalise MEND inputs with running statistics."})
+    mend_norm: bool = field(default=True, metadata={"help": "Per-token LayerNorm of MEND's inputs (x and delta)."})
+    mend_norm_eps: float = field(default=1e-5, metadata={"help": "Epsilon of MEND's LayerNorms."})
     mend_combine: bool = field(default=True, metadata={"help": "One network over [x, delta] (True) or one each."})
     mend_shared: bool = field(
         default=True, metadata={"help": "Share MEND networks across same-shape layers with per-layer scale/shift."}
@@ -171,6 +182,9 @@ class LimeConfig(PeftConfig):
     )
     mask_init_drop_rate: float = field(default=0.5, metadata={"help": "Initial probability that a gate is closed."})
     mask_offset: float = field(default=1.0, metadata={"help": "Added to the mask: inputs scale by offset + s*z."})
+    mask_scope: Literal["language", "shared"] = field(
+        default="language", metadata={"help": "'language': one mask row per language; 'shared': one for all."}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -186,12 +200,13 @@ class LimeConfig(PeftConfig):
         _check_choice("editor", self.editor, EDITORS)
         _check_choice("mend_init", self.mend_init, ("id", "random"))
         _check_choice("ft_optimizer", self.ft_optimizer, FT_OPTIMIZERS)
+        _check_choice("mask_scope", self.mask_scope, MASK_SCOPES)
         _check_languages(self.languages, required=self.use_lime_mask and self.editor != "ft")
         for name in ("num_top_layers", "mend_rank", "ke_hidden_dim", "ke_rank", "ft_steps"):
             _check_positive_int(name, getattr(self, name))
         if not isinstance(self.mend_n_hidden, int) or self.mend_n_hidden < 0:
             raise ValueError(f"`mend_n_hidden` must be an int >= 0, got {self.mend_n_hidden!r}.")
-        for name in ("edit_lr_init", "ft_lr", "mask_temperature"):
+        for name in ("edit_lr_init", "ft_lr", "mask_temperature", "mend_norm_eps"):
             _check_positive_float(name, getattr(self, name))
         if not 0.0 < self.mask_init_drop_rate < 1.0:
             raise ValueError(f"`mask_init_drop_rate` must be in (0, 1), got {self.mask_init_drop_rate!r}.")

@@ -17,6 +17,16 @@ from .layer import LimeLayer
 
 
 @dataclass
+class LayerTokens:
+    """One edited layer's tokens as an editor sees them: `x` `(n, d_in)`, `delta` `(n, d_out)` and each token's
+    batch row `rows` `(n,)`, after dropping tokens whose `x` or `δ` is all zero and applying the LiME mask."""
+
+    x: torch.Tensor
+    delta: torch.Tensor
+    rows: torch.Tensor
+
+
+@dataclass
 class Captured:
     """Per edited layer (by key): inputs `x` `(N, d_in)` and output gradients `δ` `(N, d_out)` of the N real tokens."""
 
@@ -79,14 +89,22 @@ class EditContext:
             return None
         return self.masks.split(key, token_lang_ids, d_in)
 
-    def masked_inputs(self, key: str, d_in: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Layer `key`'s captured `(x, δ)`, each token scaled by its language's LiME mask (unchanged when off)."""
+    def masked_inputs(self, key: str, d_in: int) -> LayerTokens:
+        """
+        Layer `key`'s captured tokens with a non-zero input and gradient, each scaled by its language's LiME mask.
+
+        The mask re-weights features and never resizes a token: the masked `x` and `δ` of every token keep the norms
+        they had before masking, so an edit's size does not depend on the mask (a uniform mask changes nothing).
+        """
         captured = self.capture()
         x, delta = captured.inputs[key], captured.grads[key]
-        masks = self.mask(key, captured.token_lang_ids, d_in)
+        keep = (x != 0).any(-1) & (delta != 0).any(-1)
+        x, delta, rows = x[keep], delta[keep], captured.token_rows.to(keep.device)[keep]
+        lang_ids = None if captured.token_lang_ids is None else captured.token_lang_ids.to(keep.device)[keep]
+        masks = self.mask(key, lang_ids, d_in)
         if masks is not None:
-            x, delta = x * masks[0], delta * masks[1]
-        return x, delta
+            x, delta = _reweight(x, masks[0]), _reweight(delta, masks[1])
+        return LayerTokens(x=x, delta=delta, rows=rows)
 
     def capture(self) -> Captured:
         """Run the model once on the edit batch; return each layer's inputs and loss gradients (cached)."""
@@ -166,6 +184,13 @@ def capture_layer_grads(
     rows = _token_rows(batch, keep)
     token_lang = None if lang_ids is None else lang_ids.to(rows.device)[rows]
     return Captured(inputs, out_grads, token_lang, rows, float(loss.detach()))
+
+
+def _reweight(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """`values ⊙ mask`, rescaled per row to the norm `values` had: the mask changes directions, not sizes."""
+    masked = values * mask.to(values.dtype)
+    tiny = torch.finfo(values.dtype).tiny
+    return masked * (values.norm(dim=-1, keepdim=True) / masked.norm(dim=-1, keepdim=True).clamp_min(tiny))
 
 
 def _token_keep_mask(batch: dict[str, Any]) -> torch.Tensor | None:

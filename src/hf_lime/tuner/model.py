@@ -98,6 +98,7 @@ class LimeModel(BaseTuner):
         masks = MaskBank(
             widths,
             num_languages=len(config.languages),
+            scope=config.mask_scope,
             use_l0=config.mask_l0,
             offset=config.mask_offset,
             temperature=config.mask_temperature,

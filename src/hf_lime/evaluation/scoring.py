@@ -1,0 +1,135 @@
+"""How the harness reads a model's answer to an item in a language: open vocabulary, or ranked candidates.
+
+Both scorers render answers and references as comparable strings, so the records the harness writes are the inputs
+of `lime_xl_edit` whatever the scoring:
+
+- [`TargetScorer`] (`scoring="open"`): the argmax at the target positions, the prompt encoded with as many masks as
+  the reference target has tokens (LM tasks; every token must be right), or the class (classifiers). Rendered as the
+  tokens joined by spaces, classes as their id (`"2"`).
+- [`RankingScorer`] (`scoring="candidates"`, masked LMs): the best of the relation's candidate objects in that
+  language ([`CandidateRanker`], mLAMA's typed querying). Rendered as the candidate label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from ..data.encoding import IGNORE_INDEX, encode_example, pad_batch, predict_from_logits
+from ..data.episodes import ParsedItem, target_table
+from ..head import target_logits
+from .candidates import CandidateRanker, RankingQuery
+
+SCORINGS = ("open", "candidates")
+
+Query = tuple[ParsedItem, str, str]
+"""`(item, language, target label)`: the item's prompt in `language`, read against `target`."""
+
+
+class TargetScorer:
+    """Open-vocabulary answers at the target positions (or classes); see the module docstring."""
+
+    def __init__(self, model: Any, tokenizer: Any, task: str, label2id, max_length: int, batch_size: int) -> None:
+        self.model, self.tokenizer, self.task = model, tokenizer, task
+        self.label2id, self.max_length, self.batch_size = label2id, max_length, batch_size
+        self.device = next(model.parameters()).device
+        self._base: dict[tuple[str, str], str] = {}
+
+    def encode(self, item: ParsedItem, language: str, target: str) -> dict[str, Any]:
+        position = item.positions[language]
+        try:
+            return encode_example(
+                self.tokenizer,
+                self.task,
+                item.prompts[position],
+                target,
+                pair=item.pairs[position] or None,
+                label2id=self.label2id,
+                max_length=self.max_length,
+            )
+        except (ValueError, TypeError) as error:
+            raise ValueError(
+                f"Cannot encode item {item.id!r} in {language!r} with target {target!r}: {error}"
+            ) from error
+
+    def edit_batch(self, item: ParsedItem, language: str, target: str) -> dict[str, torch.Tensor]:
+        """The batch `model.edit` gets: the item's prompt in `language` with `target` as the new answer."""
+        return self._batch([self.encode(item, language, target)])
+
+    def _batch(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        return {key: value.to(self.device) for key, value in pad_batch(self.tokenizer, features).items()}
+
+    def _render(self, ids: list[int] | int) -> str:
+        if self.task == "seq_cls":
+            return str(int(ids))
+        return " ".join(self.tokenizer.convert_ids_to_tokens(list(ids)))
+
+    def reference(self, item: ParsedItem, language: str, target: str) -> str:
+        """`target` rendered as an answer is (what a correct prediction equals)."""
+        labels = self.encode(item, language, target)["labels"]
+        return self._render(labels if self.task == "seq_cls" else [i for i in labels if i != IGNORE_INDEX])
+
+    @torch.no_grad()
+    def predict(self, queries: Sequence[Query]) -> list[str]:
+        """The model's current answer to each query, in batches of `batch_size`."""
+        features = [self.encode(*query) for query in queries]
+        predictions: list[str] = []
+        for start in range(0, len(features), self.batch_size):
+            batch = self._batch(features[start : start + self.batch_size])
+            predictions.extend(self._render(ids) for ids in self._predict_batch(batch))
+        return predictions
+
+    def _predict_batch(self, batch: dict[str, torch.Tensor]) -> list:
+        if self.task == "seq_cls":
+            inputs = {key: value for key, value in batch.items() if key != "labels"}
+            return predict_from_logits(self.task, self.model(**inputs).logits, batch)
+        return target_logits(self.model, batch, self.task).predictions()
+
+    def base(self, pairs: Sequence[tuple[ParsedItem, str]]) -> list[str]:
+        """Answers to `(item, language)` read against the item's gold target, cached: call it on the unedited model."""
+        todo = list({(item.id, language): (item, language) for item, language in pairs if (item.id, language) not in
+                     self._base}.values())  # fmt: skip
+        queries = [(item, language, item.targets[item.positions[language]]) for item, language in todo]
+        for (item, language), prediction in zip(todo, self.predict(queries), strict=True):
+            self._base[(item.id, language)] = prediction
+        return [self._base[(item.id, language)] for item, language in pairs]
+
+
+class RankingScorer(TargetScorer):
+    """Answers ranked among the relation's candidate objects in each language (masked LMs); see the module docstring.
+
+    The candidates of a relation in a language are the objects of that relation among the evaluated items.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, task: str, label2id, max_length: int, batch_size: int,
+                 items: Sequence[ParsedItem]) -> None:  # fmt: skip
+        if task != "masked_lm":
+            raise ValueError(f"scoring='candidates' ranks objects with a masked LM; task={task!r} needs 'open'.")
+        super().__init__(model, tokenizer, task, label2id, max_length, batch_size)
+        table: dict[tuple[str, str], list[str]] = {}
+        for relation, targets in target_table(items).items():
+            for _, labels in targets:
+                for language, label in labels.items():
+                    table.setdefault((relation, language), []).append(label)
+        self.ranker = CandidateRanker(model, tokenizer, table, max_length=max_length, batch_size=batch_size)
+
+    def reference(self, item: ParsedItem, language: str, target: str) -> str:
+        return target
+
+    @torch.no_grad()
+    def predict(self, queries: Sequence[Query]) -> list[str]:
+        ranking = [RankingQuery(item.prompts[item.positions[language]], item.relation, language)
+                   for item, language, _ in queries]  # fmt: skip
+        return self.ranker.rank(ranking)
+
+
+def make_scorer(scoring: str, model, tokenizer, task: str, label2id, max_length: int, batch_size: int,
+                items: Sequence[ParsedItem]) -> TargetScorer:  # fmt: skip
+    """The scorer of `scoring` (`"open"` or `"candidates"`)."""
+    if scoring not in SCORINGS:
+        raise ValueError(f"Unknown scoring {scoring!r}; allowed values are {SCORINGS}.")
+    if scoring == "candidates":
+        return RankingScorer(model, tokenizer, task, label2id, max_length, batch_size, items)
+    return TargetScorer(model, tokenizer, task, label2id, max_length, batch_size)
