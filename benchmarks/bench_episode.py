@@ -1,11 +1,21 @@
-"""Episode benchmark: one LiME-MEND training episode (forward + backward) with vocabulary logits at the target
-positions only (`hf_lime.head`) over the same episode with full `(batch, seq, vocab)` logits gathered afterwards.
+"""Episode benchmark: one LiME-MEND training episode against the floor of the work it cannot avoid.
 
-Both variants run on the same episodes, interleaved, in one process; the ratio is reported (never an absolute
-limit). The model is multilingual-e5-small with its fact-completion head (250k-token vocabulary), built offline and
-cached by `hf-lime prepare-model me5-small-facts` (the demo's model).
+The *episode* is `run_episode` (edit → update NLL + retain KL + L0) plus its meta-backward. The *floor* is one
+forward of every row the episode reads — the edit row, the update row and the retain row twice (before and after the
+edit) — with vocabulary logits only at the target positions, plus one backward of the edit row's loss to the edited
+layers (what any gradient-based editor needs). Both are timed on the same episodes, interleaved, in one process; the
+ratio *episode ÷ floor* is reported, never an absolute time. The episode is also split into its parts: the unedited
+forwards (capture of the edit row with its backward, the retain row's base logits), the editor's networks, the
+edited forwards and the meta-backward.
 
-    OMP_NUM_THREADS=2 python benchmarks/bench_episode.py --episodes 6 --json outputs/bench_episode.json
+Models: multilingual-e5-small with its fact-completion head (`hf-lime prepare-model me5-small-facts`, the demo's
+model) and a random-weight model of mBERT-base's shape (12 × 768, FFN 3072, 119,547-token vocabulary). Editor:
+LiME-MEND with the reference's rank 1920, one edit, one update and one retain row per episode.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_episode.py --episodes 10 --threads 1 --json outputs/bench_episode.json
+
+`--processes` also measures training throughput (episodes per second) of `examples/train_lime.py` on CLDR facts
+with one process and with `accelerate launch --multi_gpu --num_processes 2` (two gloo processes on a CPU machine).
 """
 
 from __future__ import annotations
@@ -13,84 +23,169 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from peft import get_peft_model
 
-import hf_lime.head as head_module
 from hf_lime import LimeConfig
 from hf_lime.data import load_cldr_facts
 from hf_lime.data.episodes import EpisodeCollator, EpisodeDataset
-from hf_lime.trainer.episode import run_episode
+from hf_lime.head import target_logits
+from hf_lime.trainer.episode import retain_kl, run_episode
+from hf_lime.tuner.context import EditContext, capture_layer_grads
 
-LANGUAGES = ["en", "fr", "de", "es", "ru", "zh", "ar", "ja"]
+LANGUAGES = ["en", "fr", "de", "es", "ru", "zh"]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_dir", default="outputs/models/me5-small-facts")
-    parser.add_argument("--episodes", type=int, default=6, help="Timed episodes per variant.")
-    parser.add_argument("--batch_size", type=int, default=2, help="Episodes per step (as the demo).")
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--models", nargs="+", default=["me5-small-facts", "mbert-base-shaped"])
+    parser.add_argument("--episodes", type=int, default=10, help="Timed episodes per model.")
+    parser.add_argument("--rank", type=int, default=1920)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--processes", action="store_true", help="Also time 1 vs 2 training processes.")
+    parser.add_argument("--steps", type=int, default=30, help="Training steps per process count (--processes).")
     parser.add_argument("--json", default=None, help="Write the results here.")
     return parser.parse_args()
 
 
-@contextmanager
-def full_logits():
-    """The baseline: no output-embedding hook, full logits computed and gathered at the same positions."""
-    original = head_module._output_embeddings
-    head_module._output_embeddings = lambda model: None
-    try:
-        yield
-    finally:
-        head_module._output_embeddings = original
-
-
-def load(model_dir: str):
-    from transformers import AutoModelForMaskedLM, AutoTokenizer
+def load_model(name: str, model_dir: str):
+    from transformers import AutoModelForMaskedLM, AutoTokenizer, BertConfig, BertForMaskedLM
 
     from hf_lime.models.prepare import prepare_model
 
     folder = prepare_model("me5-small-facts", model_dir, languages=LANGUAGES)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForMaskedLM.from_pretrained(folder, attn_implementation="eager")
-    return model, tokenizer
+    if name == "me5-small-facts":
+        return AutoModelForMaskedLM.from_pretrained(folder, attn_implementation="eager").eval(), tokenizer
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=119_547, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                        intermediate_size=3072, attn_implementation="eager")  # fmt: skip
+    # the me5 tokenizer's ids are < 250k; fold them into mBERT's vocabulary size for the random-weight model
+    return BertForMaskedLM(config).eval(), tokenizer
+
+
+def episodes(tokenizer, count: int, vocab_size: int) -> list[dict]:
+    items = load_cldr_facts(LANGUAGES, seed=0)["train"]
+    dataset = EpisodeDataset(items, seed=0, languages=LANGUAGES, n_edit=1, n_retain=1)
+    collate = EpisodeCollator(tokenizer, "masked_lm", max_length=48)
+    batches = [collate([dataset[i]]) for i in range(count)]
+    for batch in batches:
+        for part in batch.values():
+            part["input_ids"] %= vocab_size
+            labels = part["labels"]
+            labels[labels >= 0] %= vocab_size
+    return batches
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def time_episode(model, episode) -> float:
+    def run():
+        run_episode(model, episode, "masked_lm", c_edit=0.1, c_loc=1.0, c_l0=1.0).loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    return _timed(run)
+
+
+def time_floor(model, episode) -> float:
+    tuner = model.base_model
+    edit = {k: v for k, v in episode["edit"].items() if k != "lang_ids"}
+
+    def run():
+        capture_layer_grads(tuner.model, tuner.lime_layers, edit, None, "masked_lm")
+        with torch.no_grad():
+            for part in ("update", "retain", "retain"):
+                target_logits(model, episode[part], "masked_lm")
+
+    return _timed(run)
+
+
+def split_episode(model, episode) -> dict[str, float]:
+    """The episode's parts, timed one after the other (the same computation as `run_episode`)."""
+    tuner, times = model.base_model, {}
+    edit = {k: v for k, v in episode["edit"].items() if k != "lang_ids"}
+    lang_ids = episode["edit"]["lang_ids"]
+    ctx = EditContext(tuner.model, tuner.lime_layers, edit, lang_ids, tuner.masks, tuner.edit_lrs, task="masked_lm")
     start = time.perf_counter()
-    output = run_episode(model, episode, "masked_lm", c_edit=1.0, c_loc=1.0, c_l0=0.0)
-    output.loss.backward()
+    with torch.no_grad():
+        base = target_logits(model, episode["retain"], "masked_lm")
+    ctx.capture()
+    times["unedited forwards (capture + retain)"] = time.perf_counter() - start
+    times["editor networks"] = _timed(lambda: times.setdefault("_out", tuner.editor.compute_deltas(ctx)))
+    deltas = times.pop("_out").deltas
+    start = time.perf_counter()
+    with tuner.apply_deltas(deltas):
+        post = target_logits(model, episode["update"], "masked_lm")
+        edited = target_logits(model, episode["retain"], "masked_lm")
+    loss = 0.1 * post.loss() + retain_kl(base, edited) + tuner.l0_penalty(lang_ids)
+    times["edited forwards"] = time.perf_counter() - start
+    times["meta-backward"] = _timed(loss.backward)
     model.zero_grad(set_to_none=True)
-    return time.perf_counter() - start
+    return times
+
+
+def bench_model(name: str, args) -> dict:
+    base, tokenizer = load_model(name, args.model_dir)
+    model = get_peft_model(base, LimeConfig(languages=LANGUAGES, editor="mend", mend_rank=args.rank)).train()
+    batches = episodes(tokenizer, args.episodes + 1, base.config.vocab_size)
+    time_episode(model, batches[0]), time_floor(model, batches[0])  # warm-up
+    ep, floor, parts = [], [], []
+    for episode in batches[1:]:
+        ep.append(time_episode(model, episode))
+        floor.append(time_floor(model, episode))
+        parts.append(split_episode(model, episode))
+    split = {key: statistics.median(p[key] for p in parts) for key in parts[0]}
+    total = sum(split.values())
+    return {
+        "episode_s": statistics.median(ep),
+        "floor_s": statistics.median(floor),
+        "episode_over_floor": statistics.median(e / f for e, f in zip(ep, floor, strict=True)),
+        "split_share": {key: value / total for key, value in split.items()},
+        "editor_parameters": sum(p.numel() for p in model.base_model.editor.parameters()),
+    }
+
+
+def throughput(processes: int, steps: int, threads: int) -> float:
+    """Episodes per second of `examples/train_lime.py` on CLDR facts (the demo's model), from its own runtime."""
+    script = [str(REPO / "examples" / "train_lime.py"), "--model_name_or_path", "outputs/models/me5-small-facts",
+              "--dataset", "cldr", "--languages", *LANGUAGES, "--max_steps", str(steps), "--skip_test", "true",
+              "--output_dir", f"outputs/bench_processes_{processes}", "--save_strategy", "no", "--use_cpu",
+              "--report_to", "none", "--logging_steps", str(steps), "--mend_rank", "1920"]  # fmt: skip
+    if processes == 1:
+        command = [sys.executable, *script]
+    else:
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+                   str(processes), *script]  # fmt: skip
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": str(threads)}
+    out = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, check=True)
+    metrics = json.loads((REPO / f"outputs/bench_processes_{processes}" / "train_results.json").read_text())
+    del out
+    return steps * processes / metrics["train_runtime"]
 
 
 def main() -> None:
     args = parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    base, tokenizer = load(args.model_dir)
-    model = get_peft_model(base, LimeConfig(languages=LANGUAGES, editor="mend", mend_rank=256)).train()
-    items = load_cldr_facts(LANGUAGES, seed=0)["train"]
-    dataset = EpisodeDataset(items, seed=0, languages=LANGUAGES, n_edit=1, n_retain=4)
-    collate = EpisodeCollator(tokenizer, "masked_lm", max_length=48)
-    episodes = [collate([dataset[2 * i], dataset[2 * i + 1]][: args.batch_size]) for i in range(args.episodes + 1)]
-    times: dict[str, list[float]] = {"sliced": [], "full": []}
-    time_episode(model, episodes[0])  # warm-up
-    with full_logits():
-        time_episode(model, episodes[0])
-    for episode in episodes[1:]:
-        times["sliced"].append(time_episode(model, episode))
-        with full_logits():
-            times["full"].append(time_episode(model, episode))
-    result = {name: statistics.median(values) for name, values in times.items()}
-    result["full_vs_sliced"] = result["full"] / result["sliced"]
-    result.update({"episodes": args.episodes, "threads": torch.get_num_threads(), "vocab": base.config.vocab_size})
-    print(json.dumps(result, indent=2))
+    torch.set_num_threads(args.threads)
+    result: dict = {"threads": torch.get_num_threads(), "rank": args.rank, "episodes": args.episodes}
+    for name in args.models:
+        result[name] = bench_model(name, args)
+        print(name, json.dumps(result[name], indent=2), flush=True)
+    if args.processes:
+        one = throughput(1, args.steps, threads=2)
+        two = throughput(2, args.steps, threads=1)
+        result["episodes_per_s"] = {"1 process x 2 threads": one, "2 processes x 1 thread": two}
+        print(json.dumps(result["episodes_per_s"], indent=2))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2))

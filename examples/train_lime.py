@@ -18,10 +18,20 @@ Examples (run from the repository root; `../shared/data` holds mLAMA and XNLI):
     python examples/train_lime.py --model_name_or_path outputs/models/me5-small-xnli --dataset xnli \
         --data_dir ../shared/data --languages en de fr ru zh --editor ft --output_dir outputs/ft-xnli
 
-Every `TrainingArguments` flag works too (`--per_device_train_batch_size`, `--learning_rate`, `--eval_steps`...).
-At the end the script evaluates edits on the test split in every language, prints a per-language table, writes
-`metrics.json` and heatmaps to `--output_dir`, and saves the editor there (loadable with
-`PeftModel.from_pretrained` or `LimeEditor.from_pretrained`).
+    # CLDR country facts (generated offline with babel), scored by ranking each relation's objects
+    python examples/train_lime.py --model_name_or_path outputs/models/me5-small-facts --dataset cldr \
+        --languages en fr de es ru zh --scoring candidates --output_dir outputs/lime-cldr
+
+Training follows a named recipe of `LIME_RECIPES` (`--recipe`, default `reference`: the LiME reference code's MEND
+recipe — constant Adam, 10 episodes per optimizer step, clipping at 100, c_edit 0.1, c_loc 1, validation episodes
+every `--eval_steps` with early stopping on their hmean and the best editor kept). Every flag given on the command
+line wins over the recipe, and every `TrainingArguments` flag works (`--per_device_train_batch_size`,
+`--learning_rate`, `--eval_steps`...).
+
+At the end the script writes `training_curves.png` (edit/locality accuracy, loss parts, step sizes, gates, gradient
+norm), evaluates edits on the test split in every language, prints a per-language table, writes `metrics.json` and
+heatmaps to `--output_dir`, and saves the editor there (loadable with `PeftModel.from_pretrained` or
+`LimeEditor.from_pretrained`).
 """
 
 from __future__ import annotations
@@ -42,13 +52,15 @@ from transformers import (
 )
 
 from hf_lime import LimeConfig, LimeEditor
-from hf_lime.data import load_mlama, load_xnli
+from hf_lime.data import load_cldr_facts, load_mlama, load_xnli
 from hf_lime.data.episodes import EpisodeCollator, EpisodeDataset, episode_languages
 from hf_lime.tasks import model_label2id
 from hf_lime.trainer import LimeTrainer, LimeTrainingArguments
+from hf_lime.trainer.curves import CURVES_FILE, plot_training_curves
+from hf_lime.trainer.training_args import LIME_RECIPES
 
 logger = logging.getLogger("train_lime")
-TASK_OF_DATASET = {"mlama": "masked_lm", "xnli": "seq_cls"}
+TASK_OF_DATASET = {"mlama": "masked_lm", "cldr": "masked_lm", "xnli": "seq_cls"}
 
 
 @dataclass
@@ -63,13 +75,16 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    dataset: str = field(default="mlama", metadata={"help": "'mlama' or 'xnli'."})
+    dataset: str = field(default="mlama", metadata={"help": "'mlama', 'cldr' (generated with babel) or 'xnli'."})
     data_dir: str = field(default="../shared/data", metadata={"help": "Folder holding mlama1.1/ or xnli/."})
     relations: list[str] | None = field(default=None, metadata={"help": "mLAMA relations (default: all)."})
     max_per_relation: int | None = field(default=200, metadata={"help": "Cap on facts per relation."})
     max_length: int = field(default=64, metadata={"help": "Maximum tokens per example."})
     n_test_edits: int = field(default=20, metadata={"help": "Test edits per editing language."})
     n_test_retain: int = field(default=8, metadata={"help": "Retain items scored per test edit."})
+    scoring: str = field(default="open", metadata={"help": "'open' (whole vocabulary) or 'candidates' (ranked)."})
+    skip_test: bool = field(default=False, metadata={"help": "Train and save only; no test-split evaluation."})
+    recipe: str = field(default="reference", metadata={"help": f"Training recipe: {sorted(LIME_RECIPES)}."})
 
 
 def load_data(data_args: DataArguments, languages: list[str], seed: int):
@@ -81,9 +96,11 @@ def load_data(data_args: DataArguments, languages: list[str], seed: int):
             max_per_relation=data_args.max_per_relation,
             seed=seed,
         )
+    if data_args.dataset == "cldr":
+        return load_cldr_facts(languages, seed=seed)
     if data_args.dataset == "xnli":
         return load_xnli(data_args.data_dir, languages, seed=seed)
-    raise ValueError(f"--dataset must be 'mlama' or 'xnli', got {data_args.dataset!r}.")
+    raise ValueError(f"--dataset must be 'mlama', 'cldr' or 'xnli', got {data_args.dataset!r}.")
 
 
 def load_base(model_args: ModelArguments, task: str):
@@ -101,9 +118,18 @@ def episode_args(args: LimeTrainingArguments, languages: list[str]) -> dict:
     return chosen
 
 
-def main() -> None:
+def parse_arguments() -> tuple[ModelArguments, DataArguments, LimeTrainingArguments]:
+    """Parse the command line over the defaults of the chosen `--recipe` (flags on the command line win)."""
     parser = HfArgumentParser((ModelArguments, DataArguments, LimeTrainingArguments))
-    model_args, data_args, args = parser.parse_args_into_dataclasses()
+    data_args = parser.parse_args_into_dataclasses(return_remaining_strings=True)[1]
+    if data_args.recipe not in LIME_RECIPES:
+        raise ValueError(f"--recipe must be one of {sorted(LIME_RECIPES)}, got {data_args.recipe!r}.")
+    parser.set_defaults(**LIME_RECIPES[data_args.recipe])
+    return parser.parse_args_into_dataclasses()
+
+
+def main() -> None:
+    model_args, data_args, args = parse_arguments()
     logging.basicConfig(level=logging.INFO if args.process_index == 0 else logging.WARNING)
     if not args.languages:
         raise ValueError("Pass --languages, e.g. --languages en fr zh")
@@ -136,10 +162,23 @@ def main() -> None:
             data_collator=collator,
             processing_class=tokenizer,
         )
-        trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+        output = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
         train_info["global_step"] = trainer.state.global_step
-    if args.process_index == 0:
+        train_info["best_step"] = _best_step(trainer)
+        if args.process_index == 0:
+            trainer.save_metrics("train", output.metrics)
+            plot_training_curves(trainer.state.log_history, Path(args.output_dir) / CURVES_FILE)
+    if args.process_index == 0 and data_args.skip_test:
+        LimeEditor(model, tokenizer, task=task, training_info=train_info).save_pretrained(
+            args.output_dir, base_model_name_or_path=train_info["base_model"]
+        )
+    elif args.process_index == 0:
         finish(model, tokenizer, splits["test"], task, label2id, languages, data_args, args, train_info)
+
+
+def _best_step(trainer: LimeTrainer) -> int | None:
+    checkpoint = trainer.state.best_model_checkpoint
+    return int(checkpoint.rsplit("-", 1)[-1]) if checkpoint else None
 
 
 def finish(model, tokenizer, test_items, task, label2id, languages, data_args, args, train_info) -> None:
@@ -158,6 +197,7 @@ def finish(model, tokenizer, test_items, task, label2id, languages, data_args, a
         seed=args.seed,
         label2id=label2id,
         max_length=data_args.max_length,
+        scoring=data_args.scoring,
     )
     print(format_table(result))
     output_dir = Path(args.output_dir)

@@ -95,6 +95,50 @@ def test_best_model_and_early_stopping(world, tmp_path):
     assert trainer.state.global_step < 8  # stopped early: no improvement of +10 in hmean is possible
 
 
+def test_early_stopping_from_the_arguments_keeps_and_saves_the_best_editor(world, tmp_path):
+    from safetensors.torch import load_file
+
+    trainer = make_trainer(
+        world, tmp_path, max_steps=12, eval_strategy="steps", eval_steps=2, save_strategy="steps", save_steps=2,
+        load_best_model_at_end=True, early_stopping_patience=1, early_stopping_threshold=10.0,
+    )  # fmt: skip
+    trainer.train()
+    assert trainer.state.global_step == 4  # evaluated at 2 (best) and 4 (no +10 improvement): stopped
+    assert trainer.state.best_model_checkpoint.endswith("checkpoint-2")
+    best = load_file(f"{trainer.state.best_model_checkpoint}/adapter_model.safetensors")
+    last = load_file(str(tmp_path / "out" / "checkpoint-4" / "adapter_model.safetensors"))
+    assert any(not torch.equal(best[k], last[k]) for k in best)  # step 4's editor differs from step 2's
+    trainer.save_model(str(tmp_path / "final"))
+    final = load_file(str(tmp_path / "final" / "adapter_model.safetensors"))
+    assert final.keys() == best.keys() and all(torch.equal(final[k], best[k]) for k in best)
+
+
+def test_logs_step_sizes_and_gates_and_draws_the_curves(world, tmp_path):
+    from hf_lime.trainer.curves import plot_training_curves
+
+    trainer = make_trainer(world, tmp_path, max_steps=4, logging_steps=2, eval_strategy="steps", eval_steps=2)
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "edit/acc" in entry]
+    layers = len(trainer.model.base_model.layer_specs)
+    assert all(f"edit_lr/{i}" in logged[0] for i in range(layers))
+    assert all(f"gate/{lang}" in logged[0] for lang in LANGUAGES)
+    assert logged[0]["edit_lr/0"] == pytest.approx(1.0, rel=0.2)  # edit_lr_init=1.0, a few steps of 1e-2
+    path = plot_training_curves(trainer.state.log_history, tmp_path / "curves" / "training_curves.png")
+    assert path.stat().st_size > 10_000
+    with pytest.raises(ValueError, match="no logged step"):
+        plot_training_curves([], tmp_path / "empty.png")
+
+
+def test_reference_recipe(tmp_path):
+    args = LimeTrainingArguments.from_recipe("reference", output_dir=str(tmp_path), use_cpu=True)
+    assert (args.c_edit, args.c_loc, args.learning_rate, args.max_grad_norm) == (0.1, 1.0, 1e-6, 100.0)
+    assert args.gradient_accumulation_steps == 10 and args.lr_scheduler_type == "constant"
+    assert args.early_stopping_patience == 20 and args.load_best_model_at_end
+    assert LimeTrainingArguments.from_recipe("reference", output_dir=str(tmp_path), c_edit=1.0).c_edit == 1.0
+    with pytest.raises(ValueError, match="Unknown recipe 'fast'"):
+        LimeTrainingArguments.from_recipe("fast", output_dir=str(tmp_path))
+
+
 def test_checkpoints_hold_adapter_files_only(world, tmp_path):
     trainer = make_trainer(world, tmp_path, max_steps=2, save_strategy="steps", save_steps=2)
     trainer.train()
@@ -178,7 +222,9 @@ def test_rejects_mismatched_languages_and_untrainable_editors(world, tmp_path):
         ({"c_edit": -1.0}, "c_edit"),
         ({"preset": "some"}, "preset"),
         ({"n_edit": 0}, "n_edit"),
-        ({"remove_unused_columns": True}, ""),
+        ({"remove_unused_columns": True}, "remove_unused_columns"),
+        ({"early_stopping_patience": 3}, "load_best_model_at_end"),
+        ({"early_stopping_patience": 0, "eval_strategy": "steps", "load_best_model_at_end": True}, "patience"),
     ],
 )
 def test_training_arguments_validation(tmp_path, kwargs, message):

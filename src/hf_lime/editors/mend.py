@@ -32,7 +32,7 @@ class LowRankBlock(nn.Module):
     `h ↦ h + relu((U V h + b) ⊙ scale[l] + shift[l])`: a residual rank-`r` block with a per-layer scale and shift.
 
     `U` starts at zero, so the block starts as the identity (the reference's "id" init); `"random"` starts it with a
-    small random `U`. `V` is scaled by `1/sqrt(width)` so that `V h` is of order one for normalised `h`.
+    small random `U`. `V` starts standard normal, as in the reference (its learning rates assume that scale).
 
     Args:
         width (`int`): Input and output width.
@@ -44,7 +44,7 @@ class LowRankBlock(nn.Module):
     def __init__(self, width: int, rank: int, num_layers: int, init: str = "id") -> None:
         super().__init__()
         rank = min(rank, width)
-        self.down = nn.Parameter(torch.randn(rank, width) * width**-0.5)
+        self.down = nn.Parameter(torch.randn(rank, width))
         self.up = nn.Parameter(torch.zeros(width, rank) if init == "id" else torch.randn(width, rank) * 1e-3)
         self.bias = nn.Parameter(torch.zeros(width))
         self.layer_scale = nn.Parameter(torch.ones(num_layers, width))

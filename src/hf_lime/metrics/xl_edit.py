@@ -43,6 +43,9 @@ CI_METRIC_NAMES = ("reliability", "transfer", "edit_success", "locality", "hmean
 
 CI_KEY = "ci"
 
+REPLICATED_NAMES = CI_METRIC_NAMES + ("language_gap", "language_std")
+"""Outputs recomputed on every bootstrap replicate (the paired comparisons of `compare_xl_edit_metrics` use all)."""
+
 _FIELDS = ("predictions", "references", "edit_ids", "edit_languages", "eval_languages", "kinds")
 _NON_EMPTY_FIELDS = ("edit_ids", "edit_languages", "eval_languages")
 _MAX_BOOTSTRAP_CELLS = 4_000_000  # resamples x edits held in memory at once
@@ -185,7 +188,20 @@ def _summaries(es: _CellTable, loc: _CellTable, weights: np.ndarray) -> tuple[di
         "locality": _mean_present(loc_means, np.ones(len(loc.cells), dtype=bool)),
     }
     out["hmean"] = _harmonic_mean(out["edit_success"], out["locality"])
+    by_language = _by_language_replicates(es.cells, es_means)
+    with np.errstate(invalid="ignore"):
+        out["language_gap"] = np.nanmax(by_language, axis=1) - np.nanmin(by_language, axis=1)
+        out["language_std"] = np.nanstd(by_language, axis=1)
     return out, es_means
+
+
+def _by_language_replicates(cells: list[tuple[str, str]], means: np.ndarray) -> np.ndarray:
+    """`(replicates, eval languages)`: per evaluation language, the mean of its present cells."""
+    languages = list(dict.fromkeys(eval_language for _, eval_language in cells))
+    if not languages:
+        return np.full((means.shape[0], 1), np.nan)
+    columns = [_mean_present(means, np.array([lang == ev for _, ev in cells], dtype=bool)) for lang in languages]
+    return np.stack(columns, axis=1)
 
 
 def _matrix(cells: list[tuple[str, str]], means: np.ndarray) -> dict[str, dict[str, float]]:
@@ -205,36 +221,68 @@ def _by_language(cells: list[tuple[str, str]], means: np.ndarray) -> dict[str, f
     return by_language
 
 
-def _resample_weights(rng: np.random.Generator, replicates: int, n_edits: int) -> np.ndarray:
-    """How often each edit is drawn in each of `replicates` resamples of the edits, with replacement."""
-    draws = rng.integers(0, n_edits, size=(replicates, n_edits))
-    offsets = np.arange(replicates)[:, None] * n_edits
-    counts = np.bincount((draws + offsets).ravel(), minlength=replicates * n_edits)
-    return counts.reshape(replicates, n_edits).astype(np.float64)
+def _resample_weights(rng: np.random.Generator, replicates: int, group_of_edit: np.ndarray) -> np.ndarray:
+    """How often each edit is drawn in each of `replicates` resamples of the *groups* (with replacement): an edit
+    weighs as often as its group is drawn. With one group per edit this is the plain bootstrap over edits."""
+    n_groups = int(group_of_edit.max()) + 1
+    draws = rng.integers(0, n_groups, size=(replicates, n_groups))
+    offsets = np.arange(replicates)[:, None] * n_groups
+    counts = np.bincount((draws + offsets).ravel(), minlength=replicates * n_groups).reshape(replicates, n_groups)
+    return counts[:, group_of_edit].astype(np.float64)
+
+
+def _replicates(
+    tables: Sequence[tuple[_CellTable, _CellTable]], group_of_edit: np.ndarray, resamples: int, seed: int
+) -> list[dict[str, np.ndarray]]:
+    """`CI_METRIC_NAMES` of every bootstrap replicate for each `(es, loc)` pair of tables, all under the *same*
+    resampled weights (so that differences between the pairs are paired)."""
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _MAX_BOOTSTRAP_CELLS // len(group_of_edit))
+    collected: list[dict[str, list[np.ndarray]]] = [{name: [] for name in REPLICATED_NAMES} for _ in tables]
+    for start in range(0, resamples, chunk):
+        weights = _resample_weights(rng, min(chunk, resamples - start), group_of_edit)
+        for (es, loc), store in zip(tables, collected, strict=True):
+            summary, _ = _summaries(es, loc, weights)
+            for name in REPLICATED_NAMES:
+                store[name].append(summary[name])
+    return [{name: np.concatenate(values) for name, values in store.items()} for store in collected]
+
+
+def _percentiles(values: np.ndarray, confidence: float) -> list[float]:
+    """The percentile interval of the defined (non-NaN) replicates; NaNs when none is defined."""
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        return [float("nan"), float("nan")]
+    alpha = (1.0 - confidence) / 2.0
+    return [float(np.quantile(values, alpha)), float(np.quantile(values, 1.0 - alpha))]
 
 
 def _bootstrap(
-    es: _CellTable, loc: _CellTable, n_edits: int, resamples: int, confidence: float, seed: int
+    es: _CellTable, loc: _CellTable, group_of_edit: np.ndarray, resamples: int, confidence: float, seed: int
 ) -> dict[str, list[float]]:
-    """Percentile bootstrap intervals over edits; replicates where a metric is undefined (NaN) are skipped."""
-    rng = np.random.default_rng(seed)
-    chunk = max(1, _MAX_BOOTSTRAP_CELLS // n_edits)
-    collected: dict[str, list[np.ndarray]] = {name: [] for name in CI_METRIC_NAMES}
-    for start in range(0, resamples, chunk):
-        weights = _resample_weights(rng, min(chunk, resamples - start), n_edits)
-        summary, _ = _summaries(es, loc, weights)
-        for name in CI_METRIC_NAMES:
-            collected[name].append(summary[name])
-    alpha = (1.0 - confidence) / 2.0
-    intervals = {}
-    for name in CI_METRIC_NAMES:
-        values = np.concatenate(collected[name])
-        values = values[~np.isnan(values)]
-        if values.size == 0:
-            intervals[name] = [float("nan"), float("nan")]
-        else:
-            intervals[name] = [float(np.quantile(values, alpha)), float(np.quantile(values, 1.0 - alpha))]
-    return intervals
+    """Percentile bootstrap intervals over groups of edits; replicates where a metric is undefined are skipped."""
+    (replicates,) = _replicates([(es, loc)], group_of_edit, resamples, seed)
+    return {name: _percentiles(replicates[name], confidence) for name in CI_METRIC_NAMES}
+
+
+def _group_of_edit(records: _Records, edit_index: dict[str, int], group_ids) -> np.ndarray:
+    """The group index of every edit (one group per edit without `group_ids`); an edit must have one group."""
+    if group_ids is None:
+        return np.arange(len(edit_index))
+    groups = _as_str_list("group_ids", group_ids)
+    if len(groups) != len(records.edit_ids):
+        raise ValueError(f"`group_ids` needs one entry per record ({len(records.edit_ids)}), got {len(groups)}.")
+    group_index: dict[str, int] = {}
+    of_edit = np.full(len(edit_index), -1, dtype=np.int64)
+    for edit_id, group in zip(records.edit_ids, groups, strict=True):
+        index = group_index.setdefault(group, len(group_index))
+        row = edit_index[edit_id]
+        if of_edit[row] not in (-1, index):
+            raise ValueError(
+                f"Edit id {edit_id!r} appears with two group ids; all records of an edit share one group."
+            )
+        of_edit[row] = index
+    return of_edit
 
 
 def _point_estimates(es: _CellTable, loc: _CellTable, n_edits: int) -> dict:
@@ -265,6 +313,7 @@ def compute_xl_edit_metrics(
     bootstrap: int = 0,
     confidence: float = 0.95,
     seed: int = 0,
+    group_ids: Sequence[str] | None = None,
 ) -> dict:
     """Cross-lingual edit success and locality, per language pair and aggregated.
 
@@ -281,10 +330,13 @@ def compute_xl_edit_metrics(
         edit_languages (`list[str]`): The language the edit was made in.
         eval_languages (`list[str]`): The language the record is evaluated in.
         kinds (`list[str]`): `"edit"` (scores edit success) or `"retain"` (scores locality).
-        bootstrap (`int`, *optional*, defaults to `0`): Number of bootstrap resamples of the edit ids for confidence
-            intervals; `0` disables them.
+        bootstrap (`int`, *optional*, defaults to `0`): Number of bootstrap resamples for confidence intervals; `0`
+            disables them. The resampled units are the groups of `group_ids` (the edits without it).
         confidence (`float`, *optional*, defaults to `0.95`): Coverage of the percentile intervals.
         seed (`int`, *optional*, defaults to `0`): Seed of the resampling generator.
+        group_ids (`list[str]`, *optional*): One per record: the fact or example the edit was made from. Edits of one
+            fact in several languages share it, and the bootstrap resamples groups, so that edits that are not
+            independent are not counted as independent (all records of an edit must share one group).
 
     Returns:
         `dict`: The keys of `METRIC_NAMES` (floats, nested dicts `{edit_lang: {eval_lang: value}}` for the matrices,
@@ -329,6 +381,7 @@ def compute_xl_edit_metrics(
     result = _point_estimates(es_table, loc_table, len(edit_index))
     result["n_records"] = len(records.predictions)
     result = {name: result[name] for name in METRIC_NAMES}
+    group_of_edit = _group_of_edit(records, edit_index, group_ids)
     if bootstrap > 0:
-        result[CI_KEY] = _bootstrap(es_table, loc_table, len(edit_index), int(bootstrap), float(confidence), int(seed))
+        result[CI_KEY] = _bootstrap(es_table, loc_table, group_of_edit, int(bootstrap), float(confidence), int(seed))
     return result

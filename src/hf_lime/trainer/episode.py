@@ -21,6 +21,10 @@ LOSS_EDIT, LOSS_LOC, LOSS_L0 = "loss/edit", "loss/loc", "loss/l0"
 EDIT_ACC, LOC_ACC, HMEAN = "edit/acc", "loc/acc", "hmean"
 NONFINITE = "nonfinite_grad_steps"
 EPISODE_METRICS = (LOSS_EDIT, LOSS_LOC, LOSS_L0, EDIT_ACC, LOC_ACC, HMEAN)
+# Logged at every logging step of training, one value per edited layer / mask row: `edit_lr/<i>` is the step size of
+# the i-th edited layer (in `LimeModel.layer_specs` order), `gate/<language>` the mean evaluation-mode gate of that
+# language's mask row over all edited layers (`gate/shared` for `mask_scope="shared"`).
+EDIT_LR_PREFIX, GATE_PREFIX = "edit_lr/", "gate/"
 
 
 @dataclass

@@ -7,10 +7,10 @@ from collections import defaultdict
 from typing import Any
 
 import torch
-from transformers import Trainer
+from transformers import EarlyStoppingCallback, Trainer
 from transformers.utils import logging
 
-from .episode import EPISODE_METRICS, NONFINITE, run_episode
+from .episode import EDIT_LR_PREFIX, EPISODE_METRICS, GATE_PREFIX, NONFINITE, run_episode
 from .training_args import LimeTrainingArguments
 
 logger = logging.get_logger(__name__)
@@ -57,6 +57,8 @@ class LimeTrainer(Trainer):
             raise ValueError("Pass `task=` ('masked_lm', 'seq_cls' or 'causal_lm') or a collator with a `task`.")
         _check_languages(model, args, kwargs)
         super().__init__(model=model, args=args, **kwargs)
+        if args.early_stopping_patience is not None:
+            self.add_callback(EarlyStoppingCallback(args.early_stopping_patience, args.early_stopping_threshold))
         self.model_accepts_loss_kwargs = False
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self.nonfinite_steps = 0
@@ -91,6 +93,7 @@ class LimeTrainer(Trainer):
         logs.update(averaged)
         if mode == "train":
             logs[NONFINITE] = self.nonfinite_steps
+            logs.update(editor_state_logs(self.model.base_model))
         self._metrics[mode].clear()
         super().log(logs, start_time)
 
@@ -115,6 +118,15 @@ class LimeTrainer(Trainer):
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
             _guard_nonfinite(self.optimizer, self)
         return self.optimizer
+
+
+def editor_state_logs(tuner) -> dict[str, float]:
+    """The learned step size of every edited layer and the mean gate of every mask row, as loggable floats."""
+    logs = {f"{EDIT_LR_PREFIX}{i}": float(lr) for i, lr in enumerate(tuner.edit_lrs.lrs.tolist())}
+    gates = tuner.masks.mean_gates().tolist()
+    names = ["shared"] if tuner.masks.scope == "shared" else tuner.languages
+    logs.update({f"{GATE_PREFIX}{name}": float(gate) for name, gate in zip(names, gates, strict=False)})
+    return logs
 
 
 def _parameter_groups(model, args: LimeTrainingArguments) -> list[dict]:

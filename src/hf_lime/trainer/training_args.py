@@ -8,6 +8,37 @@ from transformers import TrainingArguments
 
 PRESETS = ("monolingual", "pairwise", "all")
 
+# Named training recipes: `LimeTrainingArguments.from_recipe(name, output_dir=..., **overrides)`, or
+# `parser.set_defaults(**LIME_RECIPES[name])` before an `HfArgumentParser` parses a command line.
+LIME_RECIPES: dict[str, dict] = {
+    # The LiME reference code's MEND recipe for mBERT (franklear/LiME config/config.yaml + config/alg/mend.yaml):
+    # Adam at a constant rate, 10 episodes per optimizer step, gradient clipping at 100, c_edit 0.1, c_loc 1,
+    # c_l0 1, mask rate 1e-3, validation with early stopping on the harmonic mean (patience 20,000 steps there; here
+    # 20 validations, one every 100 optimizer steps, keeping the best checkpoint and the last).
+    # The step sizes are learned in log space here; their rate is a relative one (see `edit_lr_learning_rate`).
+    "reference": {
+        "c_edit": 0.1,
+        "c_loc": 1.0,
+        "c_l0": 1.0,
+        "learning_rate": 1e-6,
+        "mask_learning_rate": 1e-3,
+        "edit_lr_learning_rate": 1e-2,
+        "lr_scheduler_type": "constant",
+        "warmup_steps": 0,
+        "weight_decay": 0.0,
+        "max_grad_norm": 100.0,
+        "per_device_train_batch_size": 1,
+        "gradient_accumulation_steps": 10,
+        "eval_strategy": "steps",
+        "eval_steps": 100,
+        "save_strategy": "steps",
+        "save_steps": 100,
+        "save_total_limit": 2,
+        "load_best_model_at_end": True,
+        "early_stopping_patience": 20,
+    },
+}
+
 
 @dataclass
 class LimeTrainingArguments(TrainingArguments):
@@ -56,6 +87,18 @@ class LimeTrainingArguments(TrainingArguments):
         episode_seed (`int`, *optional*, defaults to `0`):
             Seed of the episode sampler (episodes are a pure function of this seed and their index).
 
+    > Parameters of model selection
+
+    Args:
+        early_stopping_patience (`int`, *optional*, defaults to `None`):
+            Stop when `metric_for_best_model` (the validation episodes' `hmean`) has not improved for this many
+            evaluations; needs `eval_strategy` and `load_best_model_at_end=True`, so the best editor is the one kept
+            and saved. `None` trains for `max_steps`.
+        early_stopping_threshold (`float`, *optional*, defaults to `0.0`):
+            The smallest improvement that counts.
+
+    Named recipes (`LIME_RECIPES`, `from_recipe`): `"reference"`, the LiME reference code's MEND recipe.
+
     Defaults that differ from [`~transformers.TrainingArguments`]: `remove_unused_columns=False` (episodes are
     nested dicts), `learning_rate=1e-4`, `metric_for_best_model="hmean"` with `greater_is_better=True`,
     `logging_steps=10`.
@@ -76,6 +119,10 @@ class LimeTrainingArguments(TrainingArguments):
     n_edit: int = field(default=1, metadata={"help": "Edits per episode."})
     n_retain: int = field(default=4, metadata={"help": "Unrelated retain items per episode."})
     episode_seed: int = field(default=0, metadata={"help": "Seed of the episode sampler."})
+    early_stopping_patience: int | None = field(
+        default=None, metadata={"help": "Evaluations without improvement of the validation hmean before stopping."}
+    )
+    early_stopping_threshold: float = field(default=0.0, metadata={"help": "Smallest improvement that counts."})
     # changed defaults
     remove_unused_columns: bool = field(default=False, metadata={"help": "Episodes are nested dicts: keep False."})
     learning_rate: float = field(default=1e-4, metadata={"help": "Learning rate of the editor networks."})
@@ -97,3 +144,35 @@ class LimeTrainingArguments(TrainingArguments):
                 raise ValueError(f"`{name}` must be an int >= {1 if name == 'n_edit' else 0}, got {value!r}.")
         if self.remove_unused_columns:
             raise ValueError("`remove_unused_columns=True` would drop the episode parts; LimeTrainer needs False.")
+        self._check_early_stopping()
+
+    def _check_early_stopping(self) -> None:
+        if self.early_stopping_patience is None:
+            return
+        if isinstance(self.early_stopping_patience, bool) or not isinstance(self.early_stopping_patience, int):
+            raise ValueError(f"`early_stopping_patience` must be an int >= 1, got {self.early_stopping_patience!r}.")
+        if self.early_stopping_patience < 1:
+            raise ValueError(f"`early_stopping_patience` must be an int >= 1, got {self.early_stopping_patience!r}.")
+        if self.eval_strategy == "no" or not self.load_best_model_at_end:
+            raise ValueError(
+                "`early_stopping_patience` needs periodic validation and the best editor kept: set "
+                "`eval_strategy='steps'` (with `eval_steps`), a matching `save_strategy` and "
+                "`load_best_model_at_end=True`."
+            )
+
+    @classmethod
+    def from_recipe(cls, name: str, **kwargs) -> LimeTrainingArguments:
+        """
+        Arguments of a named recipe (`LIME_RECIPES`), with `kwargs` (at least `output_dir`) taking precedence.
+
+        Example:
+
+        ```py
+        >>> args = LimeTrainingArguments.from_recipe("reference", output_dir="out", eval_steps=500, save_steps=500)
+        >>> args.gradient_accumulation_steps, args.max_grad_norm, args.c_edit
+        (10, 100.0, 0.1)
+        ```
+        """
+        if name not in LIME_RECIPES:
+            raise ValueError(f"Unknown recipe {name!r}; available recipes: {sorted(LIME_RECIPES)}.")
+        return cls(**{**LIME_RECIPES[name], **kwargs})

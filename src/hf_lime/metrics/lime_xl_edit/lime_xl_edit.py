@@ -27,7 +27,8 @@ counts as a success when the prediction equals the new target in the evaluation 
 "retain" record, an input unrelated to the edit, counts when the prediction equals the model's prediction before the
 edit (locality, Loc). Records are averaged into cells (edit language, evaluation language) and cells into
 reliability (diagonal ES), transfer (off-diagonal ES), edit success, locality, their harmonic mean, per-language means
-and the gap between languages, with optional bootstrap confidence intervals over edits.
+and the gap between languages, with optional bootstrap confidence intervals over edits or over groups of edits
+(the facts they were made from).
 """
 
 _KWARGS_DESCRIPTION = """
@@ -39,7 +40,9 @@ Args:
     edit_languages (`list` of `str`): The language each edit was made in.
     eval_languages (`list` of `str`): The language each record is evaluated in.
     kinds (`list` of `str`): "edit" or "retain".
-    bootstrap (`int`, *optional*, defaults to `0`): Bootstrap resamples of the edit ids; 0 disables the intervals.
+    bootstrap (`int`, *optional*, defaults to `0`): Bootstrap resamples; 0 disables the intervals.
+    group_ids (`list` of `str`, *optional*): One per record, the fact or example the edit was made from (edits of
+        one fact in several languages share it). The bootstrap then resamples these groups, not the edits.
     confidence (`float`, *optional*, defaults to `0.95`): Coverage of the percentile intervals.
     seed (`int`, *optional*, defaults to `0`): Seed of the resampling.
 Returns:
@@ -109,6 +112,7 @@ class LimeXlEdit(evaluate.Metric):
         bootstrap=0,
         confidence=0.95,
         seed=0,
+        group_ids=None,
     ):
         return compute_xl_edit_metrics(
             predictions=predictions,
@@ -120,4 +124,5 @@ class LimeXlEdit(evaluate.Metric):
             bootstrap=bootstrap,
             confidence=confidence,
             seed=seed,
+            group_ids=group_ids,
         )
