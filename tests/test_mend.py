@@ -208,3 +208,35 @@ def test_mask_scope_is_validated_saved_and_reloaded(tmp_path):
     reloaded = PeftModel.from_pretrained(build_model("bert-mlm"), tmp_path)
     assert reloaded.peft_config["default"].mask_scope == "shared"
     assert all(mask.scale.shape[0] == 1 for mask in reloaded.base_model.masks.masks.values())
+
+
+# ------------------------------------------------------------------------------------------------ mend_center
+def test_centering_uses_the_running_mean_of_training_inputs(tmp_path):
+    model = lime_model("bert-mlm", mend_center=True, mend_rank=8, edit_lr_init=0.01, use_lime_mask=False, languages=[])
+    tuner = model.base_model
+    batch = make_batch("masked_lm")
+    plain = lime_model("bert-mlm", mend_rank=8, edit_lr_init=0.01, use_lime_mask=False, languages=[]).eval()
+    tuner.eval()
+    fresh = tuner.compute_edit(batch).deltas  # no statistics yet: nothing is subtracted
+    for key, delta in plain.base_model.compute_edit(batch).deltas.items():
+        torch.testing.assert_close(fresh[key].dense(), delta.dense())
+    tuner.train()
+    seen = {key: [] for key in tuner.lime_layers}
+    for seed in range(3):
+        b = make_batch("masked_lm", seed=seed)
+        ctx = EditContext(tuner.model, tuner.lime_layers, b, None, None, tuner.edit_lrs)
+        for key, layer in tuner.lime_layers.items():
+            seen[key].append(ctx.masked_inputs(key, layer.in_features).x)
+        tuner.compute_edit(b)
+    editor = tuner.editor
+    for key, xs in seen.items():
+        group, index = editor._group[key]
+        torch.testing.assert_close(editor.nets[group].x_mean[index], torch.cat(xs).mean(0))
+    tuner.eval()
+    means = {name: buf.clone() for name, buf in editor.named_buffers()}
+    tuner.compute_edit(batch)  # evaluation mode: the statistics stay frozen
+    assert all(torch.equal(buf, means[name]) for name, buf in editor.named_buffers())
+    model.save_pretrained(tmp_path)
+    reloaded = PeftModel.from_pretrained(build_model("bert-mlm"), tmp_path).base_model.editor
+    for name, buf in reloaded.named_buffers():
+        torch.testing.assert_close(buf, means[name])

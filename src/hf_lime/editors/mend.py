@@ -12,7 +12,9 @@ output `δ_t`). Per edited layer, MEND
    LayerNorm, each edit row's `x` and `δ` are divided by their root mean square over the row's tokens: the
    LayerNorm's epsilon is then relative to the edit (a gradient of a few 1e-3 would otherwise be only partly
    normalised by an epsilon of 1e-5, and the edit's size would follow the loss's units), while tokens with a far
-   smaller gradient than the row's dominant ones stay small;
+   smaller gradient than the row's dominant ones stay small. With `center=True` (not in the reference) each layer's
+   `x` is first centred on the running mean of the inputs seen in training: the component that every prompt shares
+   (the template, the language) no longer carries the edit to unrelated inputs;
 4. maps `[x̂_t, δ̂_t]` through residual low-rank blocks `h + relu((U V h + b) ⊙ s_l + t_l)` (one network per layer
    shape, shared by the layers of that shape with a per-layer scale `s_l` and shift `t_l`; `U = 0` at init);
 5. applies `ΔW = -lr_l · Σ_t δ̃_t x̃_tᵀ`, kept as the rank-`N` factors `B = -lr_l · δ̃ᵀ`, `A = x̃`.
@@ -72,6 +74,7 @@ class GradientTransform(nn.Module):
         norm (`bool`): Per-token LayerNorm of `x` and `δ` (learnable gain and bias); `False` feeds the raw values.
         combine (`bool`): One stack over the concatenation `[x̂, δ̂]` instead of one stack each.
         norm_eps (`float`): The LayerNorms' epsilon.
+        center (`bool`): Subtract from each layer's `x` the running mean of the `x` seen in training (per feature).
     """
 
     def __init__(
@@ -85,9 +88,13 @@ class GradientTransform(nn.Module):
         norm: bool = True,
         combine: bool = True,
         norm_eps: float = 1e-5,
+        center: bool = False,
     ) -> None:
         super().__init__()
-        self.d_in, self.combine = d_in, combine
+        self.d_in, self.combine, self.center = d_in, combine, center
+        if center:
+            self.register_buffer("x_mean", torch.zeros(num_layers, d_in))
+            self.register_buffer("x_count", torch.zeros(num_layers, dtype=torch.float64))
         self.norm_x = nn.LayerNorm(d_in, eps=norm_eps) if norm else nn.Identity()
         self.norm_delta = nn.LayerNorm(d_out, eps=norm_eps) if norm else nn.Identity()
         widths = {"xd": d_in + d_out} if combine else {"x": d_in, "d": d_out}
@@ -103,8 +110,25 @@ class GradientTransform(nn.Module):
             h = block(h, layer_index)
         return h
 
+    @torch.no_grad()
+    def _update_mean(self, x: torch.Tensor, layer_index: int) -> None:
+        if x.shape[0] == 0:
+            return
+        total = self.x_count[layer_index] + x.shape[0]
+        ratio = float(x.shape[0] / total)
+        self.x_mean[layer_index] += (x.mean(0).to(self.x_mean.dtype) - self.x_mean[layer_index]) * ratio
+        self.x_count[layer_index] = total
+
+    def centered(self, x: torch.Tensor, layer_index: int) -> torch.Tensor:
+        """`x` minus the running mean of the training inputs of that layer (updated in training mode)."""
+        if not self.center:
+            return x
+        if self.training:
+            self._update_mean(x.detach(), layer_index)
+        return x - self.x_mean[layer_index].to(x.dtype)
+
     def forward(self, x: torch.Tensor, delta: torch.Tensor, layer_index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """`(x̃, δ̃)` for the tokens' `(x, δ)` (tokens × features)."""
+        """`(x̃, δ̃)` for the tokens' `(x, δ)` (tokens × features); `x` is centred first when `center=True`."""
         x_hat, delta_hat = self.norm_x(x), self.norm_delta(delta)
         if self.combine:
             out = self._run("xd", torch.cat([x_hat, delta_hat], dim=-1), layer_index)
@@ -125,6 +149,8 @@ class MendEditor(BaseEditor):
         combine (`bool`, *optional*, defaults to `True`): One network over `[x̂, δ̂]` instead of one each.
         shared (`bool`, *optional*, defaults to `True`): Share networks across layers of the same shape.
         norm_eps (`float`, *optional*, defaults to `1e-5`): Epsilon of the LayerNorms.
+        center (`bool`, *optional*, defaults to `False`): Centre each layer's inputs `x` on their running training
+            mean before the normalisation (not in the reference; see `docs/editors.md`).
 
     Example:
 
@@ -149,6 +175,7 @@ class MendEditor(BaseEditor):
         combine: bool = True,
         shared: bool = True,
         norm_eps: float = 1e-5,
+        center: bool = False,
     ) -> None:
         super().__init__(layers)
         self._group: dict[str, tuple[str, int]] = {}
@@ -160,7 +187,7 @@ class MendEditor(BaseEditor):
         self.nets = nn.ModuleDict(
             {
                 group: GradientTransform(
-                    specs[0].d_in, specs[0].d_out, rank, n_hidden, len(specs), init, norm, combine, norm_eps
+                    specs[0].d_in, specs[0].d_out, rank, n_hidden, len(specs), init, norm, combine, norm_eps, center
                 )
                 for group, specs in groups.items()
             }
@@ -176,7 +203,9 @@ class MendEditor(BaseEditor):
         deltas = {}
         for spec in self.layers:
             tokens = ctx.masked_inputs(spec.key, spec.d_in)
-            x, delta = _per_row_rms_scaled(tokens.x, tokens.rows), _per_row_rms_scaled(tokens.delta, tokens.rows)
+            group, index = self._group[spec.key]
+            x = self.nets[group].centered(tokens.x, index)
+            x, delta = _per_row_rms_scaled(x, tokens.rows), _per_row_rms_scaled(tokens.delta, tokens.rows)
             x_t, delta_t = self.transform(spec.key, x, delta)
             deltas[spec.key] = LayerDelta(B=-ctx.edit_lr(spec.key) * delta_t.T, A=x_t)
         return EditorOutput(deltas=deltas, info=EditInfo(loss_before=captured.loss))
@@ -205,4 +234,5 @@ def mend_kwargs(config) -> dict:
         "combine": config.mend_combine,
         "shared": config.mend_shared,
         "norm_eps": config.mend_norm_eps,
+        "center": config.mend_center,
     }

@@ -89,6 +89,10 @@ class LimeConfig(PeftConfig):
             alone set an edit's size. `False` feeds the raw values.
         mend_norm_eps (`float`, *optional*, defaults to `1e-5`):
             Epsilon of those LayerNorms (PyTorch's and the reference's default).
+        mend_center (`bool`, *optional*, defaults to `False`):
+            Centre each edited layer's inputs on their running mean over the training episodes before the
+            normalisation (not in the reference): the component every prompt shares then no longer spreads an edit
+            to unrelated inputs. Measured in `docs/editors.md`; statistics are gathered in training mode only.
         mend_combine (`bool`, *optional*, defaults to `True`):
             One network over the concatenated layer input and output gradient (`True`) or one network each.
         mend_shared (`bool`, *optional*, defaults to `True`):
@@ -159,6 +163,9 @@ class LimeConfig(PeftConfig):
     )
     mend_norm: bool = field(default=True, metadata={"help": "Per-token LayerNorm of MEND's inputs (x and delta)."})
     mend_norm_eps: float = field(default=1e-5, metadata={"help": "Epsilon of MEND's LayerNorms."})
+    mend_center: bool = field(
+        default=False, metadata={"help": "Centre MEND's layer inputs on their running training mean."}
+    )
     mend_combine: bool = field(default=True, metadata={"help": "One network over [x, delta] (True) or one each."})
     mend_shared: bool = field(
         default=True, metadata={"help": "Share MEND networks across same-shape layers with per-layer scale/shift."}
