@@ -161,6 +161,21 @@ def test_masked_lm_edit_changes_the_prediction_and_revert_restores_it(tmp_path):
     assert editor.predict(PROMPT) == before
 
 
+def test_predict_ranks_candidates(tmp_path):
+    editor = mlm_editor(tmp_path, **FT)
+    choices = ["Paris", "Lyon", "Florence"]  # 1, 1 and 2 tokens
+    before = editor.predict(PROMPT, candidates=choices)
+    assert before in choices
+    with editor.edit(PROMPT, "Florence"):
+        assert editor.predict(PROMPT, candidates=choices) == "Florence"
+        assert editor.predict([PROMPT, PROMPT], candidates=choices) == ["Florence", "Florence"]
+    assert editor.predict(PROMPT, candidates=choices) == before
+    with pytest.raises(ValueError, match="non-empty list"):
+        editor.predict(PROMPT, candidates="Paris")
+    with pytest.raises(ValueError, match="non-empty list"):
+        editor.predict(PROMPT, candidates=[])
+
+
 def test_batched_text_edit_with_one_language_per_row(tmp_path):
     editor = mlm_editor(tmp_path, edit_lr_init=1.0)  # an untrained MEND editor with LiME masks
     texts = ["The capital of France is [MASK] .", "La capitale de la France est [MASK] ."]

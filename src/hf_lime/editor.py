@@ -39,7 +39,7 @@ from .safe_loading import (
     resolve_editor_folder,
     soft_base_model_differences,
 )
-from .text_io import as_rows, encode_text, masked_prompt, predict_text
+from .text_io import as_rows, encode_text, masked_prompt, predict_text, rank_text
 from .tuner import LimeConfig
 from .tuner.config import PEFT_TYPE
 
@@ -364,6 +364,7 @@ class LimeEditor:
         num_tokens: int | None = None,
         max_new_tokens: int = 8,
         max_length: int = 128,
+        candidates: Sequence[str] | None = None,
     ) -> str | list[str]:
         """
         The model's answer (with the edits currently applied), in the form `edit` takes targets.
@@ -376,15 +377,23 @@ class LimeEditor:
                 placeholder (default: as many masks as the text has).
             max_new_tokens (`int`, *optional*, defaults to `8`): Causal LMs: length of the greedy continuation.
             max_length (`int`, *optional*, defaults to `128`): Maximum tokens per text.
+            candidates (`list[str]`, *optional*): Masked LMs: return the best of these answers instead (each scored
+                by the mean log-probability of its tokens in the prompt with as many masks, as mLAMA's typed querying
+                and `evaluate_editor(scoring="candidates")` do).
 
         Returns:
-            `str` (or a list for a list of texts): the decoded tokens at the masks, the label name, or the stripped
-            continuation.
+            `str` (or a list for a list of texts): the decoded tokens at the masks (or the best candidate), the label
+            name, or the stripped continuation.
         """
         self._require_tokenizer()
         if language is not None and self.languages and language not in self.languages:
             raise ValueError(f"Unknown language {language!r}; this editor knows {self.languages}.")
         texts = text if isinstance(text, list) else [text]
+        if candidates is not None:
+            if self.task != "masked_lm":
+                raise ValueError(f"`candidates` ranks answers of a masked LM; this editor's task is {self.task!r}.")
+            answers = [rank_text(self.model, self.tokenizer, t, candidates, max_length) for t in texts]
+            return answers if isinstance(text, list) else answers[0]
         options = {"num_tokens": num_tokens, "max_new_tokens": max_new_tokens, "max_length": max_length}
         answers = [predict_text(self.model, self.tokenizer, self.task, t, **options) for t in texts]
         return answers if isinstance(text, list) else answers[0]

@@ -55,6 +55,19 @@ def predict_text(
     return _predict_continuation(model, tokenizer, text, max_new_tokens, max_length)
 
 
+def rank_text(model: nn.Module, tokenizer: Any, text: Any, candidates: Any, max_length: int) -> str:
+    """The best of `candidates` for a masked-LM prompt with one placeholder (mLAMA's typed querying)."""
+    from .evaluation.candidates import CandidateRanker, RankingQuery
+
+    if not isinstance(text, str):
+        raise TypeError(f"Ranking candidates takes a string prompt, got {type(text).__name__}.")
+    if isinstance(candidates, str) or not candidates or not all(isinstance(c, str) and c.strip() for c in candidates):
+        raise ValueError(f"`candidates` must be a non-empty list of non-empty strings, got {candidates!r}.")
+    prompt, _ = masked_prompt(text, tokenizer)
+    ranker = CandidateRanker(model, tokenizer, {("", ""): list(candidates)}, max_length=max_length)
+    return ranker.rank([RankingQuery(prompt, "", "")])[0]
+
+
 def _logits(model: nn.Module, encoding: Mapping[str, Any]) -> torch.Tensor:
     device = next(model.parameters()).device
     inputs = {k: torch.as_tensor(v).to(device) for k, v in encoding.items() if k in MODEL_INPUTS}
