@@ -75,6 +75,10 @@ def test_records_are_complete_and_give_the_metrics(world):
     records = result.records
     assert isinstance(result, EvaluationResult) and tuple(records) == RECORD_FIELDS
     assert same(result.metrics, compute_xl_edit_metrics(**records))
+    # every edit's records carry the id of the item it was made from: one bootstrap group per fact
+    assert all(edit_id.split(":", 1)[1] == group for edit_id, group in zip(records["edit_ids"], records["group_ids"],
+                                                                           strict=True))  # fmt: skip
+    assert len(set(records["group_ids"])) < len(set(records["edit_ids"]))  # the same items edited in every language
     assert tuple(result.metrics) == METRIC_NAMES
     for matrix in (result.metrics["es_matrix"], result.metrics["loc_matrix"]):
         cells = {(edit, scored) for edit in matrix for scored in matrix[edit]}

@@ -34,8 +34,10 @@ from ..tasks import model_label2id
 from .report import EvaluationResult
 from .scoring import SCORINGS, TargetScorer, make_scorer
 
-RECORD_FIELDS = ("predictions", "references", "edit_ids", "edit_languages", "eval_languages", "kinds")
-"""The keys of `EvaluationResult.records`: exactly the inputs of `compute_xl_edit_metrics` and `lime_xl_edit`."""
+RECORD_FIELDS = ("predictions", "references", "edit_ids", "edit_languages", "eval_languages", "kinds", "group_ids")
+"""The keys of `EvaluationResult.records`: exactly the inputs of `compute_xl_edit_metrics` and `lime_xl_edit`
+(`group_ids` is the id of the item an edit was made from: the edits of one item in several languages are one group
+for the bootstrap)."""
 
 
 @dataclass(frozen=True)
@@ -179,6 +181,7 @@ def _run_edit(model: Any, scorer: TargetScorer, plan: _EditPlan, eval_languages:
     records["edit_languages"].extend([plan.language] * len(queries))
     records["eval_languages"].extend(languages)
     records["kinds"].extend(kinds)
+    records["group_ids"].extend([plan.item.id] * len(queries))
 
 
 def _check_int(name: str, value: Any, low: int) -> int:
