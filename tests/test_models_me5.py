@@ -308,6 +308,31 @@ def _fact_items() -> list[dict]:
     return items
 
 
+def test_frozen_prefix_gives_the_same_loss_and_gradients(tiny_base):
+    from hf_lime.data.encoding import encode_example, pad_batch
+    from hf_lime.models.finetune_facts import FrozenPrefix, load_masked_lm, sampled_softmax_loss
+
+    model, tokenizer = load_masked_lm(tiny_base, train_layers=1)
+    model.eval()  # no dropout: the cached bottom is deterministic, so compare like with like
+    prompts = [("Dante was born in [Y] .", "Florence"), ("the capital of France is [Y] .", "Paris"), ("x [Y]", "a b")]
+    features = [encode_example(tokenizer, "masked_lm", p, t) for p, t in prompts]
+    prefix = FrozenPrefix(model, tokenizer, features, frozen_layers=2, batch_size=2)
+    batch = pad_batch(tokenizer, [features[2], features[0]])
+    trained = [p for p in model.parameters() if p.requires_grad]
+
+    def loss_and_grads(extra):
+        loss = sampled_softmax_loss(model, batch | extra, 4000, len(tokenizer), torch.Generator().manual_seed(0))
+        return loss, torch.autograd.grad(loss, trained)
+
+    plain_loss, plain_grads = loss_and_grads({})
+    cached_loss, cached_grads = loss_and_grads(
+        {"hidden_states": prefix.last_hidden_state([2, 0], batch["attention_mask"])}
+    )
+    torch.testing.assert_close(cached_loss, plain_loss)
+    for a, b in zip(cached_grads, plain_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_finetune_facts_smoke(tiny_base, tmp_path):
     from transformers import AutoModelForMaskedLM
 

@@ -42,7 +42,8 @@ def sampled_softmax_loss(
     Args:
         model (`BertForMaskedLM`): the masked LM (its ``cls.predictions`` head is used piecewise).
         batch (`Mapping[str, torch.Tensor]`): ``input_ids``, ``attention_mask`` and per-token ``labels`` (-100 off
-            the masks).
+            the masks); with ``hidden_states`` (the encoder's last hidden states, e.g. from [`FrozenPrefix`]) the
+            encoder is not run.
         num_negatives (`int`): random vocabulary ids drawn per step (duplicates and hits are merged).
         vocab_limit (`int`): negatives are drawn from ``[0, vocab_limit)``.
         generator (`torch.Generator`): source of the negatives.
@@ -52,7 +53,9 @@ def sampled_softmax_loss(
     """
     labels = batch["labels"]
     positions = labels != -100
-    hidden = model.bert(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    hidden = batch.get("hidden_states")
+    if hidden is None:
+        hidden = model.bert(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     head = model.cls.predictions
     states = head.transform(hidden[positions])
     targets = labels[positions]
@@ -60,6 +63,56 @@ def sampled_softmax_loss(
     candidates = torch.unique(torch.cat([targets, negatives]))
     logits = states @ head.decoder.weight[candidates].T + head.bias[candidates]
     return torch.nn.functional.cross_entropy(logits, torch.searchsorted(candidates, targets))
+
+
+class FrozenPrefix:
+    """
+    The hidden states after the frozen bottom layers of a ``BertForMaskedLM``, computed once per training prompt.
+
+    While only the top layers train, the bottom ones give the same output for a prompt at every step: computing it
+    once and running just the trained layers per step gives the same loss and gradients (tested) at a fraction of
+    the cost. The frozen layers run in evaluation mode (no dropout): they are not being trained.
+
+    Args:
+        model (`BertForMaskedLM`): the model (the first `frozen_layers` encoder layers and the embeddings frozen).
+        tokenizer (`PreTrainedTokenizerBase`): its tokenizer (pad id, padding side).
+        features (`Sequence[dict]`): encoded prompts (``input_ids``, ``attention_mask``).
+        frozen_layers (`int`): how many bottom encoder layers are frozen.
+        batch_size (`int`, *optional*, defaults to 64): prompts per forward pass while caching.
+    """
+
+    def __init__(self, model, tokenizer, features: Sequence[dict], frozen_layers: int, batch_size: int = 64) -> None:
+        from hf_lime.data.encoding import pad_batch
+
+        self.model, self.frozen_layers, self.side = model, frozen_layers, tokenizer.padding_side
+        device = next(model.parameters()).device
+        self.states: list[torch.Tensor] = []
+        with torch.no_grad():
+            for start in range(0, len(features), batch_size):
+                rows = [
+                    {k: f[k] for k in ("input_ids", "attention_mask")} for f in features[start : start + batch_size]
+                ]
+                batch = {k: v.to(device) for k, v in pad_batch(tokenizer, rows).items()}
+                hidden = model.bert.embeddings(input_ids=batch["input_ids"])
+                hidden = self._layers(hidden, batch["attention_mask"], 0, frozen_layers)
+                for row, mask in zip(hidden, batch["attention_mask"].bool(), strict=True):
+                    self.states.append(row[mask].clone())
+
+    def _layers(self, hidden: torch.Tensor, attention_mask: torch.Tensor, first: int, last: int) -> torch.Tensor:
+        from transformers.masking_utils import create_bidirectional_mask
+
+        mask = create_bidirectional_mask(config=self.model.config, inputs_embeds=hidden, attention_mask=attention_mask)
+        for layer in self.model.bert.encoder.layer[first:last]:
+            hidden = layer(hidden, mask)
+        return hidden
+
+    def last_hidden_state(self, indices: Sequence[int], attention_mask: torch.Tensor) -> torch.Tensor:
+        """The encoder's output for the prompts `indices`, padded like `attention_mask`, through the trained layers."""
+        states = [self.states[i] for i in indices]
+        padded = attention_mask.new_zeros((*attention_mask.shape, states[0].shape[-1]), dtype=states[0].dtype)
+        for row, (state, mask) in enumerate(zip(states, attention_mask.bool(), strict=True)):
+            padded[row, mask] = state
+        return self._layers(padded, attention_mask, self.frozen_layers, len(self.model.bert.encoder.layer))
 
 
 def _optimizer(model, head_learning_rate: float, learning_rate: float) -> torch.optim.Optimizer:
@@ -92,6 +145,8 @@ def train_fact_head(
 
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
+    frozen = _frozen_layers(model)
+    prefix = FrozenPrefix(model, tokenizer, features, frozen) if frozen > 0 else None
     optimizer = _optimizer(model, head_learning_rate, learning_rate)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     scheduler = linear_schedule(optimizer, steps, warmup_ratio)
@@ -100,8 +155,11 @@ def train_fact_head(
     model.train()
     bar = tqdm(range(steps), desc="training fact head", disable=not progress)
     for step in bar:
-        examples = [{k: v for k, v in features[i].items() if k != "row"} for i in next(batches)]
+        indices = next(batches)
+        examples = [{k: v for k, v in features[i].items() if k != "row"} for i in indices]
         batch = {k: v.to(device) for k, v in pad_batch(tokenizer, examples).items()}
+        if prefix is not None:
+            batch["hidden_states"] = prefix.last_hidden_state(indices, batch["attention_mask"])
         loss = sampled_softmax_loss(model, batch, num_negatives, len(tokenizer), generator)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -114,6 +172,18 @@ def train_fact_head(
             bar.set_postfix(loss=f"{recent:.3f}")
             logger.info("facts step %d/%d sampled-softmax loss %.4f", step + 1, steps, recent)
     return losses
+
+
+def _frozen_layers(model) -> int:
+    """How many bottom encoder layers have no trainable parameter (with frozen embeddings), 0 otherwise."""
+    if any(p.requires_grad for p in model.bert.embeddings.parameters()):
+        return 0
+    count = 0
+    for layer in model.bert.encoder.layer:
+        if any(p.requires_grad for p in layer.parameters()):
+            break
+        count += 1
+    return count
 
 
 def load_masked_lm(base_dir: str | Path, train_layers: int, device: str | torch.device = "cpu"):

@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 MODEL_NAMES = ("me5-small", "me5-small-xnli", "me5-small-facts")
 FACT_SOURCES = ("cldr", "mlama")
+FACT_SPLITS = ("train", "all")
 DEFAULT_STEPS = {"me5-small-xnli": 1000, "me5-small-facts": 300}
 MLAMA_MAX_PER_RELATION = 300
 
@@ -76,12 +77,17 @@ def _finetune(name: str, base: Path, output_dir: Path, recipe: dict, data, optio
         )
     from .finetune_facts import finetune_facts
 
+    if recipe.get("fact_split") == "all":
+        every = [row for split in data.values() for row in split]
+        data = {"train": every, "test": every}
     return finetune_facts(
         base,
         output_dir,
         data,
         languages=recipe["languages"],
         steps=recipe["steps"],
+        learning_rate=recipe.get("learning_rate", 1e-4),
+        max_eval_per_language=recipe.get("max_eval_per_language", 300),
         seed=recipe["seed"],
         device=options["device"],
         num_threads=options["num_threads"],
@@ -102,6 +108,8 @@ def prepare_model(
     device: str | None = None,
     num_threads: int | None = None,
     progress: bool = True,
+    fact_split: str = "train",
+    learning_rate: float | None = None,
 ) -> Path:
     """Build ``name`` into ``output_dir`` (a normal ``transformers`` folder), or reuse it when already built.
 
@@ -123,6 +131,12 @@ def prepare_model(
         device (`str`, *optional*): ``"cpu"``/``"cuda"`` for fine-tuning; defaults to CUDA when available.
         num_threads (`int`, *optional*): torch CPU threads for fine-tuning; defaults to torch's current setting.
         progress (`bool`, *optional*, defaults to `True`): show tqdm progress bars.
+        fact_split (`str`, *optional*, defaults to `"train"`): ``me5-small-facts`` only. ``"train"``: the head and
+            top layers learn the training split and precision@1 is reported on held-out subjects. ``"all"``: they
+            learn every fact of every split (the model then knows its whole fact world, as a pretrained LM knows the
+            facts an editor is later asked to change) and precision@1 is reported on a sample of those facts.
+        learning_rate (`float`, *optional*): ``me5-small-facts`` only: learning rate of the trained encoder layers
+            (default 1e-4).
 
     Returns:
         `Path`: ``output_dir``.
@@ -154,6 +168,12 @@ def prepare_model(
     if name == "me5-small-facts":
         data, recipe["data"] = _facts_data(dataset, facts_source, data_dir, languages, seed)
         recipe["data_sha256"] = _signature(data)
+        if fact_split not in FACT_SPLITS:
+            raise ValueError(f"fact_split must be one of {FACT_SPLITS}, got {fact_split!r}.")
+        if fact_split != "train":
+            recipe.update(fact_split=fact_split, max_eval_per_language=100)
+        if learning_rate is not None:
+            recipe["learning_rate"] = float(learning_rate)
     if is_prepared(output_dir, name=name, recipe=recipe):
         logger.info("Reusing %s in %s (same recipe)", name, output_dir)
         return output_dir
