@@ -158,6 +158,21 @@ def test_fine_tuning_editor_without_languages(world):
     assert result.settings["editor"] == "ft"
 
 
+def test_distinct_facts_gives_each_edit_language_its_own_items(world):
+    tokenizer, items, base = world
+    model = make_model(base, 0.1)
+    shared = run(model, tokenizer, items, return_records=True)
+    distinct = run(model, tokenizer, items, return_records=True, distinct_facts=True)
+    facts_by_language: dict[str, set[str]] = {}
+    for edit_id, language in zip(distinct.records["edit_ids"], distinct.records["edit_languages"], strict=True):
+        facts_by_language.setdefault(language, set()).add(edit_id.split(":", 1)[1])
+    assert all(len(facts) == N_EDITS for facts in facts_by_language.values())
+    assert len(set().union(*facts_by_language.values())) == N_EDITS * len(LANGUAGES)  # no fact edited twice
+    assert distinct.settings["n_facts"] == N_EDITS * len(LANGUAGES) and shared.settings["n_facts"] == N_EDITS
+    again = run(model, tokenizer, items, return_records=True, distinct_facts=True)
+    assert again.records == distinct.records  # the same edits for every run of a seed: runs pair
+
+
 def test_same_seed_same_records_other_seed_other_items(world):
     tokenizer, items, base = world
     model = make_model(base, 0.1)

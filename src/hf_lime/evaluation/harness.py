@@ -87,9 +87,12 @@ class _Planner:
             return None
         return candidates[_digest(self.seed, "target", item.id) % len(candidates)]
 
-    def candidates(self, edit_language: str) -> Iterator[tuple[ParsedItem, dict[str, str]]]:
-        """Every item that can be edited in `edit_language`, lazily in the seeded order, with its new target."""
+    def candidates(self, edit_language: str, exclude: set[str]) -> Iterator[tuple[ParsedItem, dict[str, str]]]:
+        """Every item that can be edited in `edit_language` (and is not in `exclude`), lazily in the seeded order,
+        with its new target."""
         for index in self.order:
+            if self.items[index].id in exclude:
+                continue
             labels = self.new_labels(self.items[index], edit_language)
             if labels is not None:
                 yield self.items[index], labels
@@ -111,10 +114,10 @@ class _Planner:
 
 
 def _select(
-    planner: _Planner, scorer: TargetScorer, edit_language: str, n_edits: int
+    planner: _Planner, scorer: TargetScorer, edit_language: str, n_edits: int, exclude: set[str]
 ) -> list[tuple[ParsedItem, dict]]:
     """The first `n_edits` candidates (in `"gold"` mode: the first the unedited model gets wrong in `l_e`)."""
-    candidates = planner.candidates(edit_language)
+    candidates = planner.candidates(edit_language, exclude)
     if planner.new_target == "alternative":
         chosen = list(itertools.islice(candidates, n_edits))
         if len(chosen) < n_edits:
@@ -145,10 +148,12 @@ def _select(
     return chosen[:n_edits]
 
 
-def _plan(planner: _Planner, scorer: TargetScorer, edit_languages: list[str], n_edits: int, n_retain: int):
-    plans = []
+def _plan(planner: _Planner, scorer: TargetScorer, edit_languages: list[str], n_edits: int, n_retain: int,
+          distinct: bool):  # fmt: skip
+    plans, used = [], set()
     for language in edit_languages:
-        for item, labels in _select(planner, scorer, language, n_edits):
+        for item, labels in _select(planner, scorer, language, n_edits, used if distinct else set()):
+            used.add(item.id)
             retain = planner.retain_items(item, n_retain)
             plans.append(_EditPlan(f"{language}:{item.id}", item, language, dict(labels), retain))
     if not plans:
@@ -230,6 +235,7 @@ def evaluate_editor(
     n_retain: int = 8,
     new_target: str = "alternative",
     scoring: str = "open",
+    distinct_facts: bool = False,
     seed: int = 0,
     label2id: Mapping[str, int] | None = None,
     max_length: int = 128,
@@ -272,6 +278,9 @@ def evaluate_editor(
             (masked LMs): the best of the relation's objects in that language (those of the evaluated items), each
             candidate scored by the mean log-probability of its tokens (mLAMA's typed querying; see
             `hf_lime.evaluation.candidates`).
+        distinct_facts (`bool`, *optional*, defaults to `False`): `False` edits the same items in every edit
+            language (a paired design across edit languages); `True` gives each edit language its own items (no
+            fact is edited twice, so `len(edit_languages) × n_edits` distinct facts are edited).
         seed (`int`, *optional*, defaults to `0`): Seed of the item, target and retain selection (and bootstrap).
         label2id (`Mapping[str, int]`, *optional*): Class name to id for `"seq_cls"`; defaults to the model
             config's `label2id`.
@@ -313,7 +322,8 @@ def evaluate_editor(
     parsed = _parse_items(items, set(edit_languages) | set(eval_languages))
     label2id = label2id if label2id is not None else model_label2id(model, task)
     scorer = make_scorer(scoring, model, tokenizer, task, label2id, max_length, batch_size, parsed)
-    plans = _plan(_Planner(parsed, eval_languages, new_target, seed), scorer, edit_languages, n_edits, n_retain)
+    planner = _Planner(parsed, eval_languages, new_target, seed)
+    plans = _plan(planner, scorer, edit_languages, n_edits, n_retain, distinct_facts)
     scorer.base([(item, language) for plan in plans for item in plan.retain for language in eval_languages])
     records: dict[str, list[str]] = {name: [] for name in RECORD_FIELDS}
     from tqdm.auto import tqdm
@@ -322,7 +332,7 @@ def evaluate_editor(
         _run_edit(model, scorer, plan, eval_languages, records)
     metrics = compute_xl_edit_metrics(**records, bootstrap=bootstrap, seed=seed)
     settings = _settings(model, task, edit_languages, eval_languages, plans, n_edits, n_retain, new_target, seed)
-    settings["scoring"] = scoring
+    settings.update(scoring=scoring, distinct_facts=distinct_facts, n_facts=len({plan.item.id for plan in plans}))
     return EvaluationResult(metrics=metrics, settings=settings, records=records if return_records else None)
 
 
