@@ -6,7 +6,9 @@ edited layers record their inputs `x` and output gradients `δ`; the gradient of
 - `"sgd"` keeps the update **exactly low-rank**: step `k` appends the factors `B_k = -lr δ_kᵀ`, `A_k = x_k` (tokens
   whose gradient is exactly zero are dropped; they contribute nothing). When the accumulated rank would make the
   factors larger than a dense matrix, the update is stored densely from then on (same values, cheaper to keep).
-- `"adam"` keeps a dense `ΔW` per layer, stepped by `torch.optim.Adam` with the same gradients.
+- `"adam"` and `"rmsprop"` keep a dense `ΔW` per layer, stepped by `torch.optim.Adam` / `torch.optim.RMSprop` with
+  the same gradients. The LiME reference code's FT baseline is RMSprop at 5e-6 for up to 100 steps, stopping once
+  the whole target is right: `LimeConfig(editor="ft", ft_optimizer="rmsprop", ft_lr=5e-6, ft_steps=100)`.
 
 With `early_stop`, fine-tuning stops as soon as every target of every row is the model's argmax. With `loc_coef > 0`
 and retain inputs, the loss adds `loc_coef · KL(f_base(retain) ‖ f_edited(retain))` over non-padding positions.
@@ -25,7 +27,8 @@ import torch
 from ..editing import EditInfo, LayerDelta
 from .base import BaseEditor, EditorOutput, LayerSpec
 
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "adam", "rmsprop")
+_TORCH_OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop}
 
 
 @dataclass
@@ -45,7 +48,8 @@ class FineTuneEditor(BaseEditor):
         layers (`list[LayerSpec]`): The edited layers.
         steps (`int`, *optional*, defaults to `10`): Maximum number of optimiser steps (`ft_steps`).
         lr (`float`, *optional*, defaults to `1e-3`): Step size (`ft_lr`).
-        optimizer (`str`, *optional*, defaults to `"sgd"`): `"sgd"` (exactly low-rank) or `"adam"` (dense).
+        optimizer (`str`, *optional*, defaults to `"sgd"`): `"sgd"` (exactly low-rank), `"adam"` or `"rmsprop"`
+            (dense).
         early_stop (`bool`, *optional*, defaults to `True`): Stop once every target is predicted (`ft_early_stop`).
         loc_coef (`float`, *optional*, defaults to `0.0`): Weight of the KL on retain inputs (`ft_loc_coef`).
 
@@ -85,7 +89,10 @@ class FineTuneEditor(BaseEditor):
 
     def compute_deltas(self, ctx) -> EditorOutput:
         retain, base_logits = self._retain_reference(ctx)
-        update = _SgdUpdate(self.layers, self.lr) if self.optimizer == "sgd" else _AdamUpdate(self.lr)
+        if self.optimizer == "sgd":
+            update = _SgdUpdate(self.layers, self.lr)
+        else:
+            update = _DenseUpdate(_TORCH_OPTIMIZERS[self.optimizer], self.lr)
         info = EditInfo(steps=0)
         losses = []
         for step in range(self.steps + 1):
@@ -153,13 +160,13 @@ class _SgdUpdate:
             self.factors[key] = LayerDelta(B=B @ A) if dense_is_smaller else LayerDelta(B=B, A=A)
 
 
-class _AdamUpdate:
-    """Adam on a dense `ΔW` per edited layer."""
+class _DenseUpdate:
+    """A torch optimizer (Adam, RMSprop) on a dense `ΔW` per edited layer."""
 
-    def __init__(self, lr: float) -> None:
+    def __init__(self, optimizer_cls: type[torch.optim.Optimizer], lr: float) -> None:
         self.params: dict[str, torch.Tensor] = {}
-        self.lr = lr
-        self.optim: torch.optim.Adam | None = None
+        self.optimizer_cls, self.lr = optimizer_cls, lr
+        self.optim: torch.optim.Optimizer | None = None
 
     def deltas(self) -> dict[str, LayerDelta]:
         return {key: LayerDelta(B=p.detach()) for key, p in self.params.items()}
@@ -170,7 +177,7 @@ class _AdamUpdate:
                 key: torch.zeros(d.shape[1], x.shape[1], dtype=x.dtype, device=x.device, requires_grad=True)
                 for key, (x, d) in grads.items()
             }
-            self.optim = torch.optim.Adam(list(self.params.values()), lr=self.lr)
+            self.optim = self.optimizer_cls(list(self.params.values()), lr=self.lr)
         for key, param in self.params.items():
             x, delta = grads[key]
             param.grad = delta.T @ x

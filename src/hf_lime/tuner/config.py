@@ -13,7 +13,7 @@ from ..masks import MASK_SCOPES
 
 PEFT_TYPE = "LIME"
 EDITORS = ("mend", "ke", "ft")
-FT_OPTIMIZERS = ("sgd", "adam")
+FT_OPTIMIZERS = ("sgd", "adam", "rmsprop")
 
 # Feed-forward linears per model family (`config.model_type`). Only the layer *kind* is chosen here; which layers
 # are edited is `layers_to_transform` (by default the top `num_top_layers`).
@@ -106,7 +106,8 @@ class LimeConfig(PeftConfig):
         ft_lr (`float`, *optional*, defaults to `1e-3`):
             Step size of the fine-tuning editor.
         ft_optimizer (`str`, *optional*, defaults to `"sgd"`):
-            `"sgd"` (the edit stays exactly low-rank) or `"adam"` (a dense update).
+            `"sgd"` (the edit stays exactly low-rank), `"adam"` or `"rmsprop"` (dense updates). The LiME reference's
+            FT baseline is `ft_optimizer="rmsprop", ft_lr=5e-6, ft_steps=100` (with `ft_early_stop=True`).
         ft_early_stop (`bool`, *optional*, defaults to `True`):
             Stop fine-tuning as soon as every target of the edit is predicted.
         ft_loc_coef (`float`, *optional*, defaults to `0.0`):
@@ -174,8 +175,8 @@ class LimeConfig(PeftConfig):
     ke_rank: int = field(default=1, metadata={"help": "Rank of KnowledgeEditor's additive shift term."})
     ft_steps: int = field(default=10, metadata={"help": "Maximum optimisation steps of the fine-tuning editor."})
     ft_lr: float = field(default=1e-3, metadata={"help": "Step size of the fine-tuning editor."})
-    ft_optimizer: Literal["sgd", "adam"] = field(
-        default="sgd", metadata={"help": "'sgd' (exactly low-rank edits) or 'adam' (dense edits)."}
+    ft_optimizer: Literal["sgd", "adam", "rmsprop"] = field(
+        default="sgd", metadata={"help": "'sgd' (exactly low-rank edits), 'adam' or 'rmsprop' (dense edits)."}
     )
     ft_early_stop: bool = field(default=True, metadata={"help": "Stop fine-tuning once the edit holds."})
     ft_loc_coef: float = field(
