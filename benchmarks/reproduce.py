@@ -1,27 +1,40 @@
 """Reproduction study: do the LiME paper's claims hold with a real multilingual model on real parallel data?
 
-Grid: editors {FT, KE, MEND} × training {monolingual en → en, all → all} × LiME {off, on} × seeds, on mLAMA (with the
-`me5-small-facts` masked LM trained on the same training split) and XNLI (with the `me5-small-xnli` classifier).
-FT is not trained (one row per dataset and seed). Every run writes `runs/<id>.json`; finished runs are skipped, so
-the study is resumable. At the end `summary.md` / `summary.json` aggregate over seeds.
+Every run trains (or not) one editor configuration and evaluates it on the same edits as every other configuration of
+its seed, so runs pair. A configuration is `<editor>-<training>-<mask>`:
 
-    python benchmarks/reproduce.py --output_dir outputs/reproduce          # the full default grid (hours on CPU)
-    python benchmarks/reproduce.py --datasets mlama --editors mend --seeds 0 --steps 100   # a quick slice
+- editors `mend`, `ke` (trained) and the fine-tuning baselines `ft_reference` (RMSprop 5e-6, up to 100 steps, stop
+  when the target is right: the LiME reference code's FT), `ft_tuned` (Adam, the step size and step count found by
+  the search in docs/results.md) and `ft_loc` (`ft_tuned` plus the locality term on retain inputs);
+- training `all` (all → all episodes), `monolingual` (en → en) or `untrained` (FT);
+- mask `off`, `language` (LiME: one mask row per language) or `shared` (one row for every language: the control).
 
-Claims checked (paper, Findings of ACL 2023): (a) monolingually trained editors fail to propagate edits to other
-languages; (b) cross-lingual (all → all) training improves transfer by a large margin; (c) LiME lowers the failure
-rate further and narrows the language gap.
+Each run writes `<runs_dir>/<dataset>-<config>-seed<seed>.json` (small, committed: dataset, editor, training, mask,
+seed, episodes, n_facts, metrics with grouped intervals, commit) and its records, gzipped, beside it (for paired
+comparisons). Finished runs are skipped, so the grid is resumable across sessions. `--summary_only` writes
+`summary.md` from the run files: per-configuration tables (mean ± std over seeds) and the paired differences behind the
+paper's claims, each with its grouped interval.
+
+    # item 6 of the editors issue: LiME-MEND all -> all and the monolingual editor, paired, on mLAMA
+    python benchmarks/reproduce.py --configs mend-all-language mend-monolingual-off --seeds 0
+    python benchmarks/reproduce.py --summary_only
+
+Evaluation: `distinct_facts=True` (each editing language edits its own facts, `n_edits` per language), answers ranked
+among the relation's objects (`scoring="candidates"`), `n_retain` unrelated facts per edit, 1000 grouped bootstrap
+resamples. The base model (`me5-small-facts`) learns every fact of the loaded mLAMA subset first (`fact_split="all"`):
+it knows the facts an editor is asked to change, as a pretrained LM would.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import logging
+import subprocess
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from peft import get_peft_model
 from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer, set_seed
@@ -29,39 +42,54 @@ from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassificatio
 from hf_lime import LimeConfig
 from hf_lime.data import load_mlama, load_xnli
 from hf_lime.data.episodes import EpisodeCollator, EpisodeDataset
-from hf_lime.evaluation import evaluate_editor, save_report
+from hf_lime.evaluation import evaluate_editor
 from hf_lime.models.prepare import prepare_model
 from hf_lime.tasks import model_label2id
 from hf_lime.trainer import LimeTrainer, LimeTrainingArguments
+from hf_lime.trainer.curves import plot_training_curves
 
 logger = logging.getLogger("reproduce")
+REPO = Path(__file__).resolve().parents[1]
 MLAMA_LANGUAGES = ["en", "fr", "de", "es", "ru", "zh", "ar", "ja"]
 XNLI_LANGUAGES = ["en", "fr", "de", "es", "ru", "zh", "ar", "hi"]
 # Relations present in all eight default languages of the mLAMA release (P30, P103, P140 are missing in some).
 RELATIONS = ["P17", "P19", "P20", "P27", "P36", "P37", "P106", "P138", "P176", "P364", "P407", "P495"]
-KEYS = ("reliability", "transfer", "edit_success", "locality", "hmean", "language_gap", "language_std")
+FT_SETTINGS = {
+    "ft_reference": {"ft_optimizer": "rmsprop", "ft_lr": 5e-6, "ft_steps": 100},
+    "ft_tuned": {"ft_optimizer": "adam", "ft_lr": 1e-3, "ft_steps": 20},
+    "ft_loc": {"ft_optimizer": "adam", "ft_lr": 1e-3, "ft_steps": 20, "ft_loc_coef": 1.0},
+}
+DEFAULT_CONFIGS = [
+    *(f"mend-{t}-{m}" for t in ("monolingual", "all") for m in ("off", "language", "shared")),
+    *(f"ke-{t}-{m}" for t in ("monolingual", "all") for m in ("off", "language")),
+    *(f"{ft}-untrained-off" for ft in FT_SETTINGS),
+]
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output_dir", default="outputs/reproduce")
+    p.add_argument("--output_dir", default="outputs/reproduce", help="Models, checkpoints, reports (not committed).")
+    p.add_argument("--runs_dir", default="docs/results/runs", help="Where the run files go (committed).")
     p.add_argument("--data_dir", default="../shared/data")
-    p.add_argument("--datasets", nargs="+", default=["mlama", "xnli"])
-    p.add_argument("--editors", nargs="+", default=["ft", "ke", "mend"])
-    p.add_argument("--settings", nargs="+", default=["monolingual", "all"])
-    p.add_argument("--lime", nargs="+", default=["off", "on"])
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    p.add_argument("--steps", type=int, default=300, help="Editor training steps per run.")
-    p.add_argument("--episodes_per_step", type=int, default=4, help="Training episodes per optimizer step.")
-    p.add_argument("--model_steps", type=int, default=None, help="Steps of the base-model recipes (default theirs).")
+    p.add_argument("--datasets", nargs="+", default=["mlama"])
+    p.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--max_steps", type=int, default=2000, help="Editor optimizer steps at most (early stopping).")
+    p.add_argument("--eval_steps", type=int, default=100, help="Validate (and checkpoint) every this many steps.")
+    p.add_argument("--patience", type=int, default=4, help="Validations without improvement before stopping.")
+    p.add_argument("--learning_rate", type=float, default=1e-5)
+    p.add_argument("--edit_lr_init", type=float, default=3e-4)
+    p.add_argument("--c_edit", type=float, default=1.0)
+    p.add_argument("--model_steps", type=int, default=2000, help="Steps of the base fact model.")
     p.add_argument("--mlama_languages", nargs="+", default=MLAMA_LANGUAGES)
     p.add_argument("--xnli_languages", nargs="+", default=XNLI_LANGUAGES)
     p.add_argument("--relations", nargs="+", default=RELATIONS)
     p.add_argument("--max_per_relation", type=int, default=150)
-    p.add_argument("--n_edits", type=int, default=20, help="Test edits per editing language.")
-    p.add_argument("--bootstrap", type=int, default=200)
-    p.add_argument("--mend_rank", type=int, default=384)
-    p.add_argument("--summary_only", action="store_true", help="Only aggregate the finished runs of the grid.")
+    p.add_argument("--n_edits", type=int, default=25, help="Test edits (distinct facts) per editing language.")
+    p.add_argument("--n_retain", type=int, default=5)
+    p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--summary_only", action="store_true", help="Only write the summary from the finished runs.")
     return p.parse_args()
 
 
@@ -73,139 +101,122 @@ def load_task(dataset: str, args) -> dict:
         splits = load_mlama(args.data_dir, languages, relations=args.relations,
                             max_per_relation=args.max_per_relation, seed=0)  # fmt: skip
         folder = prepare_model("me5-small-facts", models / "me5-small-facts-mlama", dataset=splits,
-                               languages=languages, steps=args.model_steps)  # fmt: skip
+                               languages=languages, steps=args.model_steps, fact_split="all",
+                               learning_rate=3e-4)  # fmt: skip
         return {"task": "masked_lm", "languages": languages, "splits": splits, "folder": folder,
-                "auto": AutoModelForMaskedLM, "new_target": "alternative"}  # fmt: skip
+                "auto": AutoModelForMaskedLM, "new_target": "alternative", "scoring": "candidates"}  # fmt: skip
     languages = list(args.xnli_languages)
     splits = load_xnli(args.data_dir, languages, seed=0)
-    folder = prepare_model("me5-small-xnli", models / "me5-small-xnli", data_dir=args.data_dir,
-                           languages=languages, steps=args.model_steps)  # fmt: skip
+    folder = prepare_model("me5-small-xnli", models / "me5-small-xnli", data_dir=args.data_dir, languages=languages)
     return {"task": "seq_cls", "languages": languages, "splits": splits, "folder": folder,
-            "auto": AutoModelForSequenceClassification, "new_target": "gold"}  # fmt: skip
+            "auto": AutoModelForSequenceClassification, "new_target": "gold", "scoring": "open"}  # fmt: skip
+
+
+def parse_config(name: str) -> dict:
+    editor, training, mask = name.split("-")
+    if editor not in ("mend", "ke", *FT_SETTINGS) or training not in ("all", "monolingual", "untrained"):
+        raise ValueError(f"Unknown configuration {name!r}: <mend|ke|ft_*>-<all|monolingual|untrained>-<mask>.")
+    if mask not in ("off", "language", "shared"):
+        raise ValueError(f"Unknown mask {mask!r} in {name!r}: off, language or shared.")
+    return {"editor": editor, "training": training, "mask": mask}
+
+
+def lime_config(run: dict, languages: list[str], args) -> LimeConfig:
+    if run["editor"] in FT_SETTINGS:
+        return LimeConfig(languages=languages, editor="ft", use_lime_mask=False, **FT_SETTINGS[run["editor"]])
+    return LimeConfig(languages=languages, editor=run["editor"], use_lime_mask=run["mask"] != "off",
+                      mask_scope="shared" if run["mask"] == "shared" else "language",
+                      mend_center=True, edit_lr_init=args.edit_lr_init)  # fmt: skip
+
+
+def train(model, tokenizer, task: dict, run: dict, args, run_dir: Path) -> LimeTrainer:
+    languages = task["languages"]
+    roles = ({"edit_languages": ["en"], "update_languages": ["en"], "retain_languages": ["en"]}
+             if run["training"] == "monolingual" else {})  # fmt: skip
+    collator = EpisodeCollator(tokenizer, task["task"], label2id=model_label2id(model, task["task"]), max_length=64)
+    train_args = LimeTrainingArguments(
+        output_dir=str(run_dir / "checkpoints"), max_steps=args.max_steps, per_device_train_batch_size=1,
+        learning_rate=args.learning_rate, lr_scheduler_type="constant", max_grad_norm=100.0, c_edit=args.c_edit,
+        c_loc=1.0, logging_steps=10, eval_strategy="steps", eval_steps=args.eval_steps, save_strategy="steps",
+        save_steps=args.eval_steps, save_total_limit=2, load_best_model_at_end=True,
+        early_stopping_patience=args.patience, seed=run["seed"], use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=True, report_to="none",
+    )  # fmt: skip
+    trainer = LimeTrainer(
+        model=model, args=train_args, data_collator=collator,
+        train_dataset=EpisodeDataset(task["splits"]["train"], languages, n_retain=4, seed=run["seed"], **roles),
+        eval_dataset=EpisodeDataset(task["splits"]["validation"], languages, n_retain=4, seed=run["seed"] + 1000,
+                                    num_episodes=40, **roles),
+    )  # fmt: skip
+    trainer.train()
+    plot_training_curves(trainer.state.log_history, run_dir / "training_curves.png")
+    return trainer
+
+
+def commit() -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+
+
+def run_one(run: dict, task: dict, args) -> tuple[dict, dict]:
+    set_seed(run["seed"])
+    start = time.time()
+    run_dir = Path(args.output_dir) / run["id"]
+    tokenizer = AutoTokenizer.from_pretrained(task["folder"])
+    base = task["auto"].from_pretrained(task["folder"], attn_implementation="eager")
+    model = get_peft_model(base, lime_config(run, task["languages"], args))
+    episodes = best = None
+    if run["training"] != "untrained":
+        trainer = train(model, tokenizer, task, run, args, run_dir)
+        episodes, best = trainer.state.global_step, trainer.state.best_model_checkpoint
+    model.eval()
+    result = evaluate_editor(
+        model, tokenizer, task["splits"]["test"], task["task"], languages=task["languages"], n_edits=args.n_edits,
+        n_retain=args.n_retain, new_target=task["new_target"], scoring=task["scoring"], distinct_facts=True,
+        seed=run["seed"], max_length=64, bootstrap=args.bootstrap, progress=False, return_records=True,
+    )  # fmt: skip
+    summary = {
+        **{k: run[k] for k in ("id", "dataset", "editor", "training", "mask", "seed")},
+        "episodes": episodes, "best_checkpoint": best and Path(best).name, "n_facts": result.settings["n_facts"],
+        "n_edits": result.metrics["n_edits"], "metrics": result.metrics, "settings": result.settings,
+        "training_args": {k: getattr(args, k) for k in ("max_steps", "eval_steps", "patience", "learning_rate",
+                                                         "edit_lr_init", "c_edit")},
+        "commit": commit(), "wall_s": round(time.time() - start, 1),
+    }  # fmt: skip
+    return summary, result.records
 
 
 def grid(args) -> list[dict]:
-    runs = []
-    for dataset in args.datasets:
-        for editor in args.editors:
-            settings = ["untrained"] if editor == "ft" else args.settings
-            limes = ["off"] if editor == "ft" else args.lime
-            for setting in settings:
-                for lime in limes:
-                    for seed in args.seeds:
-                        run_id = f"{dataset}-{editor}-{setting}-lime_{lime}-seed{seed}"
-                        runs.append(dict(id=run_id, dataset=dataset, editor=editor, setting=setting, lime=lime,
-                                         seed=seed))  # fmt: skip
-    return runs
-
-
-def train(model, tokenizer, task_info: dict, run: dict, args, run_dir: Path) -> int:
-    languages = task_info["languages"]
-    roles = ({"edit_languages": ["en"], "update_languages": ["en"], "retain_languages": ["en"]}
-             if run["setting"] == "monolingual" else {})  # fmt: skip
-    label2id = model_label2id(model, task_info["task"])
-    train_args = LimeTrainingArguments(
-        output_dir=str(run_dir / "checkpoints"), max_steps=args.steps,
-        per_device_train_batch_size=args.episodes_per_step,
-        learning_rate=1e-4, logging_steps=25, save_strategy="no", seed=run["seed"],
-        use_cpu=not torch.cuda.is_available(), c_edit=1.0, c_loc=1.0, disable_tqdm=True,
-    )  # fmt: skip
-    trainer = LimeTrainer(
-        model=model, args=train_args,
-        train_dataset=EpisodeDataset(task_info["splits"]["train"], languages, n_retain=4, seed=run["seed"], **roles),
-        data_collator=EpisodeCollator(tokenizer, task_info["task"], label2id=label2id, max_length=64),
-    )  # fmt: skip
-    trainer.train()
-    return trainer.state.global_step
-
-
-def run_one(run: dict, task_info: dict, args, out: Path) -> dict:
-    set_seed(run["seed"])
-    start = time.time()
-    tokenizer = AutoTokenizer.from_pretrained(task_info["folder"])
-    base = task_info["auto"].from_pretrained(task_info["folder"], attn_implementation="eager")
-    config = LimeConfig(languages=task_info["languages"], editor=run["editor"], use_lime_mask=run["lime"] == "on",
-                        mend_rank=args.mend_rank, edit_lr_init=1e-3)  # fmt: skip
-    model = get_peft_model(base, config)
-    steps = 0 if run["editor"] == "ft" else train(model, tokenizer, task_info, run, args, out / run["id"])
-    model.eval()
-    result = evaluate_editor(
-        model, tokenizer, task_info["splits"]["test"], task_info["task"], languages=task_info["languages"],
-        n_edits=args.n_edits, n_retain=8, new_target=task_info["new_target"], seed=run["seed"], max_length=64,
-        bootstrap=args.bootstrap, progress=False,
-    )  # fmt: skip
-    save_report(result, out / run["id"])
-    return {**run, "steps": steps, "wall_s": round(time.time() - start, 1), "metrics": result.metrics}
-
-
-def summarise(results: list[dict], out: Path) -> None:
-    groups: dict[tuple, list[dict]] = {}
-    for r in results:
-        groups.setdefault((r["dataset"], r["editor"], r["setting"], r["lime"]), []).append(r)
-    lines = ["| dataset | editor | training | LiME | seeds | " + " | ".join(KEYS) + " | wall s |",
-             "|" + "---|" * (len(KEYS) + 6)]  # fmt: skip
-    summary = []
-    for key, rows in sorted(groups.items()):
-        cells, row = [], dict(zip(("dataset", "editor", "setting", "lime"), key, strict=True), seeds=len(rows))
-        for name in KEYS:
-            values = np.array([float(r["metrics"][name]) for r in rows])
-            row[name] = [float(np.nanmean(values)), float(np.nanstd(values))]
-            cells.append(f"{row[name][0]:.3f} ± {row[name][1]:.3f}")
-        row["wall_s"] = float(np.mean([r["wall_s"] for r in rows]))
-        summary.append(row)
-        lines.append(f"| {' | '.join(key)} | {len(rows)} | " + " | ".join(cells) + f" | {row['wall_s']:.0f} |")
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    for dataset in sorted({row["dataset"] for row in summary}):
-        plot_summary([row for row in summary if row["dataset"] == dataset], out / f"summary_{dataset}.png")
-    logger.info("\n%s", "\n".join(lines))
-
-
-def plot_summary(rows: list[dict], path: Path) -> Path:
-    """Bars of reliability / transfer / locality (mean ± std over seeds) for each grid row of one dataset."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    names = ("reliability", "transfer", "locality")
-    labels = [f"{r['editor'].upper()}\n{r['setting']}\nLiME {r['lime']}" for r in rows]
-    figure = Figure(figsize=(max(5.0, 1.2 * len(rows) + 1.5), 3.8), layout="constrained")
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    positions = np.arange(len(rows))
-    for offset, name in zip((-0.27, 0.0, 0.27), names, strict=True):
-        means = [r[name][0] for r in rows]
-        stds = [r[name][1] for r in rows]
-        axes.bar(positions + offset, means, width=0.27, yerr=stds, capsize=2, label=name)
-    axes.set_xticks(positions, labels, fontsize=7)
-    axes.set_ylim(0, 1)
-    axes.set_ylabel("mean over seeds (± std)")
-    axes.set_title(f"{rows[0]['dataset']}: edits made in one language, scored in all")
-    axes.legend(fontsize=7, ncols=3, loc="upper right")
-    figure.savefig(path, dpi=130)
-    return path
+    return [
+        {"id": f"{dataset}-{name}-seed{seed}", "dataset": dataset, "seed": seed, **parse_config(name)}
+        for dataset in args.datasets
+        for name in args.configs
+        for seed in args.seeds
+    ]
 
 
 def main() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    out = Path(args.output_dir)
-    (out / "runs").mkdir(parents=True, exist_ok=True)
-    tasks: dict[str, dict] = {}
-    results = []
-    for run in grid(args):
-        path = out / "runs" / f"{run['id']}.json"
-        if path.exists():
-            results.append(json.loads(path.read_text()))
-            continue
-        if args.summary_only:
-            continue
-        if run["dataset"] not in tasks:
-            tasks[run["dataset"]] = load_task(run["dataset"], args)
-        logger.info("run %s", run["id"])
-        result = run_one(run, tasks[run["dataset"]], args, out)
-        path.write_text(json.dumps(result, indent=2, default=float))
-        results.append(result)
-    summarise(results, out)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    runs_dir = Path(args.runs_dir)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    if not args.summary_only:
+        tasks: dict[str, dict] = {}
+        for run in grid(args):
+            path = runs_dir / f"{run['id']}.json"
+            if path.exists():
+                continue
+            if run["dataset"] not in tasks:
+                tasks[run["dataset"]] = load_task(run["dataset"], args)
+            logger.info("run %s", run["id"])
+            summary, records = run_one(run, tasks[run["dataset"]], args)
+            with gzip.open(runs_dir / f"{run['id']}.records.json.gz", "wt", encoding="utf-8") as handle:
+                json.dump(records, handle)
+            path.write_text(json.dumps(summary, indent=2, default=float))
+    from summarise_runs import summarise
+
+    summarise(runs_dir, Path(args.runs_dir).parent)
 
 
 if __name__ == "__main__":

@@ -104,3 +104,21 @@ def test_retain_kl_is_zero_for_identical_logits_and_agreement_counts_rows():
     shifted.logits[0] = shifted.logits[0].roll(1)  # row 0's only target token now predicts something else
     assert retain_kl(base, shifted).item() > 0
     assert retain_agreement(base, shifted) == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_concatenated_batches_give_each_rows_own_logits(family):
+    """The episode scores update and retain rows in one forward: right padding changes no row's target logits."""
+    from hf_lime.trainer.episode import concat_batches
+
+    task = FAMILIES[family].task
+    model = build_model(family)
+    short = make_batch(task, batch_size=2, seq_len=6, seed=1)
+    long = make_batch(task, batch_size=3, seq_len=9, seed=2, target=9)
+    with torch.no_grad():
+        both = target_logits(model, concat_batches([short, long]), task)
+        first, second = both.split_rows(2)
+        for part, batch in ((first, short), (second, long)):
+            alone = target_logits(model, batch, task)
+            torch.testing.assert_close(part.logits, alone.logits, rtol=1e-4, atol=1e-5)
+            assert torch.equal(part.targets, alone.targets) and part.counts == alone.counts

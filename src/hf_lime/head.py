@@ -91,6 +91,12 @@ class TargetLogits:
         """Mean cross-entropy over the target tokens (what the transformers LM and classification heads return)."""
         return F.cross_entropy(self.logits.float(), self.targets)
 
+    def split_rows(self, n: int) -> tuple[TargetLogits, TargetLogits]:
+        """The first `n` batch rows and the rest, as two `TargetLogits`."""
+        cut = sum(self.counts[:n])
+        head = TargetLogits(self.logits[:cut], self.targets[:cut], self.counts[:n])
+        return head, TargetLogits(self.logits[cut:], self.targets[cut:], self.counts[n:])
+
     def predictions(self) -> list[list[int]]:
         """Argmax ids per row."""
         return [row.tolist() for row in self.logits.argmax(-1).split(self.counts)]

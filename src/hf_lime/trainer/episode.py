@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..data.encoding import IGNORE_INDEX
 from ..head import TargetLogits, target_logits
 
 # Logged metric names, defined once (see docs/training.md).
@@ -52,6 +53,27 @@ def retain_agreement(base: TargetLogits, edited: TargetLogits) -> float:
     return sum(flags) / max(len(flags), 1)
 
 
+def concat_batches(batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack padded batches row-wise, padding the shorter ones on the right (attention 0, labels -100, id 0).
+
+    Right padding past a row's real tokens changes none of their outputs (masked attention; causal models look
+    left only), so the rows give what they gave in their own batches.
+    """
+    width = max(batch["input_ids"].shape[1] for batch in batches)
+    keys = [key for key in batches[0] if key != "lang_ids"]
+    out = {}
+    for key in keys:
+        parts = []
+        for batch in batches:
+            value = batch[key]
+            if value.dim() == 2 and value.shape[1] < width:
+                fill = IGNORE_INDEX if key == "labels" else 0
+                value = F.pad(value, (0, width - value.shape[1]), value=fill)
+            parts.append(value)
+        out[key] = torch.cat(parts)
+    return out
+
+
 def run_episode(peft_model, episode: dict[str, dict], task: str, c_edit: float, c_loc: float, c_l0: float):
     """
     Compute one episode's loss and metrics through the functional path (the base model is never modified).
@@ -75,8 +97,11 @@ def run_episode(peft_model, episode: dict[str, dict], task: str, c_edit: float, 
             base = target_logits(peft_model, retain, task)
     output = tuner.compute_edit(edit_batch, languages)
     with tuner.apply_deltas(output.deltas):
-        post = target_logits(peft_model, update, task)
-        edited = target_logits(peft_model, retain, task) if has_retain else None
+        if has_retain:  # one forward for both: the same edit applies to every row
+            both = target_logits(peft_model, concat_batches([update, retain]), task)
+            post, edited = both.split_rows(update["input_ids"].shape[0])
+        else:
+            post, edited = target_logits(peft_model, update, task), None
     loss_edit = post.loss()
     loss_loc = retain_kl(base, edited) if has_retain else loss_edit.new_zeros(())
     loss_l0 = tuner.l0_penalty(edit["lang_ids"]).to(loss_edit.device)

@@ -1,0 +1,118 @@
+"""Tables and paired comparisons from the run files of `benchmarks/reproduce.py` (`docs/results/runs/`).
+
+    python benchmarks/summarise_runs.py --runs_dir docs/results/runs      # writes docs/results/summary.md
+
+For every configuration: the metrics (mean ± std over seeds; with one seed, the grouped 95 % interval). For every claim
+of the paper, the paired difference of two configurations evaluated on the same edits (same dataset and seed), with
+its grouped bootstrap interval (`hf_lime.metrics.compare_xl_edit_metrics`) and the verdict that interval supports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+
+from hf_lime.metrics import compare_xl_edit_metrics
+
+KEYS = ("reliability", "transfer", "locality", "edit_success", "hmean", "language_gap")
+# (claim, metric, baseline configuration, candidate configuration, the sign the claim predicts)
+CLAIMS = [
+    ("(b) cross-lingual training raises transfer (MEND)", "transfer", "mend-monolingual-off", "mend-all-off", 1),
+    ("(b) cross-lingual training raises transfer (LiME-MEND)", "transfer", "mend-monolingual-language",
+     "mend-all-language", 1),
+    ("(b) LiME-MEND all vs the monolingual editor", "transfer", "mend-monolingual-off", "mend-all-language", 1),
+    ("(c1) LiME lowers the failure rate (MEND all)", "edit_success", "mend-all-off", "mend-all-language", 1),
+    ("(c1) ... with a shared mask (control)", "edit_success", "mend-all-off", "mend-all-shared", 1),
+    ("(c1) language-specific vs shared mask", "edit_success", "mend-all-shared", "mend-all-language", 1),
+    ("(c2) LiME narrows the language gap (MEND all)", "language_gap", "mend-all-off", "mend-all-language", -1),
+    ("(c1) LiME lowers the failure rate (KE all)", "edit_success", "ke-all-off", "ke-all-language", 1),
+    ("locality: LiME-MEND all vs MEND all", "locality", "mend-all-off", "mend-all-language", 1),
+]  # fmt: skip
+
+
+def load_runs(runs_dir: Path) -> list[dict]:
+    return [json.loads(path.read_text()) for path in sorted(runs_dir.glob("*.json"))]
+
+
+def records(runs_dir: Path, run_id: str) -> dict:
+    with gzip.open(runs_dir / f"{run_id}.records.json.gz", "rt", encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def config_of(run: dict) -> str:
+    return f"{run['editor']}-{run['training']}-{run['mask']}"
+
+
+def _cell(runs: list[dict], key: str) -> str:
+    values = np.array([float("nan") if r["metrics"][key] is None else r["metrics"][key] for r in runs], dtype=float)
+    if len(runs) == 1:
+        ci = runs[0]["metrics"].get("ci", {}).get(key)
+        return f"{values[0]:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+    return f"{np.nanmean(values):.3f} ± {np.nanstd(values):.3f}"
+
+
+def table(runs: list[dict]) -> list[str]:
+    lines = ["| dataset | configuration | seeds | facts | episodes | " + " | ".join(KEYS) + " |",
+             "|" + "---|" * (len(KEYS) + 5)]  # fmt: skip
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for run in runs:
+        groups.setdefault((run["dataset"], config_of(run)), []).append(run)
+    for (dataset, config), rows in sorted(groups.items()):
+        episodes = "/".join(str(r["episodes"]) for r in rows if r["episodes"] is not None) or "–"
+        cells = " | ".join(_cell(rows, key) for key in KEYS)
+        lines.append(f"| {dataset} | {config} | {len(rows)} | {rows[0]['n_facts']} | {episodes} | {cells} |")
+    return lines
+
+
+def verdict(low: float, high: float, sign: int) -> str:
+    if low > 0:
+        return "holds" if sign > 0 else "reversed"
+    if high < 0:
+        return "holds" if sign < 0 else "reversed"
+    return "not shown (interval contains 0)"
+
+
+def comparisons(runs: list[dict], runs_dir: Path, bootstrap: int) -> list[str]:
+    by_key = {(r["dataset"], config_of(r), r["seed"]): r for r in runs}
+    lines = ["| claim | dataset | seed | metric | baseline | candidate | difference [95 % CI] | verdict |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for claim, metric, base, cand, sign in CLAIMS:
+        for (dataset, config, seed), run in sorted(by_key.items()):
+            if config != base or (dataset, cand, seed) not in by_key:
+                continue
+            a, b = records(runs_dir, run["id"]), records(runs_dir, by_key[(dataset, cand, seed)]["id"])
+            groups = a.pop("group_ids", None)
+            b.pop("group_ids", None)
+            result = compare_xl_edit_metrics(a, b, group_ids=groups, bootstrap=bootstrap, seed=seed)[metric]
+            low, high = result["ci"]
+            lines.append(
+                f"| {claim} | {dataset} | {seed} | {metric} | {result['baseline']:.3f} | {result['candidate']:.3f} | "
+                f"{result['difference']:+.3f} [{low:+.3f}, {high:+.3f}] | {verdict(low, high, sign)} |"
+            )
+    return lines
+
+
+def summarise(runs_dir: Path, out_dir: Path, bootstrap: int = 1000) -> Path:
+    runs = load_runs(runs_dir)
+    text = ["# Grid summary (generated by benchmarks/summarise_runs.py from docs/results/runs/)", "",
+            "## Configurations", "", *table(runs), "", "## Paired comparisons (same edits, grouped by fact)", "",
+            *comparisons(runs, runs_dir, bootstrap), ""]  # fmt: skip
+    path = out_dir / "summary.md"
+    path.write_text("\n".join(text))
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs_dir", default="docs/results/runs")
+    parser.add_argument("--bootstrap", type=int, default=1000)
+    args = parser.parse_args()
+    print(summarise(Path(args.runs_dir), Path(args.runs_dir).parent, args.bootstrap).read_text())
+
+
+if __name__ == "__main__":
+    main()
