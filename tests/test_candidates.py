@@ -94,3 +94,21 @@ def test_harness_rejects_bad_scoring(world):
     tokenizer, items, base = world
     with pytest.raises(ValueError, match="Unknown scoring 'topk'"):
         evaluate_editor(_model(base, 0.0), tokenizer, items, "masked_lm", scoring="topk")
+
+
+def test_pre_edit_floor_is_what_an_editor_that_changes_nothing_scores(world):
+    """A model that does not know the facts sometimes already answers the new object: that is the floor."""
+    tokenizer, items, base = world
+    model = _model(base, 0.0)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for name, param in model.base_model.model.named_parameters():
+            if "cls.predictions" in name or "encoder.layer.1" in name:
+                param.normal_(0.0, 0.5)  # scramble what the model knows
+    options = {"task": "masked_lm", "n_edits": 6, "n_retain": 0, "progress": False, "scoring": "candidates"}
+    result = evaluate_editor(model, tokenizer, items, **options)
+    floor = result.settings["pre_edit_floor"]
+    assert 0.0 < floor["edit_success"] < 1.0
+    assert floor["edit_success"] == pytest.approx(result.metrics["edit_success"])
+    assert floor["reliability"] == pytest.approx(result.metrics["reliability"])
+    assert floor["transfer"] == pytest.approx(result.metrics["transfer"])

@@ -290,6 +290,9 @@ def evaluate_editor(
         progress (`bool`, *optional*, defaults to `True`): Show a tqdm progress bar over the edits.
         return_records (`bool`, *optional*, defaults to `False`): Keep the raw records in `result.records`.
 
+    Before any edit, the unedited model answers every edit record too: `settings["pre_edit_floor"]` is the share it
+    already gets right (overall, `reliability`, `transfer`), the edit success of an editor that changes nothing.
+
     Returns:
         [`EvaluationResult`]: `metrics` is exactly `compute_xl_edit_metrics(**records, bootstrap=bootstrap,
         seed=seed)`; `settings` records how it was obtained; `records` the inputs of `lime_xl_edit` when asked for.
@@ -325,6 +328,7 @@ def evaluate_editor(
     planner = _Planner(parsed, eval_languages, new_target, seed)
     plans = _plan(planner, scorer, edit_languages, n_edits, n_retain, distinct_facts)
     scorer.base([(item, language) for plan in plans for item in plan.retain for language in eval_languages])
+    floor = _pre_edit_floor(scorer, plans, eval_languages)
     records: dict[str, list[str]] = {name: [] for name in RECORD_FIELDS}
     from tqdm.auto import tqdm
 
@@ -332,8 +336,26 @@ def evaluate_editor(
         _run_edit(model, scorer, plan, eval_languages, records)
     metrics = compute_xl_edit_metrics(**records, bootstrap=bootstrap, seed=seed)
     settings = _settings(model, task, edit_languages, eval_languages, plans, n_edits, n_retain, new_target, seed)
-    settings.update(scoring=scoring, distinct_facts=distinct_facts, n_facts=len({plan.item.id for plan in plans}))
+    settings.update(scoring=scoring, distinct_facts=distinct_facts, n_facts=len({plan.item.id for plan in plans}),
+                    pre_edit_floor=floor)  # fmt: skip
     return EvaluationResult(metrics=metrics, settings=settings, records=records if return_records else None)
+
+
+def _pre_edit_floor(scorer: TargetScorer, plans: list[_EditPlan], eval_languages: list[str]) -> dict[str, float]:
+    """The share of edit records the unedited model already gets right (its answer is the new target): what edit
+    success would be for an editor that changes nothing. Overall, on the diagonal and off it."""
+    queries = {(plan.item.id, language): (plan.item, language, plan.labels[language]) for plan in plans
+               for language in eval_languages}  # fmt: skip
+    keys = list(queries)
+    answers = scorer.predict([queries[key] for key in keys])
+    right = {key: answer == scorer.reference(*queries[key]) for key, answer in zip(keys, answers, strict=True)}
+    hits: dict[str, list[bool]] = {"edit_success": [], "reliability": [], "transfer": []}
+    for plan in plans:
+        for language in eval_languages:
+            hit = right[(plan.item.id, language)]
+            hits["edit_success"].append(hit)
+            hits["reliability" if language == plan.language else "transfer"].append(hit)
+    return {name: (sum(v) / len(v) if v else float("nan")) for name, v in hits.items()}
 
 
 def _settings(model, task, edit_languages, eval_languages, plans, n_edits, n_retain, new_target, seed) -> dict:
