@@ -134,11 +134,9 @@ def train(model, tokenizer, task: dict, run: dict, args, run_dir: Path) -> LimeT
     roles = ({"edit_languages": ["en"], "update_languages": ["en"], "retain_languages": ["en"]}
              if run["training"] == "monolingual" else {})  # fmt: skip
     collator = EpisodeCollator(tokenizer, task["task"], label2id=model_label2id(model, task["task"]), max_length=64)
-    train_args = LimeTrainingArguments(
-        output_dir=str(run_dir / "checkpoints"), max_steps=args.max_steps, per_device_train_batch_size=1,
-        learning_rate=args.learning_rate, lr_scheduler_type="constant", max_grad_norm=100.0, c_edit=args.c_edit,
-        c_loc=1.0, logging_steps=10, eval_strategy="steps", eval_steps=args.eval_steps, save_strategy="steps",
-        save_steps=args.eval_steps, save_total_limit=2, load_best_model_at_end=True,
+    train_args = LimeTrainingArguments.from_recipe(
+        "cpu", output_dir=str(run_dir / "checkpoints"), max_steps=args.max_steps, learning_rate=args.learning_rate,
+        c_edit=args.c_edit, logging_steps=10, eval_steps=args.eval_steps, save_steps=args.eval_steps,
         early_stopping_patience=args.patience, seed=run["seed"], use_cpu=not torch.cuda.is_available(),
         disable_tqdm=True, report_to="none",
     )  # fmt: skip

@@ -59,22 +59,13 @@ def parse_args() -> argparse.Namespace:
 def train_editor(model, tokenizer, splits, languages, args) -> LimeTrainer:
     collator = EpisodeCollator(tokenizer, "masked_lm", max_length=48)
     common = {"languages": languages, "n_edit": 1, "n_retain": 4}
-    train_args = LimeTrainingArguments(
+    train_args = LimeTrainingArguments.from_recipe(
+        "cpu",
         output_dir=str(Path(args.output_dir) / "checkpoints"),
         max_steps=args.editor_steps,
-        per_device_train_batch_size=1,
         learning_rate=args.learning_rate,
-        lr_scheduler_type="constant",
-        max_grad_norm=100.0,
         c_edit=args.c_edit,
-        c_loc=1.0,
         logging_steps=10,
-        eval_strategy="steps",
-        eval_steps=100,
-        save_strategy="steps",
-        save_steps=100,
-        save_total_limit=2,
-        load_best_model_at_end=True,
         use_cpu=not torch.cuda.is_available(),
         seed=args.seed,
         report_to="none",

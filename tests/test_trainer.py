@@ -135,6 +135,9 @@ def test_reference_recipe(tmp_path):
     assert args.gradient_accumulation_steps == 10 and args.lr_scheduler_type == "constant"
     assert args.early_stopping_patience == 20 and args.load_best_model_at_end
     assert LimeTrainingArguments.from_recipe("reference", output_dir=str(tmp_path), c_edit=1.0).c_edit == 1.0
+    cpu = LimeTrainingArguments.from_recipe("cpu", output_dir=str(tmp_path), use_cpu=True)
+    assert (cpu.gradient_accumulation_steps, cpu.learning_rate, cpu.c_edit) == (1, 1e-5, 1.0)
+    assert cpu.early_stopping_patience == 4 and cpu.eval_steps == cpu.save_steps == 100
     with pytest.raises(ValueError, match="Unknown recipe 'fast'"):
         LimeTrainingArguments.from_recipe("fast", output_dir=str(tmp_path))
 

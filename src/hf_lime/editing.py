@@ -86,6 +86,7 @@ class Edit:
     >>> edit.revert()                             # base weights bit-identical again  # doctest: +SKIP
     >>> with model.edit(batch, language="de"):    # reverted when the block ends  # doctest: +SKIP
     ...     outputs = model(**other_batch)
+
     ```
     """
 

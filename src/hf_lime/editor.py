@@ -69,6 +69,7 @@ class LimeEditor:
     >>> editor.predict("La capitale de la France est [MASK].")  # doctest: +SKIP
     'Lyon'
     >>> edit.revert()  # doctest: +SKIP
+
     ```
     """
 

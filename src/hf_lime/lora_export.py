@@ -50,6 +50,7 @@ def export_edits_as_lora(
     >>> export_edits_as_lora([edit], "lyon-lora", "google-bert/bert-base-multilingual-cased")  # doctest: +SKIP
     >>> # elsewhere, without hf_lime:
     >>> model = PeftModel.from_pretrained(AutoModelForMaskedLM.from_pretrained(...), "lyon-lora")  # doctest: +SKIP
+
     ```
     """
     edits = [edits] if isinstance(edits, Edit) else list(edits)

@@ -35,6 +35,7 @@ class HardConcreteGate(nn.Module):
     >>> gate = HardConcreteGate(num_languages=2, width=4)
     >>> gate.eval()(torch.tensor([0, 1, 1])).shape
     torch.Size([3, 4])
+
     ```
     """
 
@@ -96,6 +97,7 @@ class LanguageMask(nn.Module):
     >>> mask = LanguageMask(num_languages=3, width=6).eval()
     >>> mask(torch.tensor([2, 2])).shape
     torch.Size([2, 6])
+
     ```
     """
 

@@ -187,6 +187,7 @@ def encode_example(
     >>> features = encode_example(tok, "masked_lm", "Dante was born in [Y] .", "Florence")  # doctest: +SKIP
     >>> tok.convert_ids_to_tokens(features["input_ids"])  # doctest: +SKIP
     ['[CLS]', 'Dante', 'was', 'born', 'in', '[MASK]', '.', '[SEP]']
+
     ```
     """
     _check_task(task)

@@ -211,6 +211,7 @@ class EpisodeDataset(torch.utils.data.Dataset):
     >>> episodes = EpisodeDataset(items, languages=["en", "fr", "de"], n_edit=1, n_retain=2)  # doctest: +SKIP
     >>> episodes[0]["edit"][0]["language"], episodes[0]["update"][0]["item_id"]  # doctest: +SKIP
     ('fr', 'P19-0042')
+
     ```
     """
 
@@ -368,6 +369,7 @@ class EpisodeCollator:
     >>> collator = EpisodeCollator(tokenizer, "masked_lm")  # doctest: +SKIP
     >>> batch = collator([episodes[0], episodes[1]])  # doctest: +SKIP
     >>> batch["edit"]["input_ids"].shape, batch["edit"]["lang_ids"]  # doctest: +SKIP
+
     ```
     """
 

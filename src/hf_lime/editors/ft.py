@@ -59,6 +59,7 @@ class FineTuneEditor(BaseEditor):
     >>> from hf_lime.editors import FineTuneEditor, LayerSpec
     >>> FineTuneEditor([LayerSpec("l0", "l0", d_in=8, d_out=16)], steps=5, optimizer="adam")
     FineTuneEditor(layers=1, steps=5, lr=0.001, optimizer='adam')
+
     ```
     """
 

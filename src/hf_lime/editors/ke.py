@@ -79,6 +79,7 @@ class KnowledgeEditor(BaseEditor):
     >>> editor = KnowledgeEditor([LayerSpec("l0", "l0", d_in=8, d_out=16)], embedding_dim=8, hidden_dim=4)
     >>> sorted(editor.heads)
     ['l0']
+
     ```
     """
 

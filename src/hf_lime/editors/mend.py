@@ -159,6 +159,7 @@ class MendEditor(BaseEditor):
     >>> editor = MendEditor([LayerSpec("l0", "l0", d_in=8, d_out=16), LayerSpec("l1", "l1", d_in=8, d_out=16)], rank=4)
     >>> sorted(editor.nets), len(editor.nets["8x16"].stacks["xd"])
     (['8x16'], 2)
+
     ```
     """
 

@@ -44,6 +44,7 @@ class CandidateRanker:
     >>> ranker = CandidateRanker(model, tokenizer, {("capital", "en"): ["Paris", "Lyon"]})  # doctest: +SKIP
     >>> ranker.rank([RankingQuery("The capital of France is [Y].", "capital", "en")])  # doctest: +SKIP
     ['Paris']
+
     ```
     """
 

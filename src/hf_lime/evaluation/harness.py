@@ -308,6 +308,7 @@ def evaluate_editor(
     >>> result = evaluate_editor(model, tokenizer, items, task="masked_lm", n_edits=20)  # doctest: +SKIP
     >>> result.metrics["reliability"], result.metrics["transfer"]  # doctest: +SKIP
     >>> print(format_table(result))  # doctest: +SKIP
+
     ```
     """
     if task not in TASKS:

@@ -203,6 +203,7 @@ def build_me5_small(
     ```python
     >>> folder = build_me5_small("models/me5-small")  # doctest: +SKIP
     >>> model = AutoModel.from_pretrained(folder, attn_implementation="eager")  # doctest: +SKIP
+
     ```
     """
     output_dir = Path(output_dir)

@@ -147,6 +147,7 @@ def prepare_model(
     >>> from transformers import AutoModelForMaskedLM
     >>> folder = prepare_model("me5-small-facts", "models/me5-small-facts", steps=300)  # doctest: +SKIP
     >>> model = AutoModelForMaskedLM.from_pretrained(folder, attn_implementation="eager")  # doctest: +SKIP
+
     ```
     """
     if name not in MODEL_NAMES:

@@ -76,6 +76,7 @@ def load_me5_tokenizer(tokenizer_file: str | Path | None = None):
     >>> tok = load_me5_tokenizer()  # doctest: +SKIP
     >>> tok.convert_ids_to_tokens(tok("query: Paris is the capital of <mask>.")["input_ids"])[-5:]  # doctest: +SKIP
     ['▁capital', '▁of', '<mask>', '▁', '.']
+
     ```
     """
     from tokenizers import Tokenizer

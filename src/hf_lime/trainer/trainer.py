@@ -43,6 +43,7 @@ class LimeTrainer(Trainer):
     >>> trainer = LimeTrainer(model=peft_model, args=args, train_dataset=EpisodeDataset(...),
     ...                       data_collator=EpisodeCollator(tok, "masked_lm"))  # doctest: +SKIP
     >>> trainer.train()  # doctest: +SKIP
+
     ```
     """
 

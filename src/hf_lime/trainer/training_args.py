@@ -37,6 +37,30 @@ LIME_RECIPES: dict[str, dict] = {
         "load_best_model_at_end": True,
         "early_stopping_patience": 20,
     },
+    # What fits a 2-core CPU (the demo, benchmarks/reproduce.py): one episode per optimizer step, Adam at a constant
+    # 1e-5 (the reference's 1e-6 assumes tens of thousands of steps), c_edit 1, validation every 100 steps with
+    # early stopping after 4 validations without improvement.
+    "cpu": {
+        "c_edit": 1.0,
+        "c_loc": 1.0,
+        "c_l0": 1.0,
+        "learning_rate": 1e-5,
+        "mask_learning_rate": 1e-3,
+        "edit_lr_learning_rate": 1e-2,
+        "lr_scheduler_type": "constant",
+        "warmup_steps": 0,
+        "weight_decay": 0.0,
+        "max_grad_norm": 100.0,
+        "per_device_train_batch_size": 1,
+        "gradient_accumulation_steps": 1,
+        "eval_strategy": "steps",
+        "eval_steps": 100,
+        "save_strategy": "steps",
+        "save_steps": 100,
+        "save_total_limit": 2,
+        "load_best_model_at_end": True,
+        "early_stopping_patience": 4,
+    },
 }
 
 
@@ -97,7 +121,8 @@ class LimeTrainingArguments(TrainingArguments):
         early_stopping_threshold (`float`, *optional*, defaults to `0.0`):
             The smallest improvement that counts.
 
-    Named recipes (`LIME_RECIPES`, `from_recipe`): `"reference"`, the LiME reference code's MEND recipe.
+    Named recipes (`LIME_RECIPES`, `from_recipe`): `"reference"`, the LiME reference code's MEND recipe (for a GPU
+    budget), and `"cpu"`, what fits a 2-core CPU (the demo's).
 
     Defaults that differ from [`~transformers.TrainingArguments`]: `remove_unused_columns=False` (episodes are
     nested dicts), `learning_rate=1e-4`, `metric_for_best_model="hmean"` with `greater_is_better=True`,
@@ -171,6 +196,7 @@ class LimeTrainingArguments(TrainingArguments):
         >>> args = LimeTrainingArguments.from_recipe("reference", output_dir="out", eval_steps=500, save_steps=500)
         >>> args.gradient_accumulation_steps, args.max_grad_norm, args.c_edit
         (10, 100.0, 0.1)
+
         ```
         """
         if name not in LIME_RECIPES:

@@ -39,6 +39,7 @@ class LimeModel(BaseTuner):
     >>> model = get_peft_model(base, LimeConfig(languages=["en", "fr"]))
     >>> sorted(model.base_model.lime_layers)[:1]
     ['bert-encoder-layer-0-intermediate-dense']
+
     ```
     """
 
