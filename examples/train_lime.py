@@ -36,6 +36,7 @@ heatmaps to `--output_dir`, and saves the editor there (loadable with `PeftModel
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
@@ -125,7 +126,16 @@ def parse_arguments() -> tuple[ModelArguments, DataArguments, LimeTrainingArgume
     if data_args.recipe not in LIME_RECIPES:
         raise ValueError(f"--recipe must be one of {sorted(LIME_RECIPES)}, got {data_args.recipe!r}.")
     parser.set_defaults(**LIME_RECIPES[data_args.recipe])
-    return parser.parse_args_into_dataclasses()
+    namespace = parser.parse_args()
+    if "no" in (str(namespace.eval_strategy), str(namespace.save_strategy)):
+        # no validation (or no checkpoints) asked for: no best editor to keep, no early stopping
+        namespace.load_best_model_at_end, namespace.early_stopping_patience = False, None
+    values = vars(namespace)
+    model_args, data_args, args = (
+        cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.init and f.name in values})
+        for cls in (ModelArguments, DataArguments, LimeTrainingArguments)
+    )
+    return model_args, data_args, args
 
 
 def main() -> None:

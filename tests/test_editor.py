@@ -177,7 +177,7 @@ def test_predict_ranks_candidates(tmp_path):
 
 
 def test_batched_text_edit_with_one_language_per_row(tmp_path):
-    editor = mlm_editor(tmp_path, edit_lr_init=1.0)  # an untrained MEND editor with LiME masks
+    editor = mlm_editor(tmp_path, edit_lr_init=1e-3)  # an untrained MEND editor with LiME masks
     texts = ["The capital of France is [MASK] .", "La capitale de la France est [MASK] ."]
     tokenizer = editor.tokenizer
     batch = pad_batch(
