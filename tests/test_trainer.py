@@ -129,6 +129,10 @@ def test_logs_step_sizes_and_gates_and_draws_the_curves(world, tmp_path):
         plot_training_curves([], tmp_path / "empty.png")
 
 
+def test_validation_batches_one_episode_at_a_time_by_default(tmp_path):
+    assert LimeTrainingArguments(output_dir=str(tmp_path), use_cpu=True).per_device_eval_batch_size == 1
+
+
 def test_reference_recipe(tmp_path):
     args = LimeTrainingArguments.from_recipe("reference", output_dir=str(tmp_path), use_cpu=True)
     assert (args.c_edit, args.c_loc, args.learning_rate, args.max_grad_norm) == (0.1, 1.0, 1e-6, 100.0)

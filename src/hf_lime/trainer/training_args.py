@@ -126,7 +126,10 @@ class LimeTrainingArguments(TrainingArguments):
 
     Defaults that differ from [`~transformers.TrainingArguments`]: `remove_unused_columns=False` (episodes are
     nested dicts), `learning_rate=1e-4`, `metric_for_best_model="hmean"` with `greater_is_better=True`,
-    `logging_steps=10`.
+    `logging_steps=10`, `per_device_eval_batch_size=1`.
+
+    A batch of `B` episodes is edited as one `B`-row edit (the rows' updates add up), so validation episodes are
+    batched one by one by default: with `per_device_train_batch_size=1` validation then measures what training does.
     """
 
     c_edit: float = field(default=0.1, metadata={"help": "Weight of the post-edit NLL on the update batch."})
@@ -154,6 +157,9 @@ class LimeTrainingArguments(TrainingArguments):
     metric_for_best_model: str | None = field(default="hmean", metadata={"help": "Model selection metric."})
     greater_is_better: bool | None = field(default=True, metadata={"help": "Higher hmean is better."})
     logging_steps: float = field(default=10, metadata={"help": "Log every X steps."})
+    per_device_eval_batch_size: int = field(
+        default=1, metadata={"help": "Validation episodes per batch (a batch of episodes is one multi-row edit)."}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
