@@ -297,6 +297,29 @@ def test_save_and_load_round_trip_reproduces_outputs_and_edits(tmp_path):
         assert torch.equal(logits(loaded, batch), edited)
 
 
+def test_load_takes_dtype_device_map_subfolder_and_relative_base_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tokenizer = build_wordpiece_tokenizer()
+    saved_base(Path("base"), tiny_bert(tokenizer), tokenizer)  # a relative base-model path
+    editor = LimeEditor.from_base_model(
+        BertForMaskedLM.from_pretrained("base").eval(), LimeConfig(languages=LANGS), tokenizer
+    )
+    editor.save_pretrained(tmp_path / "repo" / "editors" / "v1", base_model_name_or_path="base")
+    stored = json.loads((tmp_path / "repo" / "editors" / "v1" / "adapter_config.json").read_text())
+    assert stored["base_model_name_or_path"] == str((tmp_path / "base").resolve())
+    monkeypatch.chdir(tmp_path / "repo")  # another working directory
+    loaded = LimeEditor.from_pretrained(tmp_path / "repo", subfolder="editors/v1", dtype=torch.bfloat16)
+    assert next(loaded.model.get_base_model().parameters()).dtype == torch.bfloat16
+    alias = LimeEditor.from_pretrained("editors/v1", torch_dtype="bfloat16", device_map="cpu")
+    assert next(alias.model.get_base_model().parameters()).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="not both"):
+        LimeEditor.from_pretrained("editors/v1", dtype=torch.float32, torch_dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="no subfolder 'v2'"):
+        LimeEditor.from_pretrained("editors", subfolder="v2")
+    with pytest.raises(ValueError, match="relative path inside the repo"):
+        LimeEditor.from_pretrained("editors", subfolder="../v1")
+
+
 def test_load_with_explicit_base_model_and_tokenizer(tmp_path):
     editor = mlm_editor(tmp_path, **FT)
     folder = editor.save_pretrained(tmp_path / "editor", save_tokenizer=False)

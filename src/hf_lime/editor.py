@@ -134,6 +134,9 @@ class LimeEditor:
         cache_dir: str | os.PathLike | None = None,
         local_files_only: bool | None = None,
         device: str | torch.device | None = None,
+        dtype: torch.dtype | str | None = None,
+        device_map: Any = None,
+        subfolder: str | None = None,
         torch_dtype: torch.dtype | str | None = None,
     ) -> LimeEditor:
         """
@@ -150,7 +153,13 @@ class LimeEditor:
             cache_dir (`str`, *optional*, defaults to `None`): Hub cache folder.
             local_files_only (`bool`, *optional*, defaults to `None`): Only use cached files.
             device (`str` or `torch.device`, *optional*, defaults to `None`): Move the editor there.
-            torch_dtype (`torch.dtype` or `str`, *optional*, defaults to `None`): dtype of a base model loaded here.
+            dtype (`torch.dtype` or `str`, *optional*, defaults to `None`): dtype of a base model loaded here
+                (transformers 5's name; `torch_dtype` is the older one and is accepted too).
+            device_map (`str` or `dict`, *optional*, defaults to `None`): Passed to the base model's
+                `from_pretrained` when the base model is loaded here.
+            subfolder (`str`, *optional*, defaults to `None`): The editor's files lie in this subfolder of the folder
+                or Hub repo.
+            torch_dtype (`torch.dtype` or `str`, *optional*, defaults to `None`): Alias of `dtype`.
 
         Returns:
             [`LimeEditor`]
@@ -161,14 +170,17 @@ class LimeEditor:
                 not the one the editor was trained for. Nothing is returned and `base_model` is left as it was.
         """
         check_plain_base_model(base_model)
+        if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
+            raise ValueError(f"Pass `dtype` or its alias `torch_dtype`, not both ({dtype!r} vs {torch_dtype!r}).")
+        dtype = dtype if dtype is not None else torch_dtype
         hub = {"token": token, "cache_dir": cache_dir, "local_files_only": local_files_only}
-        folder = resolve_editor_folder(repo_id_or_path, revision=revision, **hub)
+        folder = resolve_editor_folder(repo_id_or_path, revision=revision, subfolder=subfolder, **hub)
         check_adapter_files(folder)
         config = load_adapter_config(folder)
         metadata = load_editor_metadata(folder) or {}
         layout = read_tensor_layout(folder / ADAPTER_WEIGHTS)
         if base_model is None:
-            base_model = load_base_model(config, metadata.get("task"), torch_dtype, hub)
+            base_model = load_base_model(config, metadata.get("task"), dtype, hub, device_map=device_map)
         task = metadata.get("task") or infer_task(base_model)
         check_base_model(metadata.get("base_model"), base_model)
         tokenizer = load_tokenizer(tokenizer, folder, config, base_model, hub)
@@ -232,6 +244,8 @@ class LimeEditor:
                 "The editor does not know its base model (`base_model_name_or_path` is empty): pass "
                 "`base_model_name_or_path=` (a Hub id or a folder written by the base model's save_pretrained)."
             )
+        if Path(name).expanduser().is_dir():  # a local folder: store it absolute, to load from any directory
+            name = str(Path(name).expanduser().resolve())
         self.config.base_model_name_or_path = name
 
     def _write_files(self, folder: Path, save_tokenizer: bool, repo_id: str) -> None:

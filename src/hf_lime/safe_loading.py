@@ -72,18 +72,26 @@ def resolve_editor_folder(
     token: str | bool | None = None,
     cache_dir: str | Path | None = None,
     local_files_only: bool | None = None,
+    subfolder: str | None = None,
 ) -> Path:
     """
     The local folder of a saved editor: `repo_id_or_path` itself when it is a folder, else a Hub snapshot of the
-    editor's files only (`HUB_ALLOW_PATTERNS`: adapter, metadata, model card, tokenizer; never other weights).
+    editor's files only (`HUB_ALLOW_PATTERNS`: adapter, metadata, model card, tokenizer; never other weights). With
+    `subfolder`, the editor lies in that subfolder of the folder or repo.
 
     Hub failures that mean "there is no such editor here" (unknown repo or revision, no access, not cached while
     offline, invalid repo id) become a `ValueError` naming the repo; the hub's exception is its `__cause__`.
     Other errors (e.g. a server error) propagate unchanged.
     """
+    if subfolder is not None and (not isinstance(subfolder, str) or ".." in Path(subfolder).parts
+                                  or Path(subfolder).is_absolute()):  # fmt: skip
+        raise ValueError(f"`subfolder` must be a relative path inside the repo, got {subfolder!r}.")
     path = Path(repo_id_or_path).expanduser()
     if path.is_dir():
-        return path
+        inner = path / subfolder if subfolder else path
+        if not inner.is_dir():
+            raise ValueError(f"{str(path)!r} has no subfolder {subfolder!r}.")
+        return inner
     if path.exists():
         raise ValueError(f"{str(repo_id_or_path)!r} is a file; pass the folder of a saved editor or a Hub repo id.")
     from huggingface_hub import snapshot_download
@@ -102,7 +110,7 @@ def resolve_editor_folder(
             token=token,
             cache_dir=cache_dir,
             local_files_only=bool(local_files_only),
-            allow_patterns=HUB_ALLOW_PATTERNS,
+            allow_patterns=[f"{subfolder}/{p}" for p in HUB_ALLOW_PATTERNS] if subfolder else HUB_ALLOW_PATTERNS,
         )
     except RevisionNotFoundError as err:
         raise ValueError(f"Revision {revision!r} does not exist in the Hub repo {repo_id!r}.") from err
@@ -118,9 +126,10 @@ def resolve_editor_folder(
         ) from err
     except HFValidationError as err:
         raise ValueError(f"{repo_id!r} is neither an existing local folder nor a valid Hub repo id: {err}") from err
-    if not Path(folder).is_dir():  # nothing matched the allowed files
+    folder = Path(folder) / subfolder if subfolder else Path(folder)
+    if not folder.is_dir():  # nothing matched the allowed files
         raise ValueError(f"No {ADAPTER_CONFIG} in the Hub repo {repo_id!r}: it holds no saved LIME editor.")
-    return Path(folder)
+    return folder
 
 
 def _read_json(path: Path) -> Any:
@@ -352,7 +361,7 @@ def _auto_class(task: str):
     return getattr(transformers, names.get(task, "AutoModelForCausalLM"))
 
 
-def load_base_model(config: LimeConfig, task: str | None, dtype: Any, hub: dict) -> nn.Module:
+def load_base_model(config: LimeConfig, task: str | None, dtype: Any, hub: dict, device_map: Any = None) -> nn.Module:
     name = config.base_model_name_or_path
     if not name:
         raise ValueError("adapter_config.json names no base model (`base_model_name_or_path`): pass `base_model=`.")
@@ -366,6 +375,8 @@ def load_base_model(config: LimeConfig, task: str | None, dtype: Any, hub: dict)
             architectures = AutoConfig.from_pretrained(name, **kwargs).architectures or ["?"]
             task = task_from_class_name(architectures[0])
         extra = {"dtype": dtype} if dtype is not None else {}
+        if device_map is not None:
+            extra["device_map"] = device_map
         model = _auto_class(task).from_pretrained(
             name, use_safetensors=True, trust_remote_code=False, **kwargs, **extra
         )
