@@ -131,6 +131,20 @@ def test_export_errors_and_the_editor_shortcut(tmp_path):
     assert json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"] == "org/tiny-bert"
 
 
+def test_to_lora_knows_the_base_model_it_was_made_on(tmp_path):
+    build_model("bert-mlm").save_pretrained(tmp_path / "base")
+    from transformers import AutoModelForMaskedLM
+
+    base = AutoModelForMaskedLM.from_pretrained(tmp_path / "base")
+    model = get_peft_model(base, LimeConfig(**MEND))
+    edit = model.base_model.edit(make_batch("masked_lm"), language="en")
+    assert edit.base_model_name_or_path == str(tmp_path / "base")
+    folder = edit.to_lora(tmp_path / "lora")  # no other argument
+    assert json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"] == str(
+        tmp_path / "base"
+    )
+
+
 # ----------------------------------------------------------------------------------------------- plain peft
 def _case(tmp_path: Path, name: str, family: str, edits, model, batch, clean) -> dict:
     expected = forward(model, batch)

@@ -90,7 +90,13 @@ class Edit:
     ```
     """
 
-    def __init__(self, deltas: dict[str, LayerDelta], layers: dict[str, LimeLayer], info: EditInfo | None = None):
+    def __init__(
+        self,
+        deltas: dict[str, LayerDelta],
+        layers: dict[str, LimeLayer],
+        info: EditInfo | None = None,
+        base_model_name_or_path: str | None = None,
+    ):
         missing = sorted(set(deltas) - set(layers))
         if missing:
             raise ValueError(f"Edit has deltas for unknown layers {missing}.")
@@ -98,6 +104,7 @@ class Edit:
         self.deltas = {name: delta.detach() for name, delta in deltas.items()}
         self._layers = layers
         self.info = info or EditInfo()
+        self.base_model_name_or_path = base_model_name_or_path  # the model the edit was made on (for LoRA export)
         self.state = "created"
 
     def __repr__(self) -> str:
@@ -152,7 +159,7 @@ class Edit:
     def to_lora(
         self,
         path: str | os.PathLike,
-        base_model_name_or_path: str,
+        base_model_name_or_path: str | None = None,
         edits: Sequence[Edit] | None = None,
         revision: str | None = None,
     ) -> Path:
@@ -162,7 +169,8 @@ class Edit:
 
         Args:
             path (`str` or `os.PathLike`): Output folder.
-            base_model_name_or_path (`str`): Hub id or folder of the base model the edit was made on.
+            base_model_name_or_path (`str`, *optional*): Hub id or folder of the base model the edit was made on;
+                by default the name the model knows itself by (`Edit.base_model_name_or_path`).
             edits (`Sequence[Edit]`, *optional*, defaults to `None`): More edits to stack with this one.
             revision (`str`, *optional*, defaults to `None`): The base model's revision.
 

@@ -26,7 +26,7 @@ LORA_PREFIX = "base_model.model."
 def export_edits_as_lora(
     edits: Edit | Sequence[Edit],
     path: str | os.PathLike,
-    base_model_name_or_path: str,
+    base_model_name_or_path: str | None = None,
     revision: str | None = None,
 ) -> Path:
     """
@@ -36,8 +36,9 @@ def export_edits_as_lora(
         edits (`Edit` or `Sequence[Edit]`): The edits to export; their updates are summed. An edit is exported
             whatever its state (applied, reverted or merged): it is its `ΔW` that is written.
         path (`str` or `os.PathLike`): Output folder (created; existing adapter files are replaced atomically).
-        base_model_name_or_path (`str`): The base model the adapter applies to (Hub id or local folder), written
-            into `adapter_config.json` so that `peft` and `transformers` know what to load.
+        base_model_name_or_path (`str`, *optional*): The base model the adapter applies to (Hub id or local folder),
+            written into `adapter_config.json` so that `peft` and `transformers` know what to load. By default the
+            name the edited model knows itself by (the edits' `base_model_name_or_path`).
         revision (`str`, *optional*, defaults to `None`): The base model's revision.
 
     Returns:
@@ -56,6 +57,9 @@ def export_edits_as_lora(
     edits = [edits] if isinstance(edits, Edit) else list(edits)
     if not edits or not all(isinstance(e, Edit) for e in edits):
         raise TypeError(f"`edits` must be an Edit or a non-empty sequence of Edit objects, got {edits!r}.")
+    if base_model_name_or_path is None:
+        names = {edit.base_model_name_or_path for edit in edits}
+        base_model_name_or_path = names.pop() if len(names) == 1 else None
     if not isinstance(base_model_name_or_path, str) or not base_model_name_or_path.strip():
         raise ValueError(
             "Pass `base_model_name_or_path=` (the Hub id or folder of the base model the edits were made on); "

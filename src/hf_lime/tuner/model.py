@@ -226,8 +226,12 @@ class LimeModel(BaseTuner):
         with torch.no_grad(), self._editor_eval_mode():
             output = self.compute_edit(inputs, language, retain_inputs)
         deltas = _checked_deltas(output.deltas)
-        layers = self.lime_layers
-        return Edit(deltas, layers, output.info).apply()
+        return Edit(deltas, self.lime_layers, output.info, self._base_model_name()).apply()
+
+    def _base_model_name(self) -> str | None:
+        """The name the base model knows itself by (config name or folder), else the adapter config's."""
+        name = getattr(getattr(self.model, "config", None), "name_or_path", None) or None
+        return name or self.lime_config.base_model_name_or_path
 
     @contextmanager
     def _editor_eval_mode(self):
