@@ -19,7 +19,7 @@ def world():
     return tokenizer, items, pretrained_fact_model(tokenizer, items, steps=150)
 
 
-def make_trainer(world, tmp_path, editor="mend", **overrides):
+def make_trainer(world, tmp_path, editor="mend", compute_metrics=None, **overrides):
     tokenizer, items, base = world
     model = get_peft_model(_copy(base), LimeConfig(languages=LANGUAGES, editor=editor, mend_rank=16, edit_lr_init=1.0))
     settings = dict(
@@ -35,6 +35,7 @@ def make_trainer(world, tmp_path, editor="mend", **overrides):
         train_dataset=episodes,
         eval_dataset=EpisodeDataset(items, LANGUAGES, n_retain=2, num_episodes=6, seed=1),
         data_collator=EpisodeCollator(tokenizer, "masked_lm"),
+        compute_metrics=compute_metrics,
     )
 
 
@@ -127,6 +128,11 @@ def test_logs_step_sizes_and_gates_and_draws_the_curves(world, tmp_path):
     assert path.stat().st_size > 10_000
     with pytest.raises(ValueError, match="no logged step"):
         plot_training_curves([], tmp_path / "empty.png")
+
+
+def test_compute_metrics_is_refused_with_a_clear_message(world, tmp_path):
+    with pytest.raises(ValueError, match="does not take `compute_metrics`"):
+        make_trainer(world, tmp_path, compute_metrics=lambda p: {})
 
 
 def test_validation_batches_one_episode_at_a_time_by_default(tmp_path):

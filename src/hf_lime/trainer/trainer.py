@@ -53,6 +53,13 @@ class LimeTrainer(Trainer):
         if args is None or not isinstance(args, LimeTrainingArguments):
             raise TypeError("LimeTrainer needs `args` to be a LimeTrainingArguments.")
         _check_lime_model(model)
+        if kwargs.get("compute_metrics") is not None:
+            raise ValueError(
+                "LimeTrainer does not take `compute_metrics`: an episode has no predictions/labels pair to hand it. "
+                "Validation already reports the episode metrics (eval_edit/acc, eval_loc/acc, eval_hmean, the loss "
+                "parts); for edit success and locality per language pair, run hf_lime.evaluation.evaluate_editor "
+                "(or the `lime_xl_edit` metric) on the trained editor."
+            )
         self.task = task or getattr(kwargs.get("data_collator"), "task", None)
         if self.task is None:
             raise ValueError("Pass `task=` ('masked_lm', 'seq_cls' or 'causal_lm') or a collator with a `task`.")
