@@ -219,3 +219,18 @@ def test_learned_edit_step_sizes_stay_positive():
     assert sizes.fill_(0.0)("a").item() == 0.0 and sizes.fill_(2.0)("b").item() == pytest.approx(2.0)
     with pytest.raises(ValueError, match="> 0"):
         EditStepSizes(["a"], init=-1e-3)
+
+
+def test_peft_save_writes_a_card_that_names_hf_lime(tmp_path):
+    model = lime_model("bert-mlm")
+    model.save_pretrained(tmp_path)
+    card = (tmp_path / "README.md").read_text()
+    assert "hf_lime" in card and "import hf_lime" in card and "KeyError: 'LIME'" in card
+    assert "library_name: peft" in card  # PEFT's own metadata is kept
+    model.save_pretrained(tmp_path)  # saving again does not repeat the notice
+    assert (tmp_path / "README.md").read_text().count("## A LIME adapter (hf_lime)") == 1
+    from peft import LoraConfig
+
+    lora = get_peft_model(build_model("bert-mlm"), LoraConfig(target_modules=["query"]))
+    lora.save_pretrained(tmp_path / "lora")
+    assert "hf_lime" not in (tmp_path / "lora" / "README.md").read_text()  # other adapters are left alone

@@ -140,3 +140,33 @@ def _usage(repo_id: str, task: str, languages: Sequence[str]) -> str:
         f'editor = LimeEditor.from_pretrained("{repo_id}")  # loads the base model named in adapter_config.json\n'
         f"{example}\nedit.revert()  # the base model again, bit for bit\n```"
     )
+
+
+ADAPTER_NOTICE_MARKER = "<!-- hf_lime: LIME adapter -->"
+ADAPTER_NOTICE = f"""{ADAPTER_NOTICE_MARKER}
+## A LIME adapter (hf_lime)
+
+This adapter is a cross-lingual model editor of the `hf_lime` library (LiME, {PAPER_URL}):
+its `adapter_config.json` has `"peft_type": "LIME"`, a PEFT method that hf_lime registers when it is imported.
+Without `import hf_lime`, `PeftModel.from_pretrained` fails with `KeyError: 'LIME'`.
+
+```python
+import hf_lime  # registers the LIME PEFT method
+from hf_lime import LimeEditor
+
+editor = LimeEditor.from_pretrained("<this folder or repo>")   # checks every file, loads the base model
+```
+"""
+
+
+def add_lime_adapter_notice(readme: str | Path) -> Path:
+    """Tag a PEFT-written README.md as a LIME adapter and say that it needs `import hf_lime` (idempotent)."""
+    from huggingface_hub import ModelCard
+
+    path = Path(readme)
+    card = ModelCard.load(path) if path.exists() else ModelCard("---\n---\n")
+    card.data.tags = sorted(set(card.data.tags or []) | set(TAGS))
+    if ADAPTER_NOTICE_MARKER not in card.text:
+        card.text = ADAPTER_NOTICE + "\n" + card.text
+    path.write_text(str(card), encoding="utf-8")
+    return path
