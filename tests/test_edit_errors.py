@@ -82,3 +82,17 @@ def test_non_finite_update_is_refused(model):
     with pytest.raises(ValueError, match="non-finite"):
         model.edit(make_batch("masked_lm"), language="en")
     assert model.base_model.applied_edit_ids == []
+
+
+def test_an_edit_that_makes_the_outputs_non_finite_is_refused_and_the_model_is_unchanged():
+    model = get_peft_model(build_model("bert-mlm"), LimeConfig(languages=["en", "fr"], edit_lr_init=1e-3))
+    batch = make_batch("masked_lm")
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        before = model(**inputs).logits
+        model.base_model.edit_lrs.log_lrs.fill_(80.0)  # a saved step size of e^80: finite factors, inf outputs
+    with pytest.raises(ValueError, match="non-finite"):
+        model.edit(batch, language="en")
+    assert model.base_model.applied_edit_ids == []
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, before)

@@ -73,7 +73,7 @@ class EditContext:
         self.masks = masks
         self.edit_lrs = edit_lrs
         self.retain_batch = retain_batch
-        self.task = task or _known_task(model)
+        self.task = task or known_task(model)
         self._captured: Captured | None = None
 
     @property
@@ -211,7 +211,7 @@ def _token_rows(batch: dict[str, Any], keep: torch.Tensor | None) -> torch.Tenso
     return rows if keep is None else rows[keep.to(rows.device)]
 
 
-def _known_task(model: nn.Module) -> str | None:
+def known_task(model: nn.Module) -> str | None:
     from ..tasks import infer_task
 
     try:

@@ -15,9 +15,10 @@ from transformers.pytorch_utils import Conv1D
 
 from ..editing import Edit, LayerDelta
 from ..editors import BaseEditor, EditorOutput, EditStepSizes, LayerSpec, build_editor
+from ..head import target_logits
 from ..masks import MaskBank
 from .config import TARGET_MODULES_MAPPING, LimeConfig
-from .context import EditContext, apply_functional_deltas
+from .context import EditContext, apply_functional_deltas, known_task
 from .layer import LimeLayer
 from .validation import resolve_language_ids, validate_edit_batch
 
@@ -226,7 +227,28 @@ class LimeModel(BaseTuner):
         with torch.no_grad(), self._editor_eval_mode():
             output = self.compute_edit(inputs, language, retain_inputs)
         deltas = _checked_deltas(output.deltas)
-        return Edit(deltas, self.lime_layers, output.info, self._base_model_name()).apply()
+        edit = Edit(deltas, self.lime_layers, output.info, self._base_model_name()).apply()
+        try:
+            self._check_finite_outputs(inputs)
+        except ValueError:
+            edit.revert()
+            raise
+        return edit
+
+    @torch.no_grad()
+    def _check_finite_outputs(self, inputs: Any) -> None:
+        """Refuse an applied edit that makes the edit batch's outputs non-finite (the caller reverts it)."""
+        batch = validate_edit_batch(inputs)
+        task = known_task(self.model)
+        if task is not None:
+            logits = target_logits(self.model, batch, task).logits
+        else:
+            logits = self.model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        if not bool(torch.isfinite(logits).all()):
+            raise ValueError(
+                "The edit makes the model's outputs on the edit prompt non-finite (NaN/inf), so it was not applied: "
+                "the model is unchanged. Check the base model's weights and dtype, and the editor's step sizes."
+            )
 
     def _base_model_name(self) -> str | None:
         """The name the base model knows itself by (config name or folder), else the adapter config's."""
