@@ -234,3 +234,29 @@ def test_peft_save_writes_a_card_that_names_hf_lime(tmp_path):
     lora = get_peft_model(build_model("bert-mlm"), LoraConfig(target_modules=["query"]))
     lora.save_pretrained(tmp_path / "lora")
     assert "hf_lime" not in (tmp_path / "lora" / "README.md").read_text()  # other adapters are left alone
+
+
+def test_edit_state_follows_peft_merge_unmerge_and_revert_all():
+    model = lime_model("bert-mlm", edit_lr_init=1e-2)
+    batch = make_batch("masked_lm")
+    base, clean = base_state(model), outputs(model, batch)
+    edit = model.base_model.edit(batch, language="en")
+    edited = outputs(model, batch)
+    model.merge_adapter()  # PEFT folds the applied edit into the weights
+    assert edit.state == "merged" and not edit.is_applied
+    torch.testing.assert_close(outputs(model, batch), edited, rtol=1e-4, atol=1e-5)
+    model.unmerge_adapter()  # ... and takes it out again
+    assert edit.state == "applied"
+    torch.testing.assert_close(outputs(model, batch), edited, rtol=1e-4, atol=1e-5)
+    model.merge_adapter()
+    with pytest.warns(UserWarning, match="floating-point rounding"):
+        edit.revert()  # works on a PEFT-merged edit: subtracts it
+    assert edit.state == "reverted"
+    torch.testing.assert_close(outputs(model, batch), clean, rtol=1e-4, atol=1e-5)
+    for name, tensor in base_state(model).items():
+        torch.testing.assert_close(tensor, base[name], rtol=1e-5, atol=1e-6)
+    now = outputs(model, batch)
+    second = model.base_model.edit(batch, language="en")
+    model.base_model.revert_all()
+    assert second.state == "reverted" and not second.is_applied
+    assert torch.equal(outputs(model, batch), now)

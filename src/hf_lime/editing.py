@@ -105,11 +105,23 @@ class Edit:
         self._layers = layers
         self.info = info or EditInfo()
         self.base_model_name_or_path = base_model_name_or_path  # the model the edit was made on (for LoRA export)
-        self.state = "created"
+        self._state = "created"
 
     def __repr__(self) -> str:
         ranks = sorted({d.rank for d in self.deltas.values()})
         return f"Edit(id={self.id}, layers={len(self.deltas)}, ranks={ranks}, state={self.state!r})"
+
+    @property
+    def state(self) -> str:
+        """`"created"`, `"applied"`, `"merged"` or `"reverted"`, as the layers see it: PEFT's
+        `merge_adapter()`/`unmerge_adapter()` and `revert_all()` are reflected here."""
+        if self._state == "applied":
+            layers = [self._layers[name] for name in self.deltas]
+            if any(self.id in layer.merged_edit_ids for layer in layers):
+                return "merged"
+            if not any(self.id in layer.applied_edit_ids for layer in layers):
+                return "reverted"  # removed behind our back (revert_all)
+        return self._state
 
     @property
     def is_applied(self) -> bool:
@@ -117,39 +129,45 @@ class Edit:
 
     def apply(self) -> Edit:
         """Add the edit to its layers' outputs (no weight is modified, nothing is copied)."""
-        if self.state == "applied":
+        state = self.state
+        if state == "applied":
             return self
-        if self.state == "merged":
+        if state == "merged":
             raise ValueError("This edit is merged into the weights; it cannot be applied again.")
         for name, delta in self.deltas.items():
             self._layers[name].add_delta(self.id, delta)
-        self.state = "applied"
+        self._state = "applied"
         return self
 
     def revert(self) -> Edit:
-        """Remove the edit. For an applied edit the model is restored bit for bit."""
-        if self.state == "merged":
+        """Remove the edit. For an applied edit the model is restored bit for bit; a merged one (by `merge()` or
+        PEFT's `merge_adapter()`) is subtracted from the weights, exact up to floating-point rounding."""
+        state = self.state
+        if state == "merged":
             warnings.warn(
                 "Reverting a merged edit subtracts ΔW from the weights; floating-point rounding means the weights "
                 "may differ from the originals in the last bits.",
                 stacklevel=2,
             )
+            for name in self.deltas:
+                self._layers[name].forget_merged(self.id)
             self._add_to_weights(sign=-1.0)
-        elif self.state == "applied":
+        elif state == "applied":
             for name in self.deltas:
                 self._layers[name].remove_delta(self.id)
-        self.state = "reverted"
+        self._state = "reverted"
         return self
 
     def merge(self) -> Edit:
         """Fold `ΔW` into the base weights (permanent; `revert` afterwards is only approximate)."""
-        if self.state == "merged":
+        state = self.state
+        if state == "merged":
             return self
-        if self.state == "applied":
+        if state == "applied":
             for name in self.deltas:
                 self._layers[name].remove_delta(self.id)
         self._add_to_weights(sign=1.0)
-        self.state = "merged"
+        self._state = "merged"
         return self
 
     def _add_to_weights(self, sign: float) -> None:
@@ -189,5 +207,5 @@ class Edit:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        if self.state == "applied":
+        if self._state == "applied" and self.state != "reverted":  # applied by us (PEFT may have merged it since)
             self.revert()

@@ -50,6 +50,7 @@ class LimeLayer(nn.Module, BaseTunerLayer):
         self._active_adapter = adapter_name
         self.merged_adapters: list[str] = []
         self._applied: dict[int, LayerDelta] = {}
+        self._merged: dict[int, LayerDelta] = {}  # folded into the weight by PEFT's merge_adapter()
         self._functional: LayerDelta | None = None
         self._captures: list[LayerCapture] | None = None
 
@@ -90,6 +91,15 @@ class LimeLayer(nn.Module, BaseTunerLayer):
     def applied_edit_ids(self) -> list[int]:
         return list(self._applied)
 
+    @property
+    def merged_edit_ids(self) -> list[int]:
+        """Edits folded into the weight by PEFT's `merge_adapter()` (`unmerge_adapter()` takes them out again)."""
+        return list(self._merged)
+
+    def forget_merged(self, edit_id: int) -> LayerDelta | None:
+        """Stop tracking a merged edit (its `Edit` subtracts it from the weight itself); its delta, or `None`."""
+        return self._merged.pop(edit_id, None)
+
     @contextmanager
     def functional_delta(self, delta: LayerDelta | None):
         """Add a (differentiable) delta to the output inside the block; the base layer is not modified."""
@@ -122,12 +132,23 @@ class LimeLayer(nn.Module, BaseTunerLayer):
 
     # ----------------------------------------------------------------------------------------------- PEFT API
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        """Merge the currently applied edits into the base weight (they are removed from the layer)."""
+        """PEFT's `merge_adapter()`: fold the applied edits into the base weight; `unmerge()` takes them out again.
+        Their `Edit` objects see it (`edit.state == "merged"`)."""
         for edit_id in list(self._applied):
-            self.add_to_weight(self._applied.pop(edit_id).dense())
+            delta = self._applied.pop(edit_id)
+            self.add_to_weight(delta.dense())
+            self._merged[edit_id] = delta
+        if self._merged:
+            self.merged_adapters = [self.active_adapter] if isinstance(self.active_adapter, str) else []
 
     def unmerge(self) -> None:
-        raise ValueError("LIME layers do not keep merged edits; revert an `Edit` object instead.")
+        """PEFT's `unmerge_adapter()`: subtract the edits `merge()` folded in and apply them again (the weight comes
+        back up to floating-point rounding)."""
+        for edit_id in list(self._merged):
+            delta = self._merged.pop(edit_id)
+            self.add_to_weight(delta.dense(), sign=-1.0)
+            self._applied[edit_id] = delta
+        self.merged_adapters = []
 
     def __repr__(self) -> str:
         return f"lime.{super().__repr__()}"
