@@ -75,3 +75,37 @@ def test_target_module_not_found():
 def test_target_module_of_wrong_type():
     with pytest.raises(TypeError, match="Linear"):
         get_peft_model(build_model("bert-mlm"), LimeConfig(languages=["en"], target_modules=["LayerNorm"]))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"target_modules": "(.*)*(.*)*(.*)*X$"}, "exponential"),
+        ({"target_modules": "((a+)b)+"}, "exponential"),
+        ({"target_modules": "(a|a)*"}, "exponential"),
+        ({"target_modules": "x" * 2000}, "at most 1000"),
+        ({"target_modules": "(unclosed"}, "not a valid regex"),
+        ({"ke_hidden_dim": 10**9}, "at most"),
+        ({"mend_n_hidden": 10**6}, "at most 16"),
+        ({"mend_rank": 10**8}, "at most"),
+        ({"ft_steps": 10**9}, "at most"),
+    ],
+)
+def test_hostile_sizes_and_regexes_are_refused_at_once(kwargs, match):
+    # refused by the config's own validation: no model is built and no module name is ever matched
+    with pytest.raises(ValueError, match=match):
+        LimeConfig(languages=["en"], **kwargs)
+
+
+def test_safe_regexes_and_lists_pass():
+    LimeConfig(languages=["en"], target_modules=r".*\.(9|10|11)\.(intermediate\.dense|output\.dense)")
+    LimeConfig(languages=["en"], target_modules=["intermediate.dense", "output.dense"])
+    LimeConfig(languages=["en"], target_modules=r"(?:x)+")
+
+
+def test_ke_width_is_capped_by_the_base_model():
+    from conftest import build_model
+    from peft import get_peft_model
+
+    with pytest.raises(ValueError, match="16x the base model's hidden size"):
+        get_peft_model(build_model("bert-mlm"), LimeConfig(languages=["en"], editor="ke", ke_hidden_dim=4096))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Literal
@@ -212,8 +213,11 @@ class LimeConfig(PeftConfig):
         _check_languages(self.languages, required=self.use_lime_mask and self.editor != "ft")
         for name in ("num_top_layers", "mend_rank", "ke_hidden_dim", "ke_rank", "ft_steps"):
             _check_positive_int(name, getattr(self, name))
-        if not isinstance(self.mend_n_hidden, int) or self.mend_n_hidden < 0:
+            _check_at_most(name, getattr(self, name))
+        if isinstance(self.mend_n_hidden, bool) or not isinstance(self.mend_n_hidden, int) or self.mend_n_hidden < 0:
             raise ValueError(f"`mend_n_hidden` must be an int >= 0, got {self.mend_n_hidden!r}.")
+        _check_at_most("mend_n_hidden", self.mend_n_hidden)
+        _check_target_modules(self.target_modules)
         for name in ("edit_lr_init", "ft_lr", "mask_temperature", "mend_norm_eps"):
             _check_positive_float(name, getattr(self, name))
         if not 0.0 < self.mask_init_drop_rate < 1.0:
@@ -233,6 +237,65 @@ class LimeConfig(PeftConfig):
 def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"`{name}` must be one of {list(allowed)}, got {value!r}.")
+
+
+# Upper bounds that no real editor needs and that keep a hostile `adapter_config.json` from allocating gigabytes or
+# looping for minutes before any other check (sizes relative to the base model are checked by `LimeModel`).
+SIZE_LIMITS = {"num_top_layers": 1024, "mend_rank": 65_536, "ke_hidden_dim": 65_536, "ke_rank": 1024,
+               "ft_steps": 100_000, "mend_n_hidden": 16}  # fmt: skip
+MAX_REGEX_LENGTH = 1000
+
+
+def _check_at_most(name: str, value: int) -> None:
+    limit = SIZE_LIMITS[name]
+    if value > limit:
+        raise ValueError(f"`{name}` must be at most {limit}, got {value!r}.")
+
+
+def _check_target_modules(target_modules: object) -> None:
+    """Lists of names are always fine; a regex string must be short and free of nested quantifiers."""
+    if target_modules is None or not isinstance(target_modules, str):
+        return
+    if len(target_modules) > MAX_REGEX_LENGTH:
+        raise ValueError(f"`target_modules` regex is {len(target_modules)} characters; at most {MAX_REGEX_LENGTH}.")
+    if _has_risky_repetition(target_modules):
+        raise ValueError(
+            f"`target_modules` regex {target_modules!r} repeats a group that holds a quantifier or an alternation "
+            "(like `(.*)*` or `(a|a)+`), which can take exponential time; pass module names or a simpler regex."
+        )
+    try:
+        re.compile(target_modules)
+    except re.error as err:
+        raise ValueError(f"`target_modules` {target_modules!r} is not a valid regex: {err}.") from err
+
+
+def _has_risky_repetition(pattern: str) -> bool:
+    """Whether a group that contains a quantifier or `|` (at any depth) is itself repeated by `*`, `+` or `{`."""
+    stack: list[bool] = []  # per open group: does it contain a quantifier / alternation?
+    risky_closed = False  # the group that just closed was risky
+    index = 0
+    while index < len(pattern):
+        char = pattern[index]
+        if char == "\\":
+            index += 2
+            risky_closed = False
+            continue
+        if char in "*+{" and risky_closed:
+            return True
+        risky_closed = False
+        if char == "(":
+            stack.append(False)
+            if pattern[index + 1 : index + 2] == "?":  # `(?:`, `(?=`...: not a quantifier
+                index += 1
+        elif char == ")" and stack:
+            inner = stack.pop()
+            risky_closed = inner
+            if stack:
+                stack[-1] = stack[-1] or inner
+        elif char in "*+?{|" and stack:
+            stack[-1] = True
+        index += 1
+    return False
 
 
 def _check_positive_int(name: str, value: object) -> None:

@@ -60,6 +60,7 @@ class LimeModel(BaseTuner):
             raise ValueError("hf_lime supports one LIME adapter per model; create another PEFT model for another.")
 
     def _prepare_adapter_config(self, peft_config: LimeConfig, model_config: dict) -> LimeConfig:
+        _check_sizes_against_model(peft_config, model_config)
         num_layers = _num_blocks(model_config)
         if peft_config.layers_to_transform is None and num_layers is not None:
             top = min(peft_config.num_top_layers, num_layers)
@@ -299,6 +300,16 @@ def _checked_deltas(deltas: dict[str, LayerDelta]) -> dict[str, LayerDelta]:
         bad = [key for key, ok in zip(deltas, finite.tolist(), strict=True) if not ok]
         raise ValueError(f"The editor produced a non-finite update for layers {bad}; the model was not changed.")
     return deltas
+
+
+def _check_sizes_against_model(config: LimeConfig, model_config: dict) -> None:
+    """Refuse editor sizes far beyond what the base model can use (before anything is allocated)."""
+    hidden = model_config.get("hidden_size") or model_config.get("n_embd") or model_config.get("d_model")
+    if isinstance(hidden, int) and config.editor == "ke" and config.ke_hidden_dim > 16 * hidden:
+        raise ValueError(
+            f"`ke_hidden_dim`={config.ke_hidden_dim} is more than 16x the base model's hidden size ({hidden}); "
+            f"at most {16 * hidden} is allowed."
+        )
 
 
 def _key(name: str) -> str:
