@@ -143,6 +143,24 @@ def test_episode_structure(items):
     assert all(set(example) == keys for part in episode.values() for example in part)
 
 
+def test_several_update_languages_per_edit(items, by_id):
+    one = EpisodeDataset(items, LANGUAGES, n_edit=1, n_retain=2, num_episodes=20, seed=3)
+    many = EpisodeDataset(items, LANGUAGES, n_edit=1, n_retain=2, num_episodes=20, seed=3, n_update=3)
+    for index in range(20):
+        first, episode = one[index], many[index]
+        assert episode["edit"] == first["edit"] and episode["update"][0] == first["update"][0]  # same first draw
+        languages = [example["language"] for example in episode["update"]]
+        assert len(set(languages)) == len(languages) <= 3
+        edited = episode["edit"][0]
+        item = by_id[edited["item_id"]]
+        for example in episode["update"]:
+            assert example["item_id"] == edited["item_id"]
+            assert example["prompt"] == item["prompts"][item["languages"].index(example["language"])]
+    assert max(len(many[i]["update"]) for i in range(20)) > 1
+    with pytest.raises(ValueError, match="n_update"):
+        EpisodeDataset(items, LANGUAGES, n_update=0)
+
+
 def test_languages_items_and_lang_ids_are_consistent(items, by_id):
     dataset = EpisodeDataset(items, LANGUAGES, n_edit=2, n_retain=3, num_episodes=60, seed=3)
     for episode in _all_episodes(dataset):

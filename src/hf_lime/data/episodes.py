@@ -201,6 +201,9 @@ class EpisodeDataset(torch.utils.data.Dataset):
         retain_languages (`Sequence[str]`, *optional*, defaults to `None`): languages of retained items (all).
         n_edit (`int`, *optional*, defaults to `1`): edited items per episode.
         n_retain (`int`, *optional*, defaults to `4`): retained items per episode.
+        n_update (`int`, *optional*, defaults to `1`): update languages per edited item: the same item with its new
+            target in up to this many distinct languages (the first drawn as with one; more cross-lingual supervision
+            per edit, at the cost of more rows in the post-edit forward).
         num_episodes (`int`, *optional*, defaults to `None`): dataset length; `None` means one per usable item.
         seed (`int`, *optional*, defaults to `0`): the sampling seed.
         new_target (`str`, *optional*, defaults to `"alternative"`): ``"alternative"`` or ``"gold"``.
@@ -227,7 +230,11 @@ class EpisodeDataset(torch.utils.data.Dataset):
         num_episodes: int | None = None,
         seed: int = 0,
         new_target: str = "alternative",
+        n_update: int = 1,
     ) -> None:
+        if isinstance(n_update, bool) or not isinstance(n_update, int) or n_update < 1:
+            raise ValueError(f"n_update must be an int >= 1, got {n_update!r}.")
+        self.n_update = n_update
         self.languages = self._check_language_list(languages)
         self.edit_languages = check_language_subset("edit_languages", edit_languages, self.languages)
         self.update_languages = check_language_subset("update_languages", update_languages, self.languages)
@@ -310,14 +317,14 @@ class EpisodeDataset(torch.utils.data.Dataset):
         edited = [first, *others]
         episode: dict[str, list[dict[str, Any]]] = {"edit": [], "update": [], "retain": []}
         for item_index in edited:
-            edit, update = self._edit_pair(self._items[item_index], rng)
+            edit, updates = self._edit_pair(self._items[item_index], rng)
             episode["edit"].append(edit)
-            episode["update"].append(update)
+            episode["update"].extend(updates)
         episode["retain"] = self._retain_examples(edited, rng)
         return episode
 
-    def _edit_pair(self, item: ParsedItem, rng: random.Random) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Sample (edit language, update language, new target) for an editable item."""
+    def _edit_pair(self, item: ParsedItem, rng: random.Random) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Sample (edit language, update language(s), new target) for an editable item."""
         edit_langs, update_langs = self._edit_langs(item)
         candidates = self._candidates(item)
         # The first draw is uniform over languages; later pairs are tried only when the first has no target.
@@ -326,9 +333,13 @@ class EpisodeDataset(torch.utils.data.Dataset):
                 labelled = [labels for _, labels in candidates if edit_lang in labels and update_lang in labels]
                 if labelled:
                     labels = rng.choice(labelled)
+                    updates = [update_lang]
+                    if self.n_update > 1:
+                        more = [lang for lang in update_langs if lang in labels and lang != update_lang]
+                        updates += rng.sample(more, min(self.n_update - 1, len(more)))
                     return (
                         item.example(edit_lang, labels[edit_lang], self._lang_ids[edit_lang]),
-                        item.example(update_lang, labels[update_lang], self._lang_ids[update_lang]),
+                        [item.example(lang, labels[lang], self._lang_ids[lang]) for lang in updates],
                     )
         raise AssertionError(f"Item {item.id!r} was marked editable but has no labelled new target.")
 
