@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import shutil
 import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
@@ -15,6 +15,7 @@ import torch
 from peft import PeftModel
 from torch import nn
 
+from .atomic import is_local_folder, read_folder, write_folder
 from .data.encoding import TASKS, pad_batch
 from .editing import Edit
 from .lora_export import export_edits_as_lora, module_name
@@ -174,7 +175,15 @@ class LimeEditor:
             raise ValueError(f"Pass `dtype` or its alias `torch_dtype`, not both ({dtype!r} vs {torch_dtype!r}).")
         dtype = dtype if dtype is not None else torch_dtype
         hub = {"token": token, "cache_dir": cache_dir, "local_files_only": local_files_only}
-        folder = resolve_editor_folder(repo_id_or_path, revision=revision, subfolder=subfolder, **hub)
+        local = Path(repo_id_or_path).expanduser()
+        local = local / subfolder if isinstance(subfolder, str) and local.is_dir() else local
+        guard = read_folder(local) if is_local_folder(local) else contextlib.nullcontext()
+        with guard:  # a local folder is read under its lock: never a mix of two saves
+            folder = resolve_editor_folder(repo_id_or_path, revision=revision, subfolder=subfolder, **hub)
+            return cls._load(folder, base_model, tokenizer, dtype, device_map, device, hub)
+
+    @classmethod
+    def _load(cls, folder: Path, base_model, tokenizer, dtype, device_map, device, hub: dict) -> LimeEditor:
         check_adapter_files(folder)
         config = load_adapter_config(folder)
         metadata = load_editor_metadata(folder) or {}
@@ -208,9 +217,11 @@ class LimeEditor:
         Save the editor: `adapter_config.json`, `adapter_model.safetensors`, `lime_editor.json` (task, base-model
         fingerprint, training info, metrics), the tokenizer files and a README.md model card.
 
-        Files are written to a temporary folder next to `save_directory` and moved in only once all writes
-        succeeded: a failed save leaves earlier files untouched. Applied edits are not part of the editor (export
-        them with [`~LimeEditor.export_lora`]).
+        The save is all-or-nothing (`hf_lime.atomic.write_folder`): the files are written to a temporary folder next
+        to `save_directory`, which then replaces it in one swap (other files already in the folder are kept). A failed
+        or killed save leaves the previous version complete; concurrent saves serialise, and `from_pretrained` never
+        reads a mix of two versions. Applied edits are not part of the editor (export them with
+        [`~LimeEditor.export_lora`]).
 
         Args:
             save_directory (`str` or `os.PathLike`): Output folder (created if needed).
@@ -224,18 +235,7 @@ class LimeEditor:
         """
         self._set_base_name(base_model_name_or_path)
         target = Path(save_directory)
-        if target.exists() and not target.is_dir():
-            raise ValueError(f"{str(target)!r} exists and is not a folder.")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-        try:
-            self._write_files(tmp, save_tokenizer, repo_id or str(target))
-            target.mkdir(exist_ok=True)
-            for file in sorted(tmp.iterdir()):
-                os.replace(file, target / file.name)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return target
+        return write_folder(target, lambda folder: self._write_files(folder, save_tokenizer, repo_id or str(target)))
 
     def _set_base_name(self, base_model_name_or_path: str | None) -> None:
         name = base_model_name_or_path or self.config.base_model_name_or_path

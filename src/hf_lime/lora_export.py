@@ -11,8 +11,6 @@ the padding adds exact zeros, and one global `r` works with every PEFT version a
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -130,14 +128,10 @@ def _lora_config(target_modules: list[str], rank: int, fan_in_fan_out: bool):
 def _write_atomically(path: Path, config, tensors: dict[str, torch.Tensor]) -> Path:
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        config.save_pretrained(str(tmp))
-        save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
-        path.mkdir(exist_ok=True)
-        for file in sorted(tmp.iterdir()):
-            os.replace(file, path / file.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
+    from .atomic import write_folder
+
+    def write(folder: Path) -> None:
+        config.save_pretrained(str(folder))
+        save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
+
+    return write_folder(path, write)

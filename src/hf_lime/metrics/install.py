@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 from pathlib import Path
 
@@ -70,14 +69,9 @@ def evaluate_module_hash(source: str) -> str:
 
 
 def _atomic_write(path: Path, data: str) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
-            stream.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    from ..atomic import write_file
+
+    write_file(path, data)
 
 
 def _make_packages(root: Path, module_dir: Path) -> None:
