@@ -435,6 +435,6 @@ class LimeEditor:
 
 
 def _library_version() -> str:
-    from . import __version__
+    from .version import __version__
 
     return __version__
