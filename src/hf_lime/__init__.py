@@ -5,7 +5,7 @@ from .editor import LimeEditor
 from .masks import HardConcreteGate, LanguageMask
 from .metrics.install import install_evaluate_module_on_import
 from .tuner import LimeConfig, LimeLayer, LimeModel
-from .version import __version__
+from .version import __version__ as __version__
 
 # Makes `evaluate.load("lime_xl_edit")` work offline after `import hf_lime` (cheap when already installed).
 install_evaluate_module_on_import()
