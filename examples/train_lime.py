@@ -11,6 +11,9 @@ Examples (run from the repository root; `../shared/data` holds mLAMA and XNLI):
     # note that `--cpu --num_processes 2` silently runs ONE process)
     accelerate launch --multi_gpu --num_processes 2 examples/train_lime.py --model_name_or_path ... --use_cpu
 
+    # push the trained editor (LimeEditor.from_pretrained("org/my-editor") loads it back)
+    python examples/train_lime.py ... --push_to_hub --hub_model_id org/my-editor
+
     # monolingual training (en -> en), LiME off, KnowledgeEditor
     python examples/train_lime.py ... --preset monolingual --no_lime --editor ke
 
@@ -216,6 +219,11 @@ def finish(model, tokenizer, test_items, task, label2id, languages, data_args, a
     editor.save_pretrained(output_dir, base_model_name_or_path=train_info["base_model"])
     (output_dir / "training_info.json").write_text(json.dumps(train_info, indent=2))
     logger.info("Editor, metrics.json and plots written to %s", output_dir)
+    if args.push_to_hub:  # the complete editor, with its test metrics in the model card
+        repo_id = args.hub_model_id or output_dir.name
+        editor.push_to_hub(repo_id, token=args.hub_token, private=args.hub_private_repo,
+                           commit_message="LiME editor with its cross-lingual test metrics")  # fmt: skip
+        logger.info("Pushed the editor to the Hub repo %s", repo_id)
 
 
 if __name__ == "__main__":

@@ -243,3 +243,59 @@ def test_rejects_mismatched_languages_and_untrainable_editors(world, tmp_path):
 def test_training_arguments_validation(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         LimeTrainingArguments(output_dir=str(tmp_path), use_cpu=True, **kwargs)
+
+
+def _named_base(world, tmp_path):
+    """The world's base model saved to and loaded from a folder: it then knows its name (as a real model does)."""
+    from transformers import AutoModelForMaskedLM
+
+    tokenizer, items, base = world
+    base.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    return AutoModelForMaskedLM.from_pretrained(tmp_path / "base").eval()
+
+
+def _trainer_on(base, world, tmp_path, **overrides):
+    tokenizer, items, _ = world
+    model = get_peft_model(base, LimeConfig(languages=LANGUAGES, mend_rank=16, edit_lr_init=1e-2))
+    args = LimeTrainingArguments(output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=1,
+                                 save_strategy="no", use_cpu=True, report_to="none", **overrides)  # fmt: skip
+    return LimeTrainer(
+        model=model,
+        args=args,
+        processing_class=tokenizer,
+        data_collator=EpisodeCollator(tokenizer, "masked_lm"),
+        train_dataset=EpisodeDataset(items, LANGUAGES, n_retain=2, num_episodes=4),
+    )
+
+
+def test_trainer_saves_are_complete_editors(world, tmp_path):
+    from hf_lime import LimeEditor
+
+    trainer = _trainer_on(_named_base(world, tmp_path), world, tmp_path)
+    trainer.train()
+    trainer.save_model(str(tmp_path / "saved"))
+    names = {p.name for p in (tmp_path / "saved").iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "lime_editor.json", "README.md"} <= names
+    assert "library_name: hf_lime" in (tmp_path / "saved" / "README.md").read_text()
+    loaded = LimeEditor.from_pretrained(tmp_path / "saved")
+    assert loaded.training_info["global_step"] == 2 and loaded.languages == LANGUAGES
+    for name, param in trainer.model.base_model.edit_lrs.named_parameters():
+        assert torch.equal(dict(loaded.model.base_model.edit_lrs.named_parameters())[name], param)
+
+
+def test_trainer_push_to_hub_pushes_a_complete_editor(world, tmp_path):
+    from hub_server import running_hub
+
+    from hf_lime import LimeEditor
+
+    base = _named_base(world, tmp_path)
+    with running_hub(tmp_path) as hub:
+        trainer = _trainer_on(base, world, tmp_path, push_to_hub=True, hub_model_id="org/ex", hub_token="hf_test")
+        trainer.train()
+        trainer.push_to_hub()
+        files = hub.files("org/ex")
+        assert {"adapter_config.json", "adapter_model.safetensors", "lime_editor.json", "README.md"} <= set(files)
+        assert b"library_name: hf_lime" in files["README.md"]
+        pulled = LimeEditor.from_pretrained("org/ex")
+        assert pulled.languages == LANGUAGES and pulled.training_info["trainer"] == "LimeTrainer"

@@ -255,9 +255,15 @@ class LimeEditor:
             for file in (folder / adapter).iterdir():
                 os.replace(file, folder / file.name)
             (folder / adapter).rmdir()
-        (folder / EDITOR_METADATA).write_text(json.dumps(self._metadata(), indent=2), encoding="utf-8")
         if save_tokenizer and self.tokenizer is not None:
             self.tokenizer.save_pretrained(str(folder))
+        self.write_description(folder, repo_id)
+
+    def write_description(self, folder: str | os.PathLike, repo_id: str | None = None) -> None:
+        """Write `lime_editor.json` (task, base-model fingerprint, training info, metrics) and the README.md model
+        card into `folder`, beside adapter files written by PEFT (used by `LimeTrainer` for its saves)."""
+        folder = Path(folder)
+        (folder / EDITOR_METADATA).write_text(json.dumps(self._metadata(), indent=2), encoding="utf-8")
         cfg = self.config
         card = render_model_card(
             base_model=cfg.base_model_name_or_path,
@@ -265,7 +271,7 @@ class LimeEditor:
             editor=cfg.editor,
             languages=cfg.languages,
             use_lime_mask=cfg.use_lime_mask,
-            repo_id=repo_id,
+            repo_id=repo_id or str(folder),
             training_info=self.training_info,
             metrics=self.metrics,
         )

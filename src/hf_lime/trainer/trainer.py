@@ -116,6 +116,43 @@ class LimeTrainer(Trainer):
         self._metrics["eval"].clear()
         return output
 
+    # ------------------------------------------------------------------------------------------- saving
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """PEFT's adapter files, plus what makes the folder a complete LIME editor: `lime_editor.json` and the
+        hf_lime model card (so `LimeEditor.from_pretrained` loads a trainer save or push as it is)."""
+        super()._save(output_dir, state_dict)
+        if self.args.should_save:
+            self._describe(output_dir or self.args.output_dir, repo_id=self.hub_model_id)
+
+    def create_model_card(self, *args: Any, **kwargs: Any) -> None:
+        """hf_lime's model card (editor, languages, training, metrics) instead of transformers' generic one."""
+        if self.is_world_process_zero():
+            self._describe(self.args.output_dir, repo_id=self.hub_model_id)
+
+    def _describe(self, folder: str, repo_id: str | None) -> None:
+        from ..editor import LimeEditor
+
+        editor = LimeEditor(self.model, self.processing_class, task=self.task, training_info=self._training_info())
+        try:
+            editor._set_base_name(None)
+        except ValueError:
+            logger.warning("The base model has no name or folder: no lime_editor.json or model card written.")
+            return
+        editor.write_description(folder, repo_id=repo_id)
+
+    def _training_info(self) -> dict[str, Any]:
+        args, state = self.args, self.state
+        return {
+            "trainer": "LimeTrainer",
+            "global_step": state.global_step,
+            "best_metric": state.best_metric,
+            "learning_rate": args.learning_rate,
+            "c_edit": args.c_edit,
+            "c_loc": args.c_loc,
+            "c_l0": args.c_l0,
+            "languages": list(self.model.base_model.languages),
+        }
+
     # ------------------------------------------------------------------------------------------- optimizer
     def create_optimizer(self, model=None):
         """Three parameter groups: editor networks (`learning_rate`), masks and edit step sizes."""
