@@ -85,6 +85,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--xnli_languages", nargs="+", default=XNLI_LANGUAGES)
     p.add_argument("--relations", nargs="+", default=RELATIONS)
     p.add_argument("--max_per_relation", type=int, default=150)
+    p.add_argument("--split_sizes", nargs=3, type=float, default=[0.6, 0.1, 0.3],
+                   help="Train / validation / test shares of the subjects (the test split must hold n_edits distinct "
+                        "facts per editing language).")  # fmt: skip
     p.add_argument("--n_edits", type=int, default=25, help="Test edits (distinct facts) per editing language.")
     p.add_argument("--n_retain", type=int, default=5)
     p.add_argument("--bootstrap", type=int, default=1000)
@@ -99,7 +102,7 @@ def load_task(dataset: str, args) -> dict:
     if dataset == "mlama":
         languages = list(args.mlama_languages)
         splits = load_mlama(args.data_dir, languages, relations=args.relations,
-                            max_per_relation=args.max_per_relation, seed=0)  # fmt: skip
+                            max_per_relation=args.max_per_relation, split_sizes=args.split_sizes, seed=0)  # fmt: skip
         folder = prepare_model("me5-small-facts", models / "me5-small-facts-mlama", dataset=splits,
                                languages=languages, steps=args.model_steps, fact_split="all",
                                learning_rate=3e-4)  # fmt: skip
@@ -144,7 +147,7 @@ def train(model, tokenizer, task: dict, run: dict, args, run_dir: Path) -> LimeT
         model=model, args=train_args, data_collator=collator,
         train_dataset=EpisodeDataset(task["splits"]["train"], languages, n_retain=4, seed=run["seed"], **roles),
         eval_dataset=EpisodeDataset(task["splits"]["validation"], languages, n_retain=4, seed=run["seed"] + 1000,
-                                    num_episodes=40, **roles),
+                                    num_episodes=80, **roles),
     )  # fmt: skip
     trainer.train()
     plot_training_curves(trainer.state.log_history, run_dir / "training_curves.png")

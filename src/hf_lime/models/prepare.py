@@ -168,7 +168,10 @@ def prepare_model(
     data = None
     if name == "me5-small-facts":
         data, recipe["data"] = _facts_data(dataset, facts_source, data_dir, languages, seed)
-        recipe["data_sha256"] = _signature(data)
+        # a model of every fact depends on the facts, not on how they are split
+        recipe["data_sha256"] = _signature({"all": sorted((dict(r) for s in data.values() for r in s),
+                                                          key=lambda r: json.dumps(r, sort_keys=True))}
+                                           if fact_split == "all" else data)  # fmt: skip
         if fact_split not in FACT_SPLITS:
             raise ValueError(f"fact_split must be one of {FACT_SPLITS}, got {fact_split!r}.")
         if fact_split != "train":
