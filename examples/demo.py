@@ -66,6 +66,7 @@ def train_editor(model, tokenizer, splits, languages, args) -> LimeTrainer:
         learning_rate=args.learning_rate,
         c_edit=args.c_edit,
         logging_steps=10,
+        save_only_model=True,  # the checkpoints only serve to keep the best editor: no optimizer state
         use_cpu=not torch.cuda.is_available(),
         seed=args.seed,
         report_to="none",
@@ -130,7 +131,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     start, output_dir, languages = time.time(), Path(args.output_dir), list(args.languages)
     folder = prepare_model("me5-small-facts", args.model_dir, steps=args.fact_steps, seed=args.seed,
-                           languages=languages, fact_split="all", learning_rate=3e-4)  # fmt: skip
+                           languages=languages, fact_split="all", learning_rate=3e-4, train_layers=4)  # fmt: skip
     logger.info("fact model ready after %.0f s", time.time() - start)
     splits = load_cldr_facts(languages, seed=args.seed)
     tokenizer = AutoTokenizer.from_pretrained(folder)

@@ -87,6 +87,7 @@ def _finetune(name: str, base: Path, output_dir: Path, recipe: dict, data, optio
         languages=recipe["languages"],
         steps=recipe["steps"],
         learning_rate=recipe.get("learning_rate", 1e-4),
+        train_layers=recipe.get("train_layers", 2),
         max_eval_per_language=recipe.get("max_eval_per_language", 300),
         seed=recipe["seed"],
         device=options["device"],
@@ -110,6 +111,7 @@ def prepare_model(
     progress: bool = True,
     fact_split: str = "train",
     learning_rate: float | None = None,
+    train_layers: int | None = None,
 ) -> Path:
     """Build ``name`` into ``output_dir`` (a normal ``transformers`` folder), or reuse it when already built.
 
@@ -137,6 +139,8 @@ def prepare_model(
             facts an editor is later asked to change) and precision@1 is reported on a sample of those facts.
         learning_rate (`float`, *optional*): ``me5-small-facts`` only: learning rate of the trained encoder layers
             (default 1e-4).
+        train_layers (`int`, *optional*): ``me5-small-facts`` only: how many top encoder layers train with the head
+            (default 2).
 
     Returns:
         `Path`: ``output_dir``.
@@ -178,6 +182,8 @@ def prepare_model(
             recipe.update(fact_split=fact_split, max_eval_per_language=100)
         if learning_rate is not None:
             recipe["learning_rate"] = float(learning_rate)
+        if train_layers is not None:
+            recipe["train_layers"] = int(train_layers)
     if is_prepared(output_dir, name=name, recipe=recipe):
         logger.info("Reusing %s in %s (same recipe)", name, output_dir)
         return output_dir
