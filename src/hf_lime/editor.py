@@ -17,7 +17,6 @@ from torch import nn
 
 from .atomic import is_local_folder, read_folder, write_folder
 from .data.encoding import TASKS, pad_batch
-from .editing import Edit
 from .lora_export import export_edits_as_lora, module_name
 from .model_card import render_model_card
 from .safe_loading import (
@@ -43,6 +42,7 @@ from .safe_loading import (
 from .text_io import as_rows, encode_text, masked_prompt, predict_text, rank_text
 from .tuner import LimeConfig
 from .tuner.config import PEFT_TYPE
+from .tuner.edit import Edit
 
 __all__ = ["LimeEditor", "infer_task", "masked_prompt"]
 

@@ -13,16 +13,28 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import torch
 
-from .editing import Edit
+from .deltas import LayerDelta
 
 LORA_PREFIX = "base_model.model."
 
 
+@runtime_checkable
+class ExportableEdit(Protocol):
+    """What the export reads of an edit (`hf_lime.tuner.edit.Edit` is one): its per-layer deltas, the model it was
+    made on, and whether a layer stores weights as `(fan_in, fan_out)`."""
+
+    deltas: dict[str, LayerDelta]
+    base_model_name_or_path: str | None
+
+    def fan_in_fan_out(self, key: str) -> bool: ...
+
+
 def export_edits_as_lora(
-    edits: Edit | Sequence[Edit],
+    edits: ExportableEdit | Sequence[ExportableEdit],
     path: str | os.PathLike,
     base_model_name_or_path: str | None = None,
     revision: str | None = None,
@@ -52,8 +64,8 @@ def export_edits_as_lora(
 
     ```
     """
-    edits = [edits] if isinstance(edits, Edit) else list(edits)
-    if not edits or not all(isinstance(e, Edit) for e in edits):
+    edits = [edits] if isinstance(edits, ExportableEdit) else list(edits)
+    if not edits or not all(isinstance(e, ExportableEdit) for e in edits):
         raise TypeError(f"`edits` must be an Edit or a non-empty sequence of Edit objects, got {edits!r}.")
     if base_model_name_or_path is None:
         names = {edit.base_model_name_or_path for edit in edits}
@@ -75,7 +87,9 @@ def export_edits_as_lora(
     return _write_atomically(Path(path), config, tensors)
 
 
-def stacked_factors(edits: Sequence[Edit]) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], dict[str, bool]]:
+def stacked_factors(
+    edits: Sequence[ExportableEdit],
+) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], dict[str, bool]]:
     """
     Per edited module (its name in the base model), the factors `(B, A)` of the summed edits, and whether the
     module stores weights as `(fan_in, fan_out)` (GPT-2's `Conv1D`).
@@ -87,7 +101,7 @@ def stacked_factors(edits: Sequence[Edit]) -> tuple[dict[str, tuple[torch.Tensor
             name = module_name(key)
             B, A = delta.to_low_rank()
             parts.setdefault(name, []).append((B.detach().cpu(), A.detach().cpu()))
-            conv[name] = bool(edit._layers[key].fan_in_fan_out)
+            conv[name] = bool(edit.fan_in_fan_out(key))
     dtype = _common_dtype([t for pairs in parts.values() for pair in pairs for t in pair])
     factors = {}
     for name, pairs in parts.items():

@@ -4,21 +4,18 @@
 arguments from the config. Adding an editor touches this package and `LimeConfig`'s allowed values only.
 """
 
-from .base import BaseEditor, EditorOutput, EditStepSizes, LayerSpec, build_editor
-from .ft import FineTuneEditor, ft_kwargs
-from .ke import KnowledgeEditor, ke_kwargs
-from .mend import MendEditor, mend_kwargs
-
-EDITOR_REGISTRY = {
-    "mend": (MendEditor, mend_kwargs),
-    "ke": (KnowledgeEditor, ke_kwargs),
-    "ft": (FineTuneEditor, ft_kwargs),
-}
+from .base import BaseEditor, EditorOutput, EditStepSizes, LayerSpec
+from .ft import FineTuneEditor
+from .ke import KnowledgeEditor
+from .mend import MendEditor
+from .protocol import EditorContext
+from .registry import EDITOR_REGISTRY, build_editor
 
 __all__ = [
     "EDITOR_REGISTRY",
     "BaseEditor",
     "EditStepSizes",
+    "EditorContext",
     "EditorOutput",
     "FineTuneEditor",
     "KnowledgeEditor",

@@ -1,15 +1,17 @@
 """The one interface every editor implements, and what the adapter hands to it.
 
-An editor turns an edit request into per-layer deltas. It gets an [`EditContext`] that can
+An editor turns an edit request into per-layer deltas. It gets an [`EditorContext`] (`editors/protocol.py`; the
+tuner's `EditContext` implements it) that can
 
 - `capture()`: run the base model on the edit batch and return, per edited layer, its inputs `x` and the gradient
   `delta` of the edit loss at its output (tokens flattened, padding dropped), with each token's language id;
-- `forward(deltas, batch)`: run the model with differentiable deltas added (nothing is modified);
-- `mask(key, lang_ids)`: LiME's language mask of a layer, split into input and gradient parts;
+- `masked_inputs(key, d_in)`: a layer's non-zero tokens re-weighted by the editing language's LiME mask;
+- `forward(deltas, batch)` / `edit_loss(deltas)`: run the model with differentiable deltas added (nothing is modified);
+- `recording()`: record every edited layer's calls inside a block;
 - `edit_lr(key)`: the learned step size of a layer.
 
-Adding an editor means: a module in `editors/`, an entry in `EDITOR_REGISTRY`, and the name in
-`LimeConfig.editor`'s allowed values. Nothing outside `editors/` needs to know about it.
+Adding an editor means: a module in `editors/`, an entry in `EDITOR_REGISTRY` (`editors/registry.py`), and the name
+in `LimeConfig.editor`'s allowed values. Nothing outside `editors/` needs to know about it.
 """
 
 from __future__ import annotations
@@ -17,15 +19,13 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from ..editing import EditInfo, LayerDelta
-
-if TYPE_CHECKING:
-    from ..tuner.context import EditContext
+from ..deltas import EditInfo, LayerDelta
+from .protocol import EditorContext
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ class BaseEditor(nn.Module, ABC):
 
     #: Whether the editor has parameters that must be trained (by `LimeTrainer`) before it is useful.
     requires_training: ClassVar[bool] = True
-    #: Whether the editor's update depends on `EditContext.mask` (LiME masks are created only then).
+    #: Whether the editor's update depends on the LiME masks (`EditorContext.masked_inputs`); masks are created then.
     uses_masks: ClassVar[bool] = True
 
     def __init__(self, layers: list[LayerSpec]) -> None:
@@ -100,7 +100,7 @@ class BaseEditor(nn.Module, ABC):
         self.layers = list(layers)
 
     @abstractmethod
-    def compute_deltas(self, ctx: EditContext) -> EditorOutput:
+    def compute_deltas(self, ctx: EditorContext) -> EditorOutput:
         """Compute the per-layer deltas of one (possibly batched) edit request."""
 
     def extra_repr(self) -> str:
@@ -110,19 +110,3 @@ class BaseEditor(nn.Module, ABC):
     def model_kwargs(cls, model: nn.Module) -> dict[str, Any]:
         """Constructor arguments read from the base model (e.g. its embedding width); none by default."""
         return {}
-
-
-def build_editor(layers: list[LayerSpec], config: Any, model: nn.Module | None = None) -> BaseEditor:
-    """
-    Instantiate the editor named by `config.editor` (a [`LimeConfig`]) with plain constructor arguments: those
-    read from the config by the registry, plus those the editor class reads from the base `model` (if given).
-    """
-    from . import EDITOR_REGISTRY
-
-    if config.editor not in EDITOR_REGISTRY:
-        raise ValueError(f"Unknown editor {config.editor!r}; available: {sorted(EDITOR_REGISTRY)}.")
-    cls, kwargs_from_config = EDITOR_REGISTRY[config.editor]
-    kwargs = kwargs_from_config(config)
-    if model is not None:
-        kwargs.update(cls.model_kwargs(model))
-    return cls(layers, **kwargs)

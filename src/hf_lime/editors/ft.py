@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
-from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ..editing import EditInfo, LayerDelta
+from ..deltas import EditInfo, LayerDelta
 from .base import BaseEditor, EditorOutput, LayerSpec
 
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
@@ -125,8 +124,7 @@ class FineTuneEditor(BaseEditor):
             return retain, ctx.forward(None, retain).logits.detach()
 
     def _forward(self, ctx, deltas, retain, base_logits) -> _Pass:
-        with ExitStack() as stack, torch.enable_grad():
-            records = {key: stack.enter_context(layer.capture()) for key, layer in ctx.layers.items()}
+        with ctx.recording() as records, torch.enable_grad():
             loss, predicted = ctx.edit_loss(deltas)
             if loss is None or not torch.isfinite(loss):
                 raise ValueError(f"The fine-tuning loss is not usable ({loss}); check the edit labels and model head.")

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..editing import EditInfo, LayerDelta
+from ..deltas import EditInfo, LayerDelta
 from .base import BaseEditor, EditorOutput, LayerSpec
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..editing import EditInfo, LayerDelta
+from ..deltas import EditInfo, LayerDelta
 from .base import BaseEditor, EditorOutput, LayerSpec
 
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..data.encoding import is_correct
-from ..editing import LayerDelta
+from ..deltas import LayerDelta
 from ..head import target_logits
 from ..masks import MaskBank
 from .layer import LimeLayer
@@ -39,7 +39,7 @@ class Captured:
 
 class EditContext:
     """
-    The model-side services an editor uses to compute one edit (see `hf_lime.editors.base`).
+    The model-side services an editor uses to compute one edit: the `hf_lime.editors.EditorContext` protocol.
 
     Args:
         model (`nn.Module`): The model with LIME layers injected (called with `**batch`).
@@ -105,6 +105,12 @@ class EditContext:
         if masks is not None:
             x, delta = _reweight(x, masks[0]), _reweight(delta, masks[1])
         return LayerTokens(x=x, delta=delta, rows=rows)
+
+    @contextmanager
+    def recording(self):
+        """Inside the block every edited layer records `(inputs, outputs)` of its calls; yields them by layer key."""
+        with ExitStack() as stack:
+            yield {key: stack.enter_context(layer.capture()) for key, layer in self.layers.items()}
 
     def capture(self) -> Captured:
         """Run the model once on the edit batch; return each layer's inputs and loss gradients (cached)."""

@@ -11,7 +11,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from ..editing import LayerDelta
+from ..deltas import LayerDelta
 
 
 @dataclass

@@ -13,12 +13,13 @@ from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from ..editing import Edit, LayerDelta
+from ..deltas import LayerDelta
 from ..editors import BaseEditor, EditorOutput, EditStepSizes, LayerSpec, build_editor
 from ..head import target_logits
 from ..masks import MaskBank
 from .config import TARGET_MODULES_MAPPING, LimeConfig
 from .context import EditContext, apply_functional_deltas, known_task
+from .edit import Edit
 from .layer import LimeLayer
 from .validation import resolve_language_ids, validate_edit_batch
 

@@ -1,4 +1,4 @@
-"""Edits: low-rank weight deltas that can be applied, reverted, stacked and merged.
+"""`Edit`: an edit applied to a LIME model's layers, that can be reverted, stacked, merged and exported.
 
 An edit never touches the base weights while it is applied: each edited layer adds `x @ A.T @ B.T` (that is
 `ΔW = B @ A` in `nn.Linear` orientation) to its output. Reverting removes that term, which restores the model bit
@@ -11,66 +11,15 @@ import itertools
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import torch
+from ..deltas import EditInfo, LayerDelta
 
 if TYPE_CHECKING:
-    from .tuner.layer import LimeLayer
+    from .layer import LimeLayer
 
 _EDIT_IDS = itertools.count()
-
-
-@dataclass
-class LayerDelta:
-    """
-    `ΔW = B @ A` for one layer, in `nn.Linear` orientation `(d_out, d_in)`.
-
-    Args:
-        B (`torch.Tensor`): `(d_out, r)` factor, or the dense `(d_out, d_in)` update when `A` is `None`.
-        A (`torch.Tensor`, *optional*): `(r, d_in)` factor; `None` for a dense update.
-    """
-
-    B: torch.Tensor
-    A: torch.Tensor | None = None
-
-    @property
-    def rank(self) -> int:
-        return self.B.shape[1] if self.A is not None else min(self.B.shape)
-
-    def dense(self) -> torch.Tensor:
-        """The full `(d_out, d_in)` update."""
-        return self.B if self.A is None else self.B @ self.A
-
-    def apply_to(self, x: torch.Tensor) -> torch.Tensor:
-        """`x @ ΔW.T`, computed through the low-rank factors."""
-        B = self.B.to(x.dtype)
-        if self.A is None:
-            return x @ B.T
-        return (x @ self.A.to(x.dtype).T) @ B.T
-
-    def detach(self) -> LayerDelta:
-        return LayerDelta(self.B.detach(), None if self.A is None else self.A.detach())
-
-    def to_low_rank(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Factors `(B, A)` of the update; a dense update is factorised exactly by a thin SVD."""
-        if self.A is not None:
-            return self.B, self.A
-        U, S, Vh = torch.linalg.svd(self.B.float(), full_matrices=False)
-        keep = S > S.max() * 1e-7 if S.numel() else S > 0
-        return (U[:, keep] * S[keep]).to(self.B.dtype), Vh[keep].to(self.B.dtype)
-
-
-@dataclass
-class EditInfo:
-    """What the editor measured while computing an edit."""
-
-    loss_before: float | None = None
-    languages: list[str] = field(default_factory=list)
-    steps: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Edit:
@@ -170,6 +119,10 @@ class Edit:
         self._state = "merged"
         return self
 
+    def fan_in_fan_out(self, key: str) -> bool:
+        """Whether the edited layer `key` stores its weight as `(fan_in, fan_out)` (GPT-2's `Conv1D`)."""
+        return bool(self._layers[key].fan_in_fan_out)
+
     def _add_to_weights(self, sign: float) -> None:
         for name, delta in self.deltas.items():
             self._layers[name].add_to_weight(delta.dense(), sign)
@@ -195,7 +148,7 @@ class Edit:
         Returns:
             `Path`: the adapter folder.
         """
-        from .lora_export import export_edits_as_lora
+        from ..lora_export import export_edits_as_lora
 
         return export_edits_as_lora([self, *(edits or [])], path, base_model_name_or_path, revision=revision)
 
