@@ -23,7 +23,8 @@ Examples (run from the repository root; `../shared/data` holds mLAMA and XNLI):
 
     # CLDR country facts (generated offline with babel), scored by ranking each relation's objects
     python examples/train_lime.py --model_name_or_path outputs/models/me5-small-facts --dataset cldr \
-        --languages en fr de es ru zh --scoring candidates --output_dir outputs/lime-cldr
+        --languages en fr de es ru zh --scoring candidates --recipe cpu --mend_center --edit_lr_init 3e-4 \
+        --max_steps 300 --output_dir outputs/lime-cldr
 
 Training follows a named recipe of `LIME_RECIPES` (`--recipe`, default `reference`: the LiME reference code's MEND
 recipe — constant Adam, 10 episodes per optimizer step, clipping at 100, c_edit 0.1, c_loc 1, validation episodes
@@ -75,6 +76,8 @@ class ModelArguments:
     edit_lr_init: float = field(default=1e-4, metadata={"help": "Initial learned edit step size."})
     mend_rank: int = field(default=1920, metadata={"help": "MEND bottleneck width."})
     num_top_layers: int = field(default=3, metadata={"help": "Edit the FFN linears of the top N blocks."})
+    mend_center: bool = field(default=False, metadata={"help": "Centre MEND's inputs on their training mean."})
+    mask_scope: str = field(default="language", metadata={"help": "'language' (LiME) or 'shared' (one mask)."})
 
 
 @dataclass
@@ -157,6 +160,8 @@ def main() -> None:
         edit_lr_init=model_args.edit_lr_init,
         mend_rank=model_args.mend_rank,
         num_top_layers=model_args.num_top_layers,
+        mend_center=model_args.mend_center,
+        mask_scope=model_args.mask_scope,
     )
     model = get_peft_model(base, config)
     label2id = model_label2id(base, task)
