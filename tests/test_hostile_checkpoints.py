@@ -265,3 +265,46 @@ def test_a_failed_save_leaves_the_earlier_files_intact(tmp_path, monkeypatch):
         with model.edit("Dante was born in [MASK] .", "Lyon", language="en"):
             outputs = logits(model, batch)
     assert torch.equal(outputs, logits_after_edit(editor, batch))
+
+
+# ------------------------------------------------------------------------------------------------ plain PEFT loads
+def _saved_adapter(tmp_path):
+    from conftest import build_model
+    from peft import get_peft_model
+
+    from hf_lime import LimeConfig
+
+    model = get_peft_model(build_model("bert-mlm"), LimeConfig(languages=["en", "fr"], mend_rank=8))
+    model.save_pretrained(tmp_path / "adapter")
+    return tmp_path / "adapter"
+
+
+def _rewrite(folder, change) -> None:
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(folder / "adapter_model.safetensors")
+    change(tensors)
+    save_file(tensors, folder / "adapter_model.safetensors")
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda t: t.update({k: torch.full_like(v, float("nan")) for k, v in t.items() if "log_lrs" in k}), "NaN"),
+        (lambda t: t.pop(next(k for k in t if "norm_x.weight" in k)), "missing tensors"),
+        (
+            lambda t: t.update(
+                {k: torch.full_like(v, 1e300, dtype=torch.float64) for k, v in t.items() if "log_lrs" in k}
+            ),
+            "after the cast",
+        ),  # fmt: skip
+    ],
+)
+def test_peft_from_pretrained_runs_the_checks_too(tmp_path, change, match):
+    from conftest import build_model
+    from peft import PeftModel
+
+    folder = _saved_adapter(tmp_path)
+    _rewrite(folder, change)
+    with pytest.raises(ValueError, match=match):
+        PeftModel.from_pretrained(build_model("bert-mlm"), folder)

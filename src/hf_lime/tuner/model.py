@@ -53,6 +53,8 @@ class LimeModel(BaseTuner):
     def __init__(self, model: nn.Module, config: Any, adapter_name: str, **kwargs: Any) -> None:
         super().__init__(model, config, adapter_name, **kwargs)
         self.model.eval()
+        # PEFT loads adapter weights with `load_state_dict(strict=False)`; check what arrives for our containers
+        self._register_load_state_dict_pre_hook(_check_loaded_editor_state, with_module=True)
 
     # ------------------------------------------------------------------------------------------- injection
     def _check_new_adapter_config(self, config: LimeConfig) -> None:
@@ -288,6 +290,33 @@ class LimeModel(BaseTuner):
         for layer in self.lime_layers.values():
             for edit_id in layer.applied_edit_ids:
                 layer.remove_delta(edit_id)
+
+
+def _check_loaded_editor_state(module: LimeModel, state_dict: dict, prefix: str, *args: Any) -> None:
+    """Refuse an incomplete, misshapen or non-finite editor state for an adapter the state dict loads, whatever
+    loads it (`PeftModel.from_pretrained`, `load_adapter`, a trainer resuming or keeping its best checkpoint)."""
+    own = {f"{prefix}{name}": tensor for name, tensor in module.state_dict().items() if name.startswith(CONTAINERS)}
+    adapters = {key.split(".")[len(prefix.split(".")) if prefix else 1] for key in own}
+    for adapter in adapters:
+        expected = {key: t for key, t in own.items() if any(f"{c}.{adapter}." in key for c in CONTAINERS)}
+        if not any(key in state_dict for key in expected):
+            continue  # this load is not about that adapter
+        missing = sorted(key for key in expected if key not in state_dict)
+        problems = [f"missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}"] if missing else []
+        for key, tensor in expected.items():
+            loaded = state_dict.get(key)
+            if loaded is None:
+                continue
+            if tuple(loaded.shape) != tuple(tensor.shape):
+                problems.append(f"{key} has shape {tuple(loaded.shape)}, expected {tuple(tensor.shape)}")
+            elif loaded.is_floating_point() and not bool(torch.isfinite(loaded.to(tensor.dtype)).all()):
+                problems.append(f"{key} holds NaN/inf values (after the cast to {tensor.dtype})")
+        if problems:
+            raise ValueError(
+                f"The LIME adapter {adapter!r} being loaded is not a complete, valid editor: "
+                + "; ".join(problems[:5])
+                + ". Load editors with `LimeEditor.from_pretrained`, which checks every file first."
+            )
 
 
 def _checked_deltas(deltas: dict[str, LayerDelta]) -> dict[str, LayerDelta]:
