@@ -96,3 +96,35 @@ def test_an_edit_that_makes_the_outputs_non_finite_is_refused_and_the_model_is_u
     assert model.base_model.applied_edit_ids == []
     with torch.no_grad():
         assert torch.equal(model(**inputs).logits, before)
+
+
+def test_raw_errors_became_clear_ones():
+    model = get_peft_model(build_model("bert-mlm"), LimeConfig(languages=["en", "fr"], edit_lr_init=1e-3))
+    batch = make_batch("masked_lm")
+    with pytest.raises(TypeError, match="language code or a list of codes"):
+        model.edit(batch, language=0)
+    wrong = {**batch, "labels": batch["labels"].clone()}
+    wrong["labels"][0, 3] = 10**6
+    with pytest.raises(ValueError, match="outside the model's 64 outputs"):
+        model.edit(wrong, language="en")
+    with torch.inference_mode(), pytest.raises(ValueError, match="inference_mode"):
+        model.edit(batch, language="en")
+    with pytest.raises(ValueError, match="reads at most 32"):
+        model.edit(make_batch("masked_lm", seq_len=40), language="en")
+    assert model.base_model.applied_edit_ids == []
+
+
+def test_a_float64_base_model_edits():
+    model = get_peft_model(build_model("bert-mlm").double(), LimeConfig(languages=["en", "fr"], edit_lr_init=1e-3))
+    batch = make_batch("masked_lm")
+    before = model(**batch).loss
+    with model.edit(batch, language="en"):
+        assert model(**batch).loss < before
+
+
+def test_a_deeply_nested_config_is_refused(tmp_path):
+    from hf_lime.safe_loading import load_adapter_config
+
+    (tmp_path / "adapter_config.json").write_text('{"a":' * 5000 + "1" + "}" * 5000)
+    with pytest.raises(ValueError, match="nests its JSON too deeply"):
+        load_adapter_config(tmp_path)

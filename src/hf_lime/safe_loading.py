@@ -139,6 +139,8 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{path.name} in {str(path.parent)!r} is not valid JSON: {err}.") from err
+    except RecursionError as err:
+        raise ValueError(f"{path.name} in {str(path.parent)!r} nests its JSON too deeply to be a config.") from err
 
 
 # ----------------------------------------------------------------------------------------------- config

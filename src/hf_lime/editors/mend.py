@@ -205,8 +205,10 @@ class MendEditor(BaseEditor):
         for spec in self.layers:
             tokens = ctx.masked_inputs(spec.key, spec.d_in)
             group, index = self._group[spec.key]
-            x = self.nets[group].centered(tokens.x, index)
-            x, delta = _per_row_rms_scaled(x, tokens.rows), _per_row_rms_scaled(tokens.delta, tokens.rows)
+            net = self.nets[group]
+            dtype = next(net.parameters()).dtype  # the networks' dtype, whatever the base model's (e.g. float64)
+            x = net.centered(tokens.x.to(dtype), index)
+            x, delta = _per_row_rms_scaled(x, tokens.rows), _per_row_rms_scaled(tokens.delta.to(dtype), tokens.rows)
             x_t, delta_t = self.transform(spec.key, x, delta)
             deltas[spec.key] = LayerDelta(B=-ctx.edit_lr(spec.key) * delta_t.T, A=x_t)
         return EditorOutput(deltas=deltas, info=EditInfo(loss_before=captured.loss))

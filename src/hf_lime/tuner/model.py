@@ -21,7 +21,7 @@ from .config import TARGET_MODULES_MAPPING, LimeConfig
 from .context import EditContext, apply_functional_deltas, known_task
 from .edit import Edit
 from .layer import LimeLayer
-from .validation import resolve_language_ids, validate_edit_batch
+from .validation import check_batch_fits_model, resolve_language_ids, validate_edit_batch
 
 CONTAINERS = ("lime_editor", "lime_masks", "lime_edit_lrs")
 
@@ -194,6 +194,7 @@ class LimeModel(BaseTuner):
         Arguments as in [`~LimeModel.edit`].
         """
         batch = validate_edit_batch(inputs)
+        check_batch_fits_model(batch, getattr(self.model, "config", None), _num_outputs(self.model))
         languages, lang_ids = resolve_language_ids(language, self.languages, batch["input_ids"].shape[0])
         device = batch["input_ids"].device
         ctx = EditContext(
@@ -340,6 +341,16 @@ def _check_sizes_against_model(config: LimeConfig, model_config: dict) -> None:
             f"`ke_hidden_dim`={config.ke_hidden_dim} is more than 16x the base model's hidden size ({hidden}); "
             f"at most {16 * hidden} is allowed."
         )
+
+
+def _num_outputs(model: nn.Module) -> int | None:
+    """The size of the model's output layer (vocabulary or classes), when it has a recognisable one."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    weight = getattr(head, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.dim() == 2:
+        return int(weight.shape[0])
+    num_labels = getattr(getattr(model, "config", None), "num_labels", None)
+    return int(num_labels) if isinstance(num_labels, int) and head is None else None
 
 
 def _key(name: str) -> str:

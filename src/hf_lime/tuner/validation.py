@@ -44,6 +44,27 @@ def validate_edit_batch(inputs: Any) -> dict[str, Any]:
     return batch
 
 
+def check_batch_fits_model(batch: dict[str, Any], model_config: Any, num_outputs: int | None) -> None:
+    """The edit batch against the model: no longer than its positions, labels inside its vocabulary or classes."""
+    if torch.is_inference_mode_enabled():
+        raise ValueError(
+            "Edits are computed from gradients, which `torch.inference_mode()` forbids: call `edit` outside of it "
+            "(`torch.no_grad()` around it is fine)."
+        )
+    length = batch["input_ids"].shape[1]
+    limit = getattr(model_config, "max_position_embeddings", None) or getattr(model_config, "n_positions", None)
+    if isinstance(limit, int) and length > limit:
+        raise ValueError(
+            f"The edit prompt has {length} tokens but the model reads at most {limit}: shorten the prompt/target."
+        )
+    labels = batch["labels"]
+    targets = labels[labels != -100]
+    if num_outputs is not None and targets.numel() and int(targets.max()) >= num_outputs:
+        raise ValueError(
+            f"A label id ({int(targets.max())}) is outside the model's {num_outputs} outputs (vocabulary or classes)."
+        )
+
+
 def _check_labels(labels: torch.Tensor, input_ids: torch.Tensor) -> None:
     if labels.dim() == 1:
         if labels.shape[0] != input_ids.shape[0]:
@@ -73,6 +94,8 @@ def resolve_language_ids(
         if languages:
             raise ValueError(f"Pass the editing `language`; this editor knows {languages}.")
         return [], None
+    if not isinstance(language, (str, list, tuple)):
+        raise TypeError(f"`language` must be a language code or a list of codes (one per row), got {language!r}.")
     per_row = [language] * batch_size if isinstance(language, str) else list(language)
     if len(per_row) != batch_size:
         raise ValueError(f"Got {len(per_row)} languages for a batch of {batch_size} rows; pass one or one per row.")
