@@ -69,6 +69,20 @@ def test_user_errors_exit_with_code_2(editor_dir, capsys):
     assert main(["predict", "--editor", str(editor_dir / "missing"), "--text", "x"]) == 2
 
 
+def test_hub_and_config_errors_are_one_line_with_code_2(editor_dir, tmp_path, capsys):
+    # a Hub id that is not cached while offline (the tests run with HF_HUB_OFFLINE=1)
+    assert main(["predict", "--editor", "hf-lime/not-cached", "--text", "x [MASK] ."]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "hf-lime predict: error:" in err and "Traceback" not in err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "adapter_config.json").write_text('{"a":' * 5000 + "1" + "}" * 5000)
+    (broken / "adapter_model.safetensors").write_bytes(b"")
+    assert main(["predict", "--editor", str(broken), "--text", "x [MASK] ."]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error:" in err and "Traceback" not in err
+
+
 def test_parser_rejects_unknown_model_names():
     with pytest.raises(SystemExit):
         main(["prepare-model", "gpt-5", "--output", "x"])

@@ -178,9 +178,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (ValueError, TypeError, FileNotFoundError) as error:
-        print(f"hf-lime {args.command}: error: {error}", file=sys.stderr)
+    except _user_errors() as error:
+        message = " ".join(str(error).split()) or type(error).__name__  # one line, never a traceback
+        print(f"hf-lime {args.command}: error: {message}", file=sys.stderr)
         return 2
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """What a user can cause: bad values, missing files, and the Hub saying no (offline, not found, unauthorised,
+    no such revision), which huggingface_hub raises as `OSError` / `HfHubHTTPError` subclasses."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    return (ValueError, TypeError, OSError, HfHubHTTPError)
 
 
 if __name__ == "__main__":
