@@ -224,6 +224,27 @@ def test_causal_lm_edit_sets_the_greedy_continuation(tmp_path):
     assert len(tokenizer(" " + editor.predict("Dante was born in", max_new_tokens=3))["input_ids"]) <= 3
 
 
+def test_causal_predictions_equal_a_greedy_loop_with_and_without_an_edit():
+    """`predict` goes through `model.generate` (KV cache): the same tokens as argmax-decoding step by step."""
+    tokenizer = build_byte_bpe_tokenizer()
+    editor = LimeEditor.from_base_model(tiny_gpt2(tokenizer), LimeConfig(**FT), tokenizer)
+    prompt = "Dante was born in"
+
+    def greedy(steps: int) -> str:
+        ids = tokenizer(prompt)["input_ids"]
+        for _ in range(steps):
+            with torch.no_grad():
+                next_id = int(editor.model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
+            if next_id == tokenizer.eos_token_id:
+                break
+            ids.append(next_id)
+        return tokenizer.decode(ids[len(tokenizer(prompt)["input_ids"]) :], skip_special_tokens=True).strip()
+
+    assert editor.predict(prompt, max_new_tokens=5) == greedy(5)
+    with editor.edit(prompt, "Lyon"):
+        assert editor.predict(prompt, max_new_tokens=5) == greedy(5)
+
+
 @pytest.mark.parametrize(
     "text,target,error,match",
     [

@@ -107,6 +107,7 @@ def _predict_class(model: nn.Module, tokenizer: Any, text: Any, max_length: int)
 
 
 def _predict_continuation(model: nn.Module, tokenizer: Any, text: Any, max_new_tokens: int, max_length: int) -> str:
+    """The greedy continuation from `model.generate` (KV cache; applied edits act at every step)."""
     if not isinstance(text, str):
         raise TypeError(f"task='causal_lm' takes string prompts, got {type(text).__name__}.")
     context = text.split(PLACEHOLDER, 1)[0].strip()
@@ -114,12 +115,18 @@ def _predict_continuation(model: nn.Module, tokenizer: Any, text: Any, max_new_t
     if ids == [None]:
         raise ValueError("An empty prompt needs a tokenizer with a BOS token.")
     limit = getattr(_base(model).config, "max_position_embeddings", None) or 1 << 30
-    new: list[int] = []
-    for _ in range(min(max_new_tokens, max(limit - len(ids), 0))):
-        next_id = int(_logits(model, {"input_ids": torch.tensor([ids + new])})[0, -1].argmax())
-        if next_id == tokenizer.eos_token_id:
-            break
-        new.append(next_id)
+    budget = min(max_new_tokens, max(limit - len(ids), 0))
+    if budget == 0:
+        return ""
+    device = next(model.parameters()).device
+    input_ids = torch.tensor([ids], device=device)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    output = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=budget,
+                            do_sample=False, num_beams=1, eos_token_id=tokenizer.eos_token_id,
+                            pad_token_id=pad)  # fmt: skip
+    new = output[0, len(ids) :].tolist()
+    if tokenizer.eos_token_id in new:
+        new = new[: new.index(tokenizer.eos_token_id)]
     return tokenizer.decode(new, skip_special_tokens=True).strip()
 
 
