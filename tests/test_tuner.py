@@ -260,3 +260,12 @@ def test_edit_state_follows_peft_merge_unmerge_and_revert_all():
     model.base_model.revert_all()
     assert second.state == "reverted" and not second.is_applied
     assert torch.equal(outputs(model, batch), now)
+
+
+def test_deleted_adapter_and_weighted_adapters_give_clear_errors():
+    model = lime_model("bert-mlm")
+    with pytest.raises(ValueError, match="cannot be combined with `add_weighted_adapter`"):
+        model.add_weighted_adapter(["default"], [1.0], "mix")
+    model.delete_adapter("default")
+    with pytest.raises(ValueError, match="no active LIME adapter"):
+        model.base_model.edit(make_batch("masked_lm"), language="en")

@@ -145,7 +145,20 @@ class LimeModel(BaseTuner):
     # ------------------------------------------------------------------------------------------- accessors
     @property
     def _adapter(self) -> str:
+        if not self.active_adapters or self.active_adapters[0] not in self.peft_config:
+            raise ValueError(
+                "This model has no active LIME adapter (was it deleted with `delete_adapter`?): create one with "
+                "`get_peft_model(base, LimeConfig(...))` or load one with `LimeEditor.from_pretrained`."
+            )
         return self.active_adapters[0]
+
+    def add_weighted_adapter(self, *args: Any, **kwargs: Any) -> None:
+        """Not supported: a LIME adapter is an editor, not a weight delta to blend. Stack `Edit`s instead, or export
+        them as LoRA adapters (`Edit.to_lora`) and combine those with PEFT."""
+        raise ValueError(
+            "LIME adapters cannot be combined with `add_weighted_adapter`: they hold editors, not weight deltas. "
+            "Stack edits (apply several `Edit`s), or export them with `Edit.to_lora` and combine the LoRA adapters."
+        )
 
     @property
     def lime_config(self) -> LimeConfig:
