@@ -299,3 +299,18 @@ def test_trainer_push_to_hub_pushes_a_complete_editor(world, tmp_path):
         assert b"library_name: hf_lime" in files["README.md"]
         pulled = LimeEditor.from_pretrained("org/ex")
         assert pulled.languages == LANGUAGES and pulled.training_info["trainer"] == "LimeTrainer"
+
+
+def test_items_become_the_episodes_the_arguments_describe(world, tmp_path):
+    tokenizer, items, base = world
+    model = get_peft_model(_copy(base), LimeConfig(languages=LANGUAGES, mend_rank=16, edit_lr_init=1e-2))
+    args = LimeTrainingArguments(output_dir=str(tmp_path), max_steps=1, save_strategy="no", use_cpu=True,
+                                 report_to="none", preset="monolingual", n_retain=3, episode_seed=5)  # fmt: skip
+    trainer = LimeTrainer(model=model, args=args, train_dataset=items, eval_dataset=items,
+                          data_collator=EpisodeCollator(tokenizer, "masked_lm"))  # fmt: skip
+    train, evaluation = trainer.train_dataset, trainer.eval_dataset
+    assert isinstance(train, EpisodeDataset) and isinstance(evaluation, EpisodeDataset)
+    assert train.edit_languages == train.update_languages == ["en"] and train.seed == 5 and evaluation.seed == 6
+    episode = train[0]
+    assert len(episode["retain"]) == 3 and episode["edit"][0]["language"] == "en"
+    trainer.train()

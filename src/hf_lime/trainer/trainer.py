@@ -30,7 +30,9 @@ class LimeTrainer(Trainer):
 
     Args:
         model (`PeftModel`): A model with a LIME adapter (`get_peft_model(base, LimeConfig(...))`).
-        args ([`LimeTrainingArguments`]): Training arguments.
+        args ([`LimeTrainingArguments`]): Training arguments. When `train_dataset` / `eval_dataset` are parallel
+            items (the common schema, e.g. `load_mlama(...)["train"]`) rather than an `EpisodeDataset`, the episodes
+            are built from `args` (`preset` or the language lists, `n_edit`, `n_retain`, `episode_seed`).
         task (`str`, *optional*): `"masked_lm"`, `"seq_cls"` or `"causal_lm"`; taken from the collator when it has
             a `task` attribute.
         **kwargs: Everything else [`~transformers.Trainer`] accepts (`train_dataset`, `eval_dataset`,
@@ -64,6 +66,9 @@ class LimeTrainer(Trainer):
         if self.task is None:
             raise ValueError("Pass `task=` ('masked_lm', 'seq_cls' or 'causal_lm') or a collator with a `task`.")
         _check_languages(model, args, kwargs)
+        for name, seed in (("train_dataset", args.episode_seed), ("eval_dataset", args.episode_seed + 1)):
+            if _is_item_dataset(kwargs.get(name)):
+                kwargs[name] = episodes_from_arguments(kwargs[name], model.base_model.languages, args, seed)
         super().__init__(model=model, args=args, **kwargs)
         if args.early_stopping_patience is not None:
             self.add_callback(EarlyStoppingCallback(args.early_stopping_patience, args.early_stopping_threshold))
@@ -163,6 +168,28 @@ class LimeTrainer(Trainer):
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
             _guard_nonfinite(self.optimizer, self)
         return self.optimizer
+
+
+def _is_item_dataset(dataset: Any) -> bool:
+    """Parallel items in the common schema (a `datasets.Dataset` or a list of dicts), not already episodes."""
+    if dataset is None or hasattr(dataset, "usable_item_ids"):  # an EpisodeDataset
+        return False
+    features = getattr(dataset, "column_names", None)
+    if features is None and isinstance(dataset, (list, tuple)) and dataset and isinstance(dataset[0], dict):
+        features = list(dataset[0])
+    return bool(features) and {"prompts", "targets", "languages"} <= set(features)
+
+
+def episodes_from_arguments(items: Any, languages: list[str], args: LimeTrainingArguments, seed: int):
+    """The `EpisodeDataset` that `args` describes (`preset` or the three language lists, `n_edit`, `n_retain`)
+    over parallel `items`: one episode per usable item."""
+    from ..data.episodes import EpisodeDataset, episode_languages
+
+    roles = episode_languages(args.preset, languages) if args.preset else {}
+    for name in ("edit_languages", "update_languages", "retain_languages"):
+        if getattr(args, name):
+            roles[name] = list(getattr(args, name))
+    return EpisodeDataset(items, languages, n_edit=args.n_edit, n_retain=args.n_retain, seed=seed, **roles)
 
 
 def editor_state_logs(tuner) -> dict[str, float]:

@@ -90,7 +90,8 @@ class LimeTrainingArguments(TrainingArguments):
             Learning rate of the learned per-layer edit step sizes. They are learned in log space (always positive),
             so this is roughly the relative change of a step size per optimizer step.
 
-    > Parameters of the episodes (which languages edit, update and retain)
+    > Parameters of the episodes (which languages edit, update and retain), used when `LimeTrainer` is given
+    > parallel items rather than an `EpisodeDataset`
 
     Args:
         languages (`list[str]`, *optional*, defaults to `None`):
