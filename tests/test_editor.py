@@ -161,6 +161,18 @@ def test_masked_lm_edit_changes_the_prediction_and_revert_restores_it(tmp_path):
     assert editor.predict(PROMPT) == before
 
 
+def test_invalid_unicode_and_a_malformed_tokenizer_are_refused_clearly(tmp_path):
+    editor = mlm_editor(tmp_path, edit_lr_init=1e-3)
+    with pytest.raises(ValueError, match="lone surrogate"):
+        editor.edit("The capital \ud800 of France is [MASK] .", "Lyon", language="en")
+    with pytest.raises(ValueError, match="lone surrogate"):
+        editor.predict("x \udc00 [MASK] .")
+    folder = editor.save_pretrained(tmp_path / "saved")
+    (folder / "tokenizer.json").write_text("[]")
+    with pytest.raises(ValueError, match="Could not load a tokenizer"):
+        LimeEditor.from_pretrained(folder)
+
+
 def test_predict_ranks_candidates(tmp_path):
     editor = mlm_editor(tmp_path, **FT)
     choices = ["Paris", "Lyon", "Florence"]  # 1, 1 and 2 tokens

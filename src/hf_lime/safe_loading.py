@@ -406,7 +406,7 @@ def load_tokenizer(tokenizer: Any, folder: Path, config: LimeConfig, base_model:
             return None
     try:
         return AutoTokenizer.from_pretrained(source, trust_remote_code=False, **kwargs)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:  # a malformed tokenizer file too
         raise ValueError(f"Could not load a tokenizer from {source!r}: {err}. Pass `tokenizer=`.") from err
 
 

@@ -19,8 +19,23 @@ from .tasks import model_label2id
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
+def check_unicode(*texts: Any) -> None:
+    """Refuse strings that are not valid Unicode text (lone surrogates cannot be tokenized)."""
+    for text in texts:
+        for part in text if isinstance(text, tuple) else (text,):
+            if isinstance(part, str):
+                try:
+                    part.encode("utf-8")
+                except UnicodeEncodeError as err:
+                    raise ValueError(
+                        f"{part!r} is not valid Unicode text (a lone surrogate at position {err.start}); "
+                        "pass properly encoded strings."
+                    ) from err
+
+
 def encode_text(base_model: nn.Module, tokenizer: Any, task: str, text: Any, target: Any, max_length: int) -> dict:
     """One edit example (features with `labels`) from a user's `text` and new `target`."""
+    check_unicode(text, target)
     check_target(target, task)
     if task == "seq_cls":
         premise, hypothesis = as_pair(text)
@@ -48,6 +63,7 @@ def predict_text(
     max_length: int = 128,
 ) -> str:
     """The model's answer to one `text`: decoded mask tokens, a label name, or a greedy continuation."""
+    check_unicode(text)
     if task == "masked_lm":
         return _predict_masked(model, tokenizer, text, num_tokens, max_length)
     if task == "seq_cls":
