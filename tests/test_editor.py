@@ -173,6 +173,23 @@ def test_invalid_unicode_and_a_malformed_tokenizer_are_refused_clearly(tmp_path)
         LimeEditor.from_pretrained(folder)
 
 
+def test_a_reordered_or_renamed_language_list_is_refused_unless_mapped(tmp_path):
+    editor = mlm_editor(tmp_path, edit_lr_init=1e-3)  # languages en, fr, de
+    folder = editor.save_pretrained(tmp_path / "saved")
+    config_path = folder / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["languages"] = ["fr", "en", "de"]  # tampered: mask rows would serve other languages
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="saved with \\['en', 'fr', 'de'\\]"):
+        LimeEditor.from_pretrained(folder)
+    config["languages"] = ["en-GB", "fr", "de"]  # renamed
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="rename_languages"):
+        LimeEditor.from_pretrained(folder)
+    loaded = LimeEditor.from_pretrained(folder, rename_languages={"en": "en-GB"})
+    assert loaded.languages == ["en-GB", "fr", "de"]
+
+
 def test_predict_ranks_candidates(tmp_path):
     editor = mlm_editor(tmp_path, **FT)
     choices = ["Paris", "Lyon", "Florence"]  # 1, 1 and 2 tokens

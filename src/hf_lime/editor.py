@@ -29,6 +29,7 @@ from .safe_loading import (
     check_adapter_files,
     check_base_model,
     check_json_serialisable,
+    check_language_order,
     check_plain_base_model,
     infer_task,
     load_adapter_config,
@@ -139,6 +140,7 @@ class LimeEditor:
         device_map: Any = None,
         subfolder: str | None = None,
         torch_dtype: torch.dtype | str | None = None,
+        rename_languages: Mapping[str, str] | None = None,
     ) -> LimeEditor:
         """
         Load a saved editor from a local folder or the Hub, after checking every file (see `docs/editor.md`).
@@ -161,6 +163,10 @@ class LimeEditor:
             subfolder (`str`, *optional*, defaults to `None`): The editor's files lie in this subfolder of the folder
                 or Hub repo.
             torch_dtype (`torch.dtype` or `str`, *optional*, defaults to `None`): Alias of `dtype`.
+            rename_languages (`Mapping[str, str]`, *optional*, defaults to `None`): Saved language code -> the code
+                `adapter_config.json` now uses (e.g. `{"zh": "zh-Hans"}`). Without it, a config whose `languages`
+                differ from the order the editor was saved with (`lime_editor.json`) is refused: its mask rows would
+                serve other languages.
 
         Returns:
             [`LimeEditor`]
@@ -180,13 +186,15 @@ class LimeEditor:
         guard = read_folder(local) if is_local_folder(local) else contextlib.nullcontext()
         with guard:  # a local folder is read under its lock: never a mix of two saves
             folder = resolve_editor_folder(repo_id_or_path, revision=revision, subfolder=subfolder, **hub)
-            return cls._load(folder, base_model, tokenizer, dtype, device_map, device, hub)
+            return cls._load(folder, base_model, tokenizer, dtype, device_map, device, hub, rename_languages)
 
     @classmethod
-    def _load(cls, folder: Path, base_model, tokenizer, dtype, device_map, device, hub: dict) -> LimeEditor:
+    def _load(cls, folder: Path, base_model, tokenizer, dtype, device_map, device, hub: dict,
+              rename_languages: Mapping[str, str] | None = None) -> LimeEditor:  # fmt: skip
         check_adapter_files(folder)
         config = load_adapter_config(folder)
         metadata = load_editor_metadata(folder) or {}
+        check_language_order(config, metadata.get("languages"), rename_languages)
         layout = read_tensor_layout(folder / ADAPTER_WEIGHTS)
         if base_model is None:
             base_model = load_base_model(config, metadata.get("task"), dtype, hub, device_map=device_map)
@@ -283,6 +291,7 @@ class LimeEditor:
             "format_version": METADATA_VERSION,
             "hf_lime_version": _library_version(),
             "task": self.task,
+            "languages": list(self.config.languages),  # the mask rows' order, checked against the config on load
             "base_model": self._fingerprint(),
             "training_info": self.training_info,
             "metrics": self.metrics,

@@ -221,6 +221,22 @@ def load_editor_metadata(folder: Path) -> dict[str, Any] | None:
     return data
 
 
+def check_language_order(config: LimeConfig, saved: Any, rename: Mapping[str, str] | None = None) -> None:
+    """The config's `languages` must be the order the editor was saved with (its mask rows), up to an explicit
+    renaming `rename` (saved code -> new code)."""
+    if saved is None:
+        return  # saved before the order was recorded, or written by plain PEFT
+    if not isinstance(saved, list) or not all(isinstance(lang, str) for lang in saved):
+        raise ValueError(f"`languages` in {EDITOR_METADATA} must be a list of language codes, got {saved!r}.")
+    expected = [dict(rename or {}).get(lang, lang) for lang in saved]
+    if list(config.languages) != expected:
+        raise ValueError(
+            f"adapter_config.json lists the languages {list(config.languages)}, but the editor was saved with "
+            f"{saved} (mask rows in that order): loading would give languages other languages' masks. Restore the "
+            "order, or pass `rename_languages={saved_code: new_code}` if codes were only renamed."
+        )
+
+
 # ----------------------------------------------------------------------------------------------- tensors
 def read_tensor_layout(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
     """Names, dtypes and shapes in a safetensors file's header, without loading any tensor."""
