@@ -47,7 +47,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--model_dir", default="outputs/models/me5-small-cldr")
     parser.add_argument("--languages", nargs="+", default=DEMO_LANGUAGES)
     parser.add_argument("--fact_steps", type=int, default=1200, help="Training steps of the fact model.")
-    parser.add_argument("--editor_steps", type=int, default=300, help="Optimizer steps of the editor.")
+    parser.add_argument("--editor_steps", type=int, default=600, help="Optimizer steps of the editor (at most).")
     parser.add_argument("--learning_rate", type=float, default=1e-5, help="Adam learning rate of the editor network.")
     parser.add_argument("--edit_lr_init", type=float, default=3e-4, help="Initial MEND step size per layer.")
     parser.add_argument("--c_edit", type=float, default=1.0, help="Weight of the post-edit NLL.")
