@@ -314,3 +314,26 @@ def test_items_become_the_episodes_the_arguments_describe(world, tmp_path):
     episode = train[0]
     assert len(episode["retain"]) == 3 and episode["edit"][0]["language"] == "en"
     trainer.train()
+
+
+def test_trainer_saves_are_all_or_nothing(world, tmp_path, monkeypatch):
+    """A save that fails half-way leaves the previous complete editor (and the folder's other files) in place."""
+    from hf_lime import LimeEditor
+
+    trainer = _trainer_on(_named_base(world, tmp_path), world, tmp_path)
+    trainer.train()
+    folder = tmp_path / "saved"
+    trainer.save_model(str(folder))
+    (folder / "notes.txt").write_text("kept")
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(type(trainer), "_describe", broken)
+    with pytest.raises(OSError, match="disk full"):
+        trainer.save_model(str(folder))
+    after = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    assert after == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".") and p.is_dir()]
+    assert LimeEditor.from_pretrained(folder).languages == LANGUAGES

@@ -124,10 +124,19 @@ class LimeTrainer(Trainer):
     # ------------------------------------------------------------------------------------------- saving
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """PEFT's adapter files, plus what makes the folder a complete LIME editor: `lime_editor.json` and the
-        hf_lime model card (so `LimeEditor.from_pretrained` loads a trainer save or push as it is)."""
-        super()._save(output_dir, state_dict)
-        if self.args.should_save:
-            self._describe(output_dir or self.args.output_dir, repo_id=self.hub_model_id)
+        hf_lime model card (so `LimeEditor.from_pretrained` loads a trainer save or push as it is). Written
+        all-or-nothing (`hf_lime.atomic.write_folder`); other files already in the folder are kept."""
+        output_dir = output_dir or self.args.output_dir
+        if not self.args.should_save:
+            super()._save(output_dir, state_dict)
+            return
+        from ..atomic import write_folder
+
+        def write(folder) -> None:
+            super(LimeTrainer, self)._save(str(folder), state_dict)
+            self._describe(str(folder), repo_id=self.hub_model_id)
+
+        write_folder(output_dir, write)
 
     def create_model_card(self, *args: Any, **kwargs: Any) -> None:
         """hf_lime's model card (editor, languages, training, metrics) instead of transformers' generic one."""
