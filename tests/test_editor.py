@@ -454,3 +454,47 @@ def test_model_card_names_a_hub_base_model_and_renders_per_language_tables():
     assert "**LiME language masks:** off" in card and "KnowledgeEditor" in card
     assert "| | es | loc |" in card and "| zh | 0.25 |  |" in card
     assert "Training details were not recorded" in card
+
+
+def test_model_card_metadata_pipeline_tag_license_and_model_index(tmp_path):
+    from huggingface_hub import ModelCard
+
+    editor = mlm_editor(tmp_path)
+    editor.training_info = {"dataset": "mLAMA"}
+    editor.metrics = {"reliability": 0.9, "transfer": 0.3, "locality": 0.8, "es_matrix": {"en": {"en": 0.9}}}
+    folder = editor.save_pretrained(tmp_path / "editor", repo_id="org/mbert-lime", license="apache-2.0")
+    data = ModelCard.load(folder / "README.md").data
+    assert data.pipeline_tag == "fill-mask" and data.license == "apache-2.0" and data.library_name == "hf_lime"
+    results = {r.metric_type: r for r in data.eval_results}
+    assert set(results) == {"reliability", "transfer", "locality"}
+    assert results["transfer"].metric_value == 0.3 and results["transfer"].dataset_name == "mLAMA"
+    assert data.model_name == "mbert-lime"
+
+
+def test_model_card_without_metrics_has_no_model_index():
+    card = render_model_card(
+        base_model="gpt2", task="causal_lm", editor="ft", languages=[], use_lime_mask=False, metrics=None
+    )
+    assert "pipeline_tag: text-generation" in card and "model-index" not in card and "license" not in card
+
+
+@pytest.mark.parametrize("task", ["masked_lm", "seq_cls", "causal_lm"])
+def test_score_is_minus_the_edit_loss_and_rises_with_the_edit(tmp_path, task):
+    if task == "masked_lm":
+        editor, text, target = mlm_editor(tmp_path), "Dante was born in [Y] .", "Florence"
+    elif task == "seq_cls":
+        tokenizer = build_wordpiece_tokenizer()
+        editor = LimeEditor.from_base_model(tiny_classifier(tokenizer), LimeConfig(**FT), tokenizer)
+        text, target = ("a man sleeps .", "a dog runs ."), 1
+    else:
+        tokenizer = build_byte_bpe_tokenizer()
+        editor = LimeEditor.from_base_model(tiny_gpt2(tokenizer), LimeConfig(**FT), tokenizer)
+        text, target = "Dante was born in", "Lyon"
+    batch = pad_batch(editor.tokenizer, [editor._encode(text, target, 128)])
+    with torch.no_grad():
+        loss = float(editor.model(**batch).loss)
+    before = editor.score(text, target)
+    assert before == pytest.approx(-loss, abs=1e-5) and before < 0
+    with editor.edit(text, target, **({"language": "en"} if editor.languages else {})):
+        assert editor.score(text, target) > before
+    assert editor.score(text, target) == pytest.approx(before, abs=1e-6)

@@ -293,10 +293,10 @@ def test_trainer_push_to_hub_pushes_a_complete_editor(world, tmp_path):
     with running_hub(tmp_path) as hub:
         trainer = _trainer_on(base, world, tmp_path, push_to_hub=True, hub_model_id="org/ex", hub_token="hf_test")
         trainer.train()
-        trainer.push_to_hub()
+        trainer.push_to_hub(license="mit")  # transformers passes card arguments on to create_model_card
         files = hub.files("org/ex")
         assert {"adapter_config.json", "adapter_model.safetensors", "lime_editor.json", "README.md"} <= set(files)
-        assert b"library_name: hf_lime" in files["README.md"]
+        assert b"library_name: hf_lime" in files["README.md"] and b"license: mit" in files["README.md"]
         pulled = LimeEditor.from_pretrained("org/ex")
         assert pulled.languages == LANGUAGES and pulled.training_info["trainer"] == "LimeTrainer"
 

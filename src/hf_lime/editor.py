@@ -40,7 +40,7 @@ from .safe_loading import (
     resolve_editor_folder,
     soft_base_model_differences,
 )
-from .text_io import as_rows, encode_text, masked_prompt, predict_text, rank_text
+from .text_io import as_rows, encode_text, masked_prompt, predict_text, rank_text, score_text
 from .tuner import LimeConfig
 from .tuner.config import PEFT_TYPE
 from .tuner.edit import Edit
@@ -220,6 +220,7 @@ class LimeEditor:
         base_model_name_or_path: str | None = None,
         save_tokenizer: bool = True,
         repo_id: str | None = None,
+        license: str | None = None,
     ) -> Path:
         """
         Save the editor: `adapter_config.json`, `adapter_model.safetensors`, `lime_editor.json` (task, base-model
@@ -237,13 +238,17 @@ class LimeEditor:
                 in the config; required when the adapter does not already name one.
             save_tokenizer (`bool`, *optional*, defaults to `True`): Also save the tokenizer files.
             repo_id (`str`, *optional*, defaults to `None`): Repo id shown in the model card's usage snippet.
+            license (`str`, *optional*, defaults to `None`): The model card's `license` (a Hub license id such as
+                `"apache-2.0"`; usually the base model's).
 
         Returns:
             `Path`: the folder.
         """
         self._set_base_name(base_model_name_or_path)
         target = Path(save_directory)
-        return write_folder(target, lambda folder: self._write_files(folder, save_tokenizer, repo_id or str(target)))
+        return write_folder(
+            target, lambda folder: self._write_files(folder, save_tokenizer, repo_id or str(target), license)
+        )
 
     def _set_base_name(self, base_model_name_or_path: str | None) -> None:
         name = base_model_name_or_path or self.config.base_model_name_or_path
@@ -256,7 +261,7 @@ class LimeEditor:
             name = str(Path(name).expanduser().resolve())
         self.config.base_model_name_or_path = name
 
-    def _write_files(self, folder: Path, save_tokenizer: bool, repo_id: str) -> None:
+    def _write_files(self, folder: Path, save_tokenizer: bool, repo_id: str, license: str | None = None) -> None:
         adapter = self.model.active_adapter
         self.model.save_pretrained(str(folder), selected_adapters=[adapter], save_embedding_layers=False)
         if adapter != "default":  # peft writes non-default adapters into a subfolder
@@ -265,11 +270,14 @@ class LimeEditor:
             (folder / adapter).rmdir()
         if save_tokenizer and self.tokenizer is not None:
             self.tokenizer.save_pretrained(str(folder))
-        self.write_description(folder, repo_id)
+        self.write_description(folder, repo_id, license=license)
 
-    def write_description(self, folder: str | os.PathLike, repo_id: str | None = None) -> None:
+    def write_description(
+        self, folder: str | os.PathLike, repo_id: str | None = None, license: str | None = None
+    ) -> None:
         """Write `lime_editor.json` (task, base-model fingerprint, training info, metrics) and the README.md model
-        card into `folder`, beside adapter files written by PEFT (used by `LimeTrainer` for its saves)."""
+        card (with `license` when given) into `folder`, beside adapter files written by PEFT (used by `LimeTrainer`
+        for its saves)."""
         folder = Path(folder)
         (folder / EDITOR_METADATA).write_text(json.dumps(self._metadata(), indent=2), encoding="utf-8")
         cfg = self.config
@@ -282,6 +290,7 @@ class LimeEditor:
             repo_id=repo_id or str(folder),
             training_info=self.training_info,
             metrics=self.metrics,
+            license=license,
         )
         (folder / "README.md").write_text(card, encoding="utf-8")
 
@@ -312,6 +321,7 @@ class LimeEditor:
         create_pr: bool = False,
         base_model_name_or_path: str | None = None,
         save_tokenizer: bool = True,
+        license: str | None = None,
     ):
         """
         Upload the editor to the Hub: `create_repo(exist_ok=True)`, then one commit of the `save_pretrained` files.
@@ -325,6 +335,7 @@ class LimeEditor:
             create_pr (`bool`, *optional*, defaults to `False`): Open a pull request instead of committing.
             base_model_name_or_path (`str`, *optional*, defaults to `None`): As in [`~LimeEditor.save_pretrained`].
             save_tokenizer (`bool`, *optional*, defaults to `True`): Also upload the tokenizer files.
+            license (`str`, *optional*, defaults to `None`): The model card's `license`.
 
         Returns:
             `huggingface_hub.CommitInfo`: the commit (`.commit_url`, `.oid`).
@@ -343,7 +354,9 @@ class LimeEditor:
         if revision not in (None, "main") and not create_pr:
             api.create_branch(repo.repo_id, branch=revision, exist_ok=True)
         with tempfile.TemporaryDirectory() as tmp:
-            folder = self.save_pretrained(Path(tmp) / "editor", save_tokenizer=save_tokenizer, repo_id=repo.repo_id)
+            folder = self.save_pretrained(
+                Path(tmp) / "editor", save_tokenizer=save_tokenizer, repo_id=repo.repo_id, license=license
+            )
             return api.upload_folder(
                 repo_id=repo.repo_id,
                 folder_path=folder,
@@ -427,6 +440,23 @@ class LimeEditor:
         options = {"num_tokens": num_tokens, "max_new_tokens": max_new_tokens, "max_length": max_length}
         answers = [predict_text(self.model, self.tokenizer, self.task, t, **options) for t in texts]
         return answers if isinstance(text, list) else answers[0]
+
+    def score(self, text: Any, target: Any, max_length: int = 128) -> float:
+        """
+        How likely the model (with the edits currently applied) finds `target` for `text`: the mean log-probability
+        of its tokens at the placeholder (masked LMs), of its continuation (causal LMs), or of the class
+        (classifiers) — minus the loss an edit of `text` to `target` would start from.
+
+        Args:
+            text (`str` or `tuple[str, str]`): As in [`~LimeEditor.edit`] (one text).
+            target (`str` or `int`): As in [`~LimeEditor.edit`] (one target).
+            max_length (`int`, *optional*, defaults to `128`): Maximum tokens.
+
+        Returns:
+            `float`: the mean log-probability (≤ 0; `math.exp` of it is the geometric-mean token probability).
+        """
+        tokenizer = self._require_tokenizer()
+        return score_text(self.model, tokenizer, self.task, text, target, max_length)
 
     def _require_tokenizer(self) -> Any:
         if self.tokenizer is None:

@@ -16,6 +16,9 @@ EDITOR_NAMES = {
     "ft": "fine-tuning (no learned editor)",
 }
 TASK_NAMES = {"masked_lm": "masked language model", "seq_cls": "sequence classifier", "causal_lm": "causal LM"}
+PIPELINE_TAGS = {"masked_lm": "fill-mask", "seq_cls": "text-classification", "causal_lm": "text-generation"}
+# The `lime_xl_edit` scalars reported in the card's `model-index` (its `eval_results`).
+MODEL_INDEX_METRICS = ("reliability", "transfer", "edit_success", "locality", "hmean", "language_gap")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -34,9 +37,12 @@ def render_model_card(
     repo_id: str | None = None,
     training_info: Mapping[str, Any] | None = None,
     metrics: Mapping[str, Any] | None = None,
+    license: str | None = None,
 ) -> str:
     """
-    Render the model card of a LIME editor.
+    Render the model card of a LIME editor with huggingface_hub's `ModelCard`: YAML metadata (`library_name`,
+    `pipeline_tag`, `base_model`, `language`, `license`, and a `model-index` of the `lime_xl_edit` scalars as
+    `EvalResult`s) and a readable body.
 
     Args:
         base_model (`str`): The base model's Hub id or path (`base_model_name_or_path`). It goes into the YAML
@@ -49,18 +55,27 @@ def render_model_card(
         training_info (`Mapping[str, Any]`, *optional*, defaults to `None`): What the trainer recorded (data set,
             steps, languages...); rendered as a list.
         metrics (`Mapping[str, Any]`, *optional*, defaults to `None`): Evaluation results: `{name: value}` or
-            `{row: {column: value}}` (e.g. per language); rendered as a table.
+            `{row: {column: value}}` (e.g. per language); rendered as a table. Its `lime_xl_edit` scalars
+            (reliability, transfer, locality, ...) also go into the `model-index`.
+        license (`str`, *optional*, defaults to `None`): The card's `license` (a Hub license id such as
+            `"apache-2.0"`); usually the base model's.
 
     Returns:
         `str`: the full README.md (YAML front matter and Markdown body).
     """
-    from huggingface_hub import ModelCardData
+    from huggingface_hub import ModelCard, ModelCardData
 
+    name = (repo_id or "").rstrip("/").split("/")[-1] or "lime-editor"
+    eval_results = _eval_results(metrics, training_info)
     card_data = ModelCardData(
         library_name="hf_lime",
+        pipeline_tag=PIPELINE_TAGS.get(task),
+        license=license,
         tags=list(TAGS),
         base_model=base_model if is_hub_model_id(base_model) else None,
         language=list(languages) or None,
+        model_name=name if eval_results else None,
+        eval_results=eval_results or None,
     )
     sections = [
         f"# Cross-lingual model editor for `{base_model}`",
@@ -71,7 +86,29 @@ def render_model_card(
         f"## Citation\n\nLiME: Xu et al., *Language Anisotropic Cross-Lingual Model Editing*, Findings of ACL 2023, "
         f"{PAPER_URL}.",
     ]
-    return f"---\n{card_data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n"
+    return str(ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n"))
+
+
+def _eval_results(metrics: Mapping[str, Any] | None, training_info: Mapping[str, Any] | None) -> list:
+    """The `lime_xl_edit` scalars of `metrics` as `EvalResult`s (none when there are none)."""
+    from huggingface_hub import EvalResult
+
+    if not metrics:
+        return []
+    dataset = str((training_info or {}).get("dataset") or metrics.get("dataset") or "custom")
+    return [
+        EvalResult(
+            task_type="model-editing",
+            task_name="Cross-lingual model editing",
+            dataset_type=dataset,
+            dataset_name=dataset,
+            metric_type=key,
+            metric_name=key.replace("_", " "),
+            metric_value=float(metrics[key]),
+        )
+        for key in MODEL_INDEX_METRICS
+        if isinstance(metrics.get(key), (int, float)) and math.isfinite(float(metrics[key]))
+    ]
 
 
 def _summary(base_model: str, task: str, editor: str, languages: Sequence[str], use_lime_mask: bool) -> str:

@@ -71,6 +71,23 @@ def predict_text(
     return _predict_continuation(model, tokenizer, text, max_new_tokens, max_length)
 
 
+@torch.no_grad()
+def score_text(model: nn.Module, tokenizer: Any, task: str, text: Any, target: Any, max_length: int) -> float:
+    """The mean log-probability of `target` for `text` (its tokens at the placeholder, its continuation, or its
+    class), under `model` as it is (applied edits included): minus the loss an edit of `text` to `target` starts
+    from."""
+    features = encode_text(_base(model), tokenizer, task, text, target, max_length)
+    logits = _logits(model, {k: [v] for k, v in features.items()}).float()
+    labels = torch.as_tensor([features["labels"]], device=logits.device).reshape(logits.shape[0], -1)
+    logprobs = logits.log_softmax(-1)
+    if task == "seq_cls":
+        return float(logprobs[0, labels[0, 0]])
+    if task == "causal_lm":  # the prediction of token t is read at position t - 1
+        logprobs, labels = logprobs[:, :-1], labels[:, 1:]
+    keep = labels != -100
+    return float(logprobs[keep].gather(-1, labels[keep].unsqueeze(-1)).mean())
+
+
 def rank_text(model: nn.Module, tokenizer: Any, text: Any, candidates: Any, max_length: int) -> str:
     """The best of `candidates` for a masked-LM prompt with one placeholder (mLAMA's typed querying)."""
     from .evaluation.candidates import CandidateRanker, RankingQuery

@@ -138,12 +138,13 @@ class LimeTrainer(Trainer):
 
         write_folder(output_dir, write)
 
-    def create_model_card(self, *args: Any, **kwargs: Any) -> None:
-        """hf_lime's model card (editor, languages, training, metrics) instead of transformers' generic one."""
+    def create_model_card(self, *args: Any, license: str | None = None, **kwargs: Any) -> None:
+        """hf_lime's model card (editor, languages, training, metrics; `license` as in transformers) instead of
+        transformers' generic one. transformers' other card arguments (`tags`, `dataset`...) are not used."""
         if self.is_world_process_zero():
-            self._describe(self.args.output_dir, repo_id=self.hub_model_id)
+            self._describe(self.args.output_dir, repo_id=self.hub_model_id, license=license)
 
-    def _describe(self, folder: str, repo_id: str | None) -> None:
+    def _describe(self, folder: str, repo_id: str | None, license: str | None = None) -> None:
         from ..editor import LimeEditor
 
         editor = LimeEditor(self.model, self.processing_class, task=self.task, training_info=self._training_info())
@@ -152,7 +153,7 @@ class LimeTrainer(Trainer):
         except ValueError:
             logger.warning("The base model has no name or folder: no lime_editor.json or model card written.")
             return
-        editor.write_description(folder, repo_id=repo_id)
+        editor.write_description(folder, repo_id=repo_id, license=license)
 
     def _training_info(self) -> dict[str, Any]:
         args, state = self.args, self.state
