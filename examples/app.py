@@ -1,0 +1,234 @@
+"""An interactive cross-lingual edit over a saved LIME editor (Gradio; runs as a Hugging Face Space as it is).
+
+    python examples/app.py --editor outputs/demo        # the editor `make demo` trained; open http://127.0.0.1:7860
+    python examples/app.py --editor org/my-lime-editor  # or one on the Hub
+
+In: the same question in every language (one `lang: prompt` line each), the language to edit in, and the new answer
+(one form for every language, or `en: Addis Ababa | fr: Addis-Abeba | ...`). Out: every language's answer before and
+after the edit, and a heatmap of how likely each language finds its form of the new answer before and after. The
+edit stays applied until **Revert** (the base model again, bit for bit); edits made one after the other stack.
+
+With `--candidates cldr` (the default when the editor's languages have CLDR templates, as the demo's do) answers are
+read as mLAMA's typed querying reads them, by ranking the held-out capitals; otherwise they are decoded at the masks.
+The examples are held-out CLDR capitals, each edited to the next country's capital.
+
+As a Space: copy this file to `app.py` at the root of a Gradio Space, add a `requirements.txt` with `hf_lime` (from
+its git URL), `gradio` and `babel`, and set the variable `LIME_EDITOR` to the editor's Hub id.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from hf_lime import LimeEditor
+
+EXAMPLES_SEED = 0
+HEADERS = ["language", "prompt", "new answer", "before", "after", "holds"]
+
+
+# ------------------------------------------------------------------------------------------------ parsing
+def parse_prompts(text: str, languages: Sequence[str]) -> dict[str, str]:
+    """`lang: prompt` lines into `{lang: prompt}`, in the editor's language order (blank lines skipped)."""
+    prompts: dict[str, str] = {}
+    for line in (text or "").splitlines():
+        if not line.strip():
+            continue
+        lang, sep, prompt = line.partition(":")
+        lang = lang.strip()
+        if not sep or not prompt.strip():
+            raise ValueError(f"Write one `lang: prompt` per line; got {line.strip()!r}.")
+        if lang not in languages:
+            raise ValueError(f"Unknown language {lang!r} in {line.strip()!r}; this editor knows {list(languages)}.")
+        prompts[lang] = prompt.strip()
+    if not prompts:
+        raise ValueError("Give at least one `lang: prompt` line.")
+    return {lang: prompts[lang] for lang in languages if lang in prompts}
+
+
+def parse_answers(text: str, languages: Sequence[str]) -> dict[str, str]:
+    """One answer for every language, or `lang: answer | lang: answer` (languages left out share the first form)."""
+    text = (text or "").strip()
+    if not text:
+        raise ValueError("The new answer is empty.")
+    parts = [part.strip() for part in text.split("|") if part.strip()]
+    named = [part.partition(":") for part in parts]
+    if not all(sep and lang.strip() in languages for lang, sep, _ in named):
+        if len(parts) > 1:
+            allowed = list(languages)
+            raise ValueError(f"Write the answer once, or as `lang: answer | ...` with languages among {allowed}.")
+        return dict.fromkeys(languages, text)
+    forms = {lang.strip(): answer.strip() for lang, _, answer in named}
+    if not all(forms.values()):
+        raise ValueError(f"An answer form is empty in {text!r}.")
+    first = next(iter(forms.values()))
+    return {lang: forms.get(lang, first) for lang in languages}
+
+
+# ------------------------------------------------------------------------------------------------ the demo
+class EditDemo:
+    """What the app does, without the UI: answers and likelihoods in every language, edits, reverts.
+
+    Args:
+        editor ([`LimeEditor`]): A masked-LM editor with languages.
+        candidates (`dict[str, list[str]]`, *optional*): Per language, the answers to rank (mLAMA's typed querying);
+            answers are decoded at the masks when `None`.
+    """
+
+    def __init__(self, editor: LimeEditor, candidates: dict[str, list[str]] | None = None) -> None:
+        if editor.task != "masked_lm" or not editor.languages:
+            raise ValueError("The app shows masked-LM editors with languages (prompts with a [MASK] per language).")
+        self.editor = editor
+        self.candidates = candidates
+        self.edits: list[Any] = []
+        self._lock = threading.Lock()  # one model, shared by every browser session
+
+    @property
+    def languages(self) -> list[str]:
+        return list(self.editor.languages)
+
+    def _answer(self, lang: str, prompt: str, form: str) -> str:
+        if self.candidates is None:
+            return self.editor.predict(prompt, num_tokens=len(self.editor.tokenizer.tokenize(form)) or 1)
+        options = list(dict.fromkeys([*self.candidates.get(lang, []), form]))
+        return self.editor.predict(prompt, candidates=options)
+
+    def _read(self, prompts: dict[str, str], forms: dict[str, str]) -> dict[str, tuple[str, float]]:
+        return {
+            lang: (self._answer(lang, prompt, forms[lang]), math.exp(self.editor.score(prompt, forms[lang])))
+            for lang, prompt in prompts.items()
+        }
+
+    def edit(self, prompts_text: str, language: str, answer_text: str) -> tuple[list[list[str]], Any, str]:
+        """Edit `language`'s prompt to its form of the answer; the table, the heatmap and a status line."""
+        prompts, forms = parse_prompts(prompts_text, self.languages), parse_answers(answer_text, self.languages)
+        if language not in prompts:
+            raise ValueError(f"No prompt in the editing language {language!r}; add a `{language}: ...` line.")
+        with self._lock:
+            before = self._read(prompts, forms)
+            self.edits.append(self.editor.edit(prompts[language], forms[language], language=language))
+            after = self._read(prompts, forms)
+        held = sum(after[lang][0] == forms[lang] for lang in prompts)
+        status = (
+            f"Edited in {language}: {prompts[language]!r} → {forms[language]!r}. It holds in {held} of "
+            f"{len(prompts)} languages. {len(self.edits)} edit(s) applied."
+        )
+        return _rows(prompts, forms, before, after), heatmap(prompts, before, after), status
+
+    def revert(self, prompts_text: str, answer_text: str) -> tuple[list[list[str]], Any, str]:
+        """Revert every edit; the answers of the base model again."""
+        with self._lock:
+            self.editor.revert_all()
+            self.edits.clear()
+            prompts = parse_prompts(prompts_text, self.languages)
+            forms = parse_answers(answer_text, self.languages) if answer_text.strip() else None
+            now = self._read(prompts, forms) if forms else {}
+        rows = _rows(prompts, forms, now, now) if forms else []
+        return rows, heatmap(prompts, now, now) if forms else None, "Reverted: the base model, bit for bit."
+
+
+def _rows(prompts, forms, before, after) -> list[list[str]]:
+    return [
+        [lang, prompt, forms[lang], before[lang][0], after[lang][0], "yes" if after[lang][0] == forms[lang] else "no"]
+        for lang, prompt in prompts.items()
+    ]
+
+
+def heatmap(prompts: dict[str, str], before: dict, after: dict):
+    """Languages × (before, after): the probability of each language's form of the new answer (geometric mean over
+    its tokens)."""
+    from matplotlib.figure import Figure
+
+    languages = list(prompts)
+    values = [[before[lang][1], after[lang][1]] for lang in languages]
+    figure = Figure(figsize=(3.6, 0.45 * len(languages) + 1.2), layout="constrained")
+    axes = figure.add_subplot()
+    image = axes.imshow(values, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+    axes.set_xticks([0, 1], ["before", "after"])
+    axes.set_yticks(range(len(languages)), languages)
+    for row, pair in enumerate(values):
+        for col, value in enumerate(pair):
+            axes.text(col, row, f"{value:.2f}", ha="center", va="center", color="white" if value < 0.6 else "black")
+    axes.set_title("P(new answer)", fontsize=10)
+    figure.colorbar(image, ax=axes, shrink=0.8)
+    return figure
+
+
+# ------------------------------------------------------------------------------------------------ examples
+def cldr_examples(languages: Sequence[str], n: int = 3, seed: int = EXAMPLES_SEED):
+    """Held-out CLDR capitals as app examples (each edited to the next country's capital, in the first language),
+    and every language's held-out capitals as the answers to rank. `None, None` when a language has no template."""
+    from hf_lime.data import load_cldr_facts
+    from hf_lime.data.cldr import cldr_languages
+
+    if not set(languages) <= set(cldr_languages()):
+        return None, None
+    test = load_cldr_facts(list(languages), relations=("capital",), seed=seed)["test"]
+    rows = [dict(zip(row["languages"], zip(row["prompts"], row["targets"], strict=True), strict=True)) for row in test]
+    candidates = {lang: sorted({row[lang][1] for row in rows}) for lang in languages}
+    examples = []
+    for index in range(min(n, len(rows) - 1)):
+        item, other = rows[index], rows[index + 1]
+        prompts = "\n".join(f"{lang}: {item[lang][0].replace('[Y]', '[MASK]')}" for lang in languages)
+        answer = " | ".join(f"{lang}: {other[lang][1]}" for lang in languages)
+        examples.append([prompts, languages[0], answer])
+    return examples, candidates
+
+
+# ------------------------------------------------------------------------------------------------ the UI
+def build_app(demo: EditDemo, examples: list[list[str]] | None = None):
+    """The Gradio Blocks: `/edit` and `/revert` are also its API (`gradio_client`)."""
+    import gradio as gr
+
+    def guarded(function):
+        def run(*args):
+            try:
+                return function(*args)
+            except (ValueError, TypeError) as error:  # a user's mistake: shown in the page, not a traceback
+                raise gr.Error(str(error)) from error
+
+        return run
+
+    with gr.Blocks(title="hf_lime: one edit, every language") as app:
+        gr.Markdown(
+            "## One edit, every language\nEdit a fact in one language with a LiME editor and see it change (or not) "
+            "in the others; unrelated questions should keep their answers. **Revert** restores the base model."
+        )
+        with gr.Row():
+            with gr.Column(scale=3):
+                prompts = gr.Textbox(label="The question in each language (`lang: prompt` with [MASK])", lines=6)
+                language = gr.Dropdown(demo.languages, value=demo.languages[0], label="Edit in")
+                answer = gr.Textbox(label="New answer (one form, or `lang: form | lang: form`)")
+                with gr.Row():
+                    edit_button = gr.Button("Edit", variant="primary")
+                    revert_button = gr.Button("Revert")
+            with gr.Column(scale=2):
+                figure = gr.Plot(label="P(new answer) before and after")
+        status = gr.Markdown()
+        table = gr.Dataframe(headers=HEADERS, label="Answers in every language", interactive=False)
+        if examples:
+            gr.Examples(examples, inputs=[prompts, language, answer])
+        outputs = [table, figure, status]
+        edit_button.click(guarded(demo.edit), [prompts, language, answer], outputs, api_name="edit")
+        revert_button.click(guarded(demo.revert), [prompts, answer], outputs, api_name="revert")
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--editor", default=os.getenv("LIME_EDITOR", "outputs/demo"), help="Folder or Hub id.")
+    parser.add_argument("--candidates", choices=["cldr", "none"], default="cldr")
+    parser.add_argument("--host", default=os.getenv("GRADIO_SERVER_NAME", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.getenv("GRADIO_SERVER_PORT", "7860")))
+    args = parser.parse_args()
+    editor = LimeEditor.from_pretrained(args.editor)
+    examples, candidates = cldr_examples(editor.languages) if args.candidates == "cldr" else (None, None)
+    build_app(EditDemo(editor, candidates), examples).launch(server_name=args.host, server_port=args.port)
+
+
+if __name__ == "__main__":
+    main()

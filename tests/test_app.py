@@ -1,0 +1,98 @@
+"""The interactive demo (examples/app.py): its parsing, its edit/revert logic, and the Gradio app driven through
+`gradio_client` as a browser would drive it."""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_editor import mlm_editor
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def app_module():
+    spec = importlib.util.spec_from_file_location("lime_app", REPO_ROOT / "examples" / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["lime_app"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+PROMPTS = "en: Dante was born in [MASK] .\nfr: Dante est né à [MASK] .\nde: Dante wurde in [MASK] geboren ."
+
+
+def _outputs(editor) -> torch.Tensor:
+    """The model's logits on a fixed batch (edits are applied as deltas inside the layers)."""
+    batch = editor.tokenizer(["Dante was born in [MASK] .", "Goethe ist in [MASK] geboren ."], return_tensors="pt",
+                             padding=True)  # fmt: skip
+    with torch.no_grad():
+        return editor.model(**batch).logits
+
+
+def test_parsing(app_module):
+    langs = ["en", "fr", "de"]
+    assert app_module.parse_prompts("fr: b [MASK]\n\nen: a [MASK]", langs) == {"en": "a [MASK]", "fr": "b [MASK]"}
+    assert app_module.parse_answers("Lyon", langs) == {"en": "Lyon", "fr": "Lyon", "de": "Lyon"}
+    assert app_module.parse_answers("en: Munich | de: München", langs) == {"en": "Munich", "fr": "Munich",
+                                                                           "de": "München"}  # fmt: skip
+    assert app_module.parse_answers("Paris: Texas", langs)["fr"] == "Paris: Texas"  # not a language: one form
+    cases = [("xx: a [MASK]", "Unknown language 'xx'"), ("no colon", "one `lang: prompt`"), ("", "at least")]
+    for text, match in cases:
+        with pytest.raises(ValueError, match=match):
+            app_module.parse_prompts(text, langs)
+    with pytest.raises(ValueError, match="empty"):
+        app_module.parse_answers("  ", langs)
+    with pytest.raises(ValueError, match="lang: answer"):
+        app_module.parse_answers("en: a | zz: b", langs)
+
+
+def test_edit_then_revert_restores_the_base_model(app_module, tmp_path):
+    editor = mlm_editor(tmp_path, edit_lr_init=1.0)
+    original = _outputs(editor)
+    demo = app_module.EditDemo(editor)
+    rows, figure, status = demo.edit(PROMPTS, "en", "Florence")
+    assert [row[0] for row in rows] == ["en", "fr", "de"] and "holds in" in status
+    assert len(figure.axes[0].texts) == 6  # languages × (before, after)
+    assert not torch.equal(_outputs(editor), original)
+    rows, _, status = demo.revert(PROMPTS, "Florence")
+    assert status.startswith("Reverted") and rows[0][3] == rows[0][4]
+    assert torch.equal(_outputs(editor), original)
+    with pytest.raises(ValueError, match="No prompt in the editing language 'de'"):
+        demo.edit("en: a [MASK] .", "de", "x")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_the_gradio_app_answers_an_edit_request_through_its_client(app_module, tmp_path, monkeypatch):
+    pytest.importorskip("gradio", reason="the app needs gradio (installed by the dev extra)")
+    from gradio_client import Client
+
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    editor = mlm_editor(tmp_path, edit_lr_init=1.0)
+    original = _outputs(editor)
+    app = app_module.build_app(app_module.EditDemo(editor), examples=[[PROMPTS, "en", "Florence"]])
+    app.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(app.local_url, verbose=False)
+        table, plot, status = client.predict(PROMPTS, "fr", "fr: Florence | de: Florenz", api_name="/edit")
+        assert [row[0] for row in table["data"]] == ["en", "fr", "de"]
+        assert [row[2] for row in table["data"]] == ["Florence", "Florence", "Florenz"]
+        assert "Edited in fr" in status and plot is not None
+        assert not torch.equal(_outputs(editor), original)
+        _, _, status = client.predict(PROMPTS, "Florence", api_name="/revert")
+        assert status.startswith("Reverted")
+        assert torch.equal(_outputs(editor), original)
+        with pytest.raises(Exception, match="Unknown language 'xx'"):
+            client.predict("xx: a [MASK] .", "en", "b", api_name="/edit")
+    finally:
+        app.close()
