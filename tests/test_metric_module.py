@@ -182,3 +182,48 @@ def test_module_source_is_self_describing():
     for section in ("Description", "How to Use", "Inputs", "Output Values", "Examples", "Limitations", "Citation"):
         assert f"# {section}" in card or f"## Metric {section}" in card, section
     assert textwrap.dedent(card).startswith("---\n")
+
+
+# ----------------------------------------------------------------------------------------------- the widget (app.py)
+def _metric_app():
+    import importlib.util
+
+    path = Path(hf_lime.metrics.metric_path()) / "app.py"
+    spec = importlib.util.spec_from_file_location("lime_xl_edit_app", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_metric_folder_has_a_space_app_and_requirements():
+    folder = Path(hf_lime.metrics.metric_path())
+    assert "hf_lime" in (folder / "requirements.txt").read_text().split()
+    front = (folder / "README.md").read_text().split("---")[1]
+    assert "sdk: gradio" in front and "app_file: app.py" in front
+
+
+def test_the_widget_computes_the_metric_through_its_client(monkeypatch):
+    pytest.importorskip("gradio", reason="the widget needs gradio (installed by the dev extra)")
+    import socket
+
+    import evaluate
+    from gradio_client import Client
+
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    app = _metric_app()
+    direct = app.compute_from_rows(evaluate.load(hf_lime.metrics.metric_path()), app.EXAMPLE)
+    assert (direct["reliability"], direct["transfer"], direct["locality"]) == (1.0, 0.5, 0.5)
+    with pytest.raises(ValueError, match="one record per row"):
+        app.compute_from_rows(evaluate.load(hf_lime.metrics.metric_path()), [["a", "b"]])
+    widget = app.build_widget()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    widget.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(widget.local_url, verbose=False)
+        table = {"headers": app.COLUMNS, "data": app.EXAMPLE[:3]}
+        result = json.loads(client.predict(table, 0, api_name="/compute"))
+        assert result["reliability"] == 1.0 and result["transfer"] == 0.5 and result["n_records"] == 3
+    finally:
+        widget.close()
