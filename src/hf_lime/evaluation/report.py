@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SUMMARY_NAMES = ("reliability", "transfer", "edit_success", "locality", "hmean", "language_gap", "language_std")
+from ..metrics.xl_edit import SCALAR_METRIC_NAMES
+
+SUMMARY_NAMES = SCALAR_METRIC_NAMES  # the summary shows the metric's scalars
 """The summary lines of `format_table`, in order."""
 
 

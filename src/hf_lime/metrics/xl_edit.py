@@ -169,8 +169,9 @@ def _mean_present(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
         return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
-def _harmonic_mean(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """`2ab / (a + b)`, 0 where `a + b == 0`, NaN where either is NaN."""
+def harmonic_mean(a: np.ndarray | float, b: np.ndarray | float) -> np.ndarray:
+    """`2ab / (a + b)`, 0 where `a + b == 0`, NaN where either is NaN (element-wise; floats too)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     with np.errstate(invalid="ignore", divide="ignore"):
         value = np.where(a + b > 0, 2 * a * b / (a + b), 0.0)
     return np.where(np.isnan(a) | np.isnan(b), np.nan, value)
@@ -187,7 +188,7 @@ def _summaries(es: _CellTable, loc: _CellTable, weights: np.ndarray) -> tuple[di
         "edit_success": _mean_present(es_means, np.ones_like(diagonal)),
         "locality": _mean_present(loc_means, np.ones(len(loc.cells), dtype=bool)),
     }
-    out["hmean"] = _harmonic_mean(out["edit_success"], out["locality"])
+    out["hmean"] = harmonic_mean(out["edit_success"], out["locality"])
     by_language = _by_language_replicates(es.cells, es_means)
     with np.errstate(invalid="ignore"):
         out["language_gap"] = np.nanmax(by_language, axis=1) - np.nanmin(by_language, axis=1)

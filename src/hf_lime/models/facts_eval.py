@@ -14,9 +14,9 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 
-logger = logging.getLogger(__name__)
+from ..data.encoding import PLACEHOLDER
 
-PLACEHOLDER = "[Y]"
+logger = logging.getLogger(__name__)
 
 
 def flatten_facts(items: Iterable[Mapping], languages: Sequence[str] | None = None) -> list[dict]:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from ..data.encoding import IGNORE_INDEX
 from ..head import TargetLogits, target_logits
+from ..metrics.xl_edit import harmonic_mean
 
 # Logged metric names, defined once (see docs/training.md).
 LOSS_EDIT, LOSS_LOC, LOSS_L0 = "loss/edit", "loss/loc", "loss/l0"
@@ -34,10 +35,6 @@ class EpisodeOutput:
 
     loss: torch.Tensor
     metrics: dict[str, float]
-
-
-def harmonic_mean(a: float, b: float) -> float:
-    return 0.0 if a + b == 0 else 2.0 * a * b / (a + b)
 
 
 def retain_kl(base: TargetLogits, edited: TargetLogits) -> torch.Tensor:
@@ -116,6 +113,6 @@ def run_episode(peft_model, episode: dict[str, dict], task: str, c_edit: float, 
         LOSS_L0: loss_l0.item(),
         EDIT_ACC: edit_acc,
         LOC_ACC: loc_acc,
-        HMEAN: harmonic_mean(edit_acc, loc_acc),
+        HMEAN: float(harmonic_mean(edit_acc, loc_acc)),
     }
     return EpisodeOutput(loss=loss, metrics=metrics)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-PRESETS = ("monolingual", "pairwise", "all")
+from ..data.episodes import PRESETS
 
 # Named training recipes: `LimeTrainingArguments.from_recipe(name, output_dir=..., **overrides)`, or
 # `parser.set_defaults(**LIME_RECIPES[name])` before an `HfArgumentParser` parses a command line.

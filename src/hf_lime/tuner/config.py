@@ -10,11 +10,11 @@ from typing import Literal
 
 from peft.config import PeftConfig
 
+from ..editors.ft import OPTIMIZERS as FT_OPTIMIZERS
 from ..masks import MASK_SCOPES
 
 PEFT_TYPE = "LIME"
 EDITORS = ("mend", "ke", "ft")
-FT_OPTIMIZERS = ("sgd", "adam", "rmsprop")
 
 # Feed-forward linears per model family (`config.model_type`). Only the layer *kind* is chosen here; which layers
 # are edited is `layers_to_transform` (by default the top `num_top_layers`).
