@@ -74,20 +74,6 @@ def test_edit_lowers_loss_and_moves_prediction(family):
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_revert_is_bit_exact(family):
-    model = lime_model(family, edit_lr_init=1.0)
-    batch = make_batch(FAMILIES[family].task)
-    state, logits = base_state(model), outputs(model, batch)
-    edit = model.edit(batch, language="en")
-    assert not torch.equal(outputs(model, batch), logits)
-    edit.revert()
-    assert torch.equal(outputs(model, batch), logits)
-    after = model.get_base_model().state_dict()
-    assert all(torch.equal(state[k], after[k]) for k in state)
-    assert model.base_model.applied_edit_ids == []
-
-
-@pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_merge_equals_apply(family):
     model = lime_model(family, edit_lr_init=1.0)
     batch = make_batch(FAMILIES[family].task)
@@ -161,23 +147,6 @@ def test_functional_path_is_differentiable_and_leaves_base_untouched():
     assert all(torch.equal(state[k], after[k]) for k in state)
     assert tuner.applied_edit_ids == []
     assert not tuner.model.training  # the frozen base model never enters train mode
-
-
-@pytest.mark.parametrize("family", ["bert-mlm", "bert-cls", "gpt2"])
-def test_save_load_reproduces_outputs_and_post_edit_outputs(tmp_path, family):
-    model = lime_model(family, edit_lr_init=1.0, mend_init="random")
-    with torch.no_grad():
-        for p in model.base_model.lime_masks.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-    batch = make_batch(FAMILIES[family].task)
-    clean = outputs(model, batch)
-    with model.edit(batch, language="fr"):
-        edited = outputs(model, batch)
-    model.save_pretrained(tmp_path)
-    loaded = PeftModel.from_pretrained(build_model(family), tmp_path)
-    assert torch.equal(outputs(loaded, batch), clean)
-    with loaded.edit(batch, language="fr"):
-        assert torch.equal(outputs(loaded, batch), edited)
 
 
 def test_files_written_and_non_default_adapter_name(tmp_path):

@@ -16,7 +16,7 @@ from peft import PeftModel
 from torch import nn
 
 from .atomic import is_local_folder, read_folder, write_folder
-from .data.encoding import TASKS, pad_batch
+from .data.encoding import pad_batch
 from .lora_export import export_edits_as_lora, module_name
 from .model_card import render_model_card
 from .safe_loading import (
@@ -31,7 +31,6 @@ from .safe_loading import (
     check_json_serialisable,
     check_language_order,
     check_plain_base_model,
-    infer_task,
     load_adapter_config,
     load_base_model,
     load_editor_metadata,
@@ -40,6 +39,7 @@ from .safe_loading import (
     resolve_editor_folder,
     soft_base_model_differences,
 )
+from .tasks import check_task, infer_task
 from .text_io import as_rows, encode_text, masked_prompt, predict_text, rank_text, score_text
 from .tuner import LimeConfig
 from .tuner.config import PEFT_TYPE
@@ -89,8 +89,7 @@ class LimeEditor:
                 "`LimeEditor.from_base_model(base, LimeConfig(...))` or load one with `LimeEditor.from_pretrained`."
             )
         task = task or infer_task(model.get_base_model())
-        if task not in TASKS:
-            raise ValueError(f"Unknown task {task!r}; allowed tasks are {TASKS}.")
+        check_task(task)
         check_json_serialisable("training_info", training_info)
         check_json_serialisable("metrics", metrics)
         self.model, self.tokenizer, self.task = model, tokenizer, task

@@ -18,8 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data.encoding import IGNORE_INDEX
-
-LM_TASKS = ("masked_lm", "causal_lm")
+from .tasks import check_task
 
 
 def target_positions(task: str, labels: torch.Tensor) -> torch.Tensor:
@@ -127,8 +126,7 @@ def target_logits(model: nn.Module, batch: dict[str, Any], task: str) -> TargetL
     labels = batch["labels"]
     if task == "seq_cls":
         return TargetLogits(logits=model(**inputs).logits, targets=labels, counts=[1] * labels.shape[0])
-    if task not in LM_TASKS:
-        raise ValueError(f"Unknown task {task!r}; allowed tasks are {(*LM_TASKS, 'seq_cls')}.")
+    check_task(task)
     keep = target_positions(task, labels)
     targets = labels[:, 1:][labels[:, 1:] != IGNORE_INDEX] if task == "causal_lm" else labels[keep]
     logits = logits_at(model, inputs, keep)

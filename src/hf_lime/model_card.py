@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .tasks import PIPELINE_TAGS, TASK_NAMES
+
 TAGS = ["hf_lime", "lime", "model-editing", "cross-lingual", "peft"]
 PAPER_URL = "https://huggingface.co/papers/2205.12677"
 EDITOR_NAMES = {
@@ -15,8 +17,6 @@ EDITOR_NAMES = {
     "ke": "KnowledgeEditor",
     "ft": "fine-tuning (no learned editor)",
 }
-TASK_NAMES = {"masked_lm": "masked language model", "seq_cls": "sequence classifier", "causal_lm": "causal LM"}
-PIPELINE_TAGS = {"masked_lm": "fill-mask", "seq_cls": "text-classification", "causal_lm": "text-generation"}
 # The `lime_xl_edit` scalars reported in the card's `model-index` (its `eval_results`).
 MODEL_INDEX_METRICS = ("reliability", "transfer", "edit_success", "locality", "hmean", "language_gap")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")

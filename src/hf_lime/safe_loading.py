@@ -22,8 +22,7 @@ import torch
 from peft import PeftModel
 from torch import nn
 
-from .data.encoding import TASKS
-from .tasks import TASK_SUFFIXES, infer_task, task_from_class_name  # noqa: F401  (re-exported)
+from .tasks import TASK_SUFFIXES, TASKS, auto_class, infer_task, task_from_class_name  # noqa: F401  (re-exported)
 from .tuner.config import PEFT_TYPE, LimeConfig
 from .tuner.layer import LimeLayer
 
@@ -372,13 +371,6 @@ def check_plain_base_model(base_model: nn.Module | None) -> None:
         raise TypeError("`base_model` must be a plain transformers model, not one that already carries an adapter.")
 
 
-def _auto_class(task: str):
-    import transformers
-
-    names = {"masked_lm": "AutoModelForMaskedLM", "seq_cls": "AutoModelForSequenceClassification"}
-    return getattr(transformers, names.get(task, "AutoModelForCausalLM"))
-
-
 def load_base_model(config: LimeConfig, task: str | None, dtype: Any, hub: dict, device_map: Any = None) -> nn.Module:
     name = config.base_model_name_or_path
     if not name:
@@ -395,7 +387,7 @@ def load_base_model(config: LimeConfig, task: str | None, dtype: Any, hub: dict,
         extra = {"dtype": dtype} if dtype is not None else {}
         if device_map is not None:
             extra["device_map"] = device_map
-        model = _auto_class(task).from_pretrained(
+        model = auto_class(task).from_pretrained(
             name, use_safetensors=True, trust_remote_code=False, **kwargs, **extra
         )
     except OSError as err:

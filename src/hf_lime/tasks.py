@@ -1,14 +1,46 @@
-"""Which of the three supported tasks a transformers model solves, told from its class."""
+"""The one home of "task": the three supported kinds, their names and Auto classes, and which one a model solves."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
+TASKS = ("masked_lm", "seq_cls", "causal_lm")
+LM_TASKS = ("masked_lm", "causal_lm")
+TASK_NAMES = {"masked_lm": "masked language model", "seq_cls": "sequence classifier", "causal_lm": "causal LM"}
+PIPELINE_TAGS = {"masked_lm": "fill-mask", "seq_cls": "text-classification", "causal_lm": "text-generation"}
+AUTO_CLASSES = {
+    "masked_lm": "AutoModelForMaskedLM",
+    "seq_cls": "AutoModelForSequenceClassification",
+    "causal_lm": "AutoModelForCausalLM",
+}
 TASK_SUFFIXES = {
     "masked_lm": ("ForMaskedLM",),
     "seq_cls": ("ForSequenceClassification",),
     "causal_lm": ("ForCausalLM", "LMHeadModel"),
 }
+
+
+def check_task(task: Any) -> str:
+    """`task` if it is one of `TASKS`; a `ValueError` naming the allowed ones otherwise."""
+    if task not in TASKS:
+        raise ValueError(f"Unknown task {task!r}; allowed tasks are {TASKS}.")
+    return task
+
+
+def auto_class(task: str) -> type:
+    """The transformers Auto class that loads a model of `task` (e.g. `AutoModelForMaskedLM`)."""
+    import transformers
+
+    return getattr(transformers, AUTO_CLASSES[check_task(task)])
+
+
+def is_causal_lm(model: Any) -> bool:
+    """Decoder-only generative models predict token `t + 1` at position `t` (labels are shifted by the loss)."""
+    can_generate = getattr(model, "can_generate", None)
+    encoder_decoder = getattr(getattr(model, "config", None), "is_encoder_decoder", False)
+    return bool(callable(can_generate) and can_generate() and not encoder_decoder)
 
 
 def infer_task(model: nn.Module) -> str:

@@ -1,7 +1,8 @@
 """Parallel data sources (mLAMA, XNLI, CLDR facts) in one common schema, with group-disjoint splits."""
 
+from ..tasks import TASKS
 from .cldr import CLDR_RELATIONS, DEFAULT_CLDR_LANGUAGES, build_cldr_items, cldr_languages, load_cldr_facts
-from .encoding import TASKS, encode_example, is_correct, pad_batch, predict_from_logits
+from .encoding import encode_example, is_correct, pad_batch, predict_from_logits
 from .episodes import EpisodeCollator, EpisodeDataset, episode_languages
 from .mlama import load_mlama, load_mlama_candidates, load_mlama_items, mlama_languages
 from .schema import COLUMNS, FEATURES, ParallelItem, default_data_dir, items_to_dataset, validate_items

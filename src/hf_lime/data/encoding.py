@@ -26,15 +26,11 @@ from typing import Any
 
 import torch
 
-TASKS = ("masked_lm", "seq_cls", "causal_lm")
+from ..tasks import check_task
+
 PLACEHOLDER = "[Y]"
 IGNORE_INDEX = -100
 _PASSTHROUGH_KEYS = ("input_ids", "attention_mask", "token_type_ids")
-
-
-def _check_task(task: str) -> None:
-    if task not in TASKS:
-        raise ValueError(f"Unknown task {task!r}; allowed tasks are {TASKS}.")
 
 
 def target_token_ids(tokenizer: Any, target: str) -> list[int]:
@@ -190,7 +186,7 @@ def encode_example(
 
     ```
     """
-    _check_task(task)
+    check_task(task)
     if max_length < 2:
         raise ValueError(f"max_length must be at least 2, got {max_length}.")
     if task == "seq_cls":
@@ -268,7 +264,7 @@ def predict_from_logits(task: str, logits: torch.Tensor, batch: Mapping[str, tor
         `list[list[int]]` for ``masked_lm``/``causal_lm`` (predicted ids of each row's target tokens, in order; for
         ``causal_lm`` the prediction of token ``t`` is read at position ``t - 1``), `list[int]` for ``seq_cls``.
     """
-    _check_task(task)
+    check_task(task)
     logits = torch.as_tensor(logits)
     if task == "seq_cls":
         return logits.argmax(dim=-1).tolist()
@@ -285,7 +281,7 @@ def predict_from_logits(task: str, logits: torch.Tensor, batch: Mapping[str, tor
 
 def gold_from_batch(task: str, batch: Mapping[str, torch.Tensor]) -> list:
     """The gold target ids (LM tasks, one list per row) or classes (``seq_cls``) of a padded batch."""
-    _check_task(task)
+    check_task(task)
     labels = torch.as_tensor(batch["labels"])
     if task == "seq_cls":
         return labels.tolist()

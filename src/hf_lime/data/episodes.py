@@ -24,7 +24,8 @@ from typing import Any
 
 import torch
 
-from .encoding import TASKS, encode_example, pad_batch
+from ..tasks import check_task
+from .encoding import encode_example, pad_batch
 
 NEW_TARGET_MODES = ("alternative", "gold")
 PRESETS = ("monolingual", "pairwise", "all")
@@ -387,8 +388,7 @@ class EpisodeCollator:
     def __init__(
         self, tokenizer: Any, task: str, label2id: Mapping[str, int] | None = None, max_length: int = 128
     ) -> None:
-        if task not in TASKS:
-            raise ValueError(f"Unknown task {task!r}; allowed tasks are {TASKS}.")
+        check_task(task)
         self.tokenizer, self.task, self.label2id, self.max_length = tokenizer, task, label2id, max_length
 
     def _encode(self, example: Mapping[str, Any]) -> dict[str, Any]:

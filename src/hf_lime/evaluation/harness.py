@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from numbers import Integral
 from typing import Any
 
-from ..data.encoding import TASKS
 from ..data.episodes import (
     NEW_TARGET_MODES,
     ParsedItem,
@@ -30,7 +29,7 @@ from ..data.episodes import (
 )
 from ..data.schema import check_languages
 from ..metrics import compute_xl_edit_metrics
-from ..tasks import model_label2id
+from ..tasks import check_task, model_label2id
 from .report import EvaluationResult
 from .scoring import SCORINGS, TargetScorer, make_scorer
 
@@ -311,8 +310,7 @@ def evaluate_editor(
 
     ```
     """
-    if task not in TASKS:
-        raise ValueError(f"Unknown task {task!r}; allowed tasks are {TASKS}.")
+    check_task(task)
     if scoring not in SCORINGS:
         raise ValueError(f"Unknown scoring {scoring!r}; allowed values are {SCORINGS}.")
     if new_target not in NEW_TARGET_MODES:

@@ -13,6 +13,7 @@ from ..data.encoding import is_correct
 from ..deltas import LayerDelta
 from ..head import target_logits
 from ..masks import MaskBank
+from ..tasks import is_causal_lm
 from .layer import LimeLayer
 
 
@@ -131,7 +132,7 @@ class EditContext:
                 return scored.loss(), all(scored.row_correct())
             outputs = self.model(**self.batch)
         labels = self.batch["labels"]
-        task = "seq_cls" if labels.dim() == 1 else "causal_lm" if _is_causal_lm(self.model) else "masked_lm"
+        task = "seq_cls" if labels.dim() == 1 else "causal_lm" if is_causal_lm(self.model) else "masked_lm"
         return outputs.loss, all(is_correct(task, outputs.logits.detach(), self.batch))
 
 
@@ -224,10 +225,3 @@ def known_task(model: nn.Module) -> str | None:
         return infer_task(model)
     except ValueError:
         return None
-
-
-def _is_causal_lm(model: Any) -> bool:
-    """Decoder-only generative models predict token `t + 1` at position `t` (labels are shifted by the loss)."""
-    can_generate = getattr(model, "can_generate", None)
-    encoder_decoder = getattr(getattr(model, "config", None), "is_encoder_decoder", False)
-    return bool(callable(can_generate) and can_generate() and not encoder_decoder)

@@ -1,0 +1,40 @@
+"""The test matrix: every family × editor (mend, ke, ft) × mask (off, language, shared) runs the shared checks of
+`testing_common.py` — an edit lowers the loss, revert is bit-exact, save/load reproduces, the files are written.
+The fine-tuning editor has no inputs to mask, so it runs with masks off only."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import FAMILIES
+from testing_common import (
+    Case,
+    check_edit_lowers_the_loss,
+    check_files_written,
+    check_revert_is_bit_exact,
+    check_save_load_reproduces,
+)
+
+CASES = [
+    Case(family, editor, mask)
+    for family in sorted(FAMILIES)
+    for editor in ("mend", "ke", "ft")
+    for mask in (("off",) if editor == "ft" else ("off", "language", "shared"))
+]
+MATRIX = pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+
+
+@MATRIX
+def test_edit_lowers_the_loss(case):
+    check_edit_lowers_the_loss(case.model(), case.batch())
+
+
+@MATRIX
+def test_revert_is_bit_exact(case):
+    check_revert_is_bit_exact(case.model(), case.batch())
+
+
+@MATRIX
+def test_save_load_reproduces_and_files_are_written(case, tmp_path):
+    model = case.model()
+    check_save_load_reproduces(model, case.batch(), case.family, tmp_path)
+    check_files_written(model, tmp_path)

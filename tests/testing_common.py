@@ -1,0 +1,130 @@
+"""Shared checks of the LIME adapter, run by the test matrix (tests/test_matrix.py) for every case of family × editor
+× mask — as peft's `testing_common.py` serves its tuners. Each check takes a built model and asserts one property."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import FAMILIES, build_model, make_batch
+from peft import PeftModel, get_peft_model
+from safetensors.torch import load_file
+
+import hf_lime  # noqa: F401  (registers the method)
+from hf_lime import LimeConfig
+
+LANGS = ["en", "fr", "de"]
+EDITOR_SETTINGS = {
+    "mend": {"editor": "mend", "mend_rank": 8, "edit_lr_init": 1e-3},
+    "ke": {"editor": "ke", "ke_hidden_dim": 8, "edit_lr_init": 1.0},
+    "ft": {"editor": "ft", "ft_optimizer": "adam", "ft_lr": 1e-2, "ft_steps": 5},
+}
+MASK_SETTINGS = {
+    "off": {"use_lime_mask": False},
+    "language": {"use_lime_mask": True, "mask_scope": "language"},
+    "shared": {"use_lime_mask": True, "mask_scope": "shared"},
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    family: str
+    editor: str
+    mask: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.family}-{self.editor}-mask_{self.mask}"
+
+    @property
+    def task(self) -> str:
+        return FAMILIES[self.family].task
+
+    def config(self) -> LimeConfig:
+        return LimeConfig(languages=LANGS, **EDITOR_SETTINGS[self.editor], **MASK_SETTINGS[self.mask])
+
+    def model(self, seed: int = 0):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # GPT-2's Conv1D fan_in_fan_out notice
+            return get_peft_model(build_model(self.family, seed), self.config())
+
+    def batch(self) -> dict[str, torch.Tensor]:
+        return make_batch(self.task)
+
+
+def outputs(model, batch) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+
+
+def base_state(model) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.get_base_model().state_dict().items()}
+
+
+def perturb_trainables(model, scale: float = 0.1, seed: int = 0) -> None:
+    """Move every trainable parameter off its initial value (a stand-in for training)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(scale * torch.randn(parameter.shape, generator=generator))
+
+
+# ------------------------------------------------------------------------------------------------ the checks
+def check_edit_lowers_the_loss(model, batch, language: str = "fr") -> None:
+    """An edit lowers the edit batch's loss, and `Edit.info` records the loss it started from."""
+    before = model(**batch).loss
+    edit = model.edit(batch, language=language)
+    assert model(**batch).loss < before
+    assert edit.info.loss_before == pytest.approx(before.item(), rel=1e-5)
+    edit.revert()
+
+
+def check_revert_is_bit_exact(model, batch, language: str = "en") -> None:
+    """Reverting restores the outputs and every base weight bit for bit, and leaves no applied edit."""
+    state, clean = base_state(model), outputs(model, batch)
+    edit = model.edit(batch, language=language)
+    assert not torch.equal(outputs(model, batch), clean)
+    edit.revert()
+    assert torch.equal(outputs(model, batch), clean)
+    after = model.get_base_model().state_dict()
+    assert all(torch.equal(state[key], after[key]) for key in state)
+    assert model.base_model.applied_edit_ids == []
+
+
+def check_save_load_reproduces(model, batch, family: str, folder: Path, language: str = "de") -> PeftModel:
+    """`save_pretrained` + `PeftModel.from_pretrained` give the same outputs, before and after the same edit."""
+    perturb_trainables(model)
+    clean = outputs(model, batch)
+    with model.edit(batch, language=language):
+        edited = outputs(model, batch)
+    model.save_pretrained(folder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = PeftModel.from_pretrained(build_model(family), folder)
+    assert torch.equal(outputs(loaded, batch), clean)
+    with loaded.edit(batch, language=language):
+        assert torch.equal(outputs(loaded, batch), edited)
+    return loaded
+
+
+def check_files_written(model, folder: Path) -> None:
+    """The adapter folder holds the config and the safetensors weights: adapter tensors only, never base weights,
+    and the configuration the model was built with."""
+    assert {p.name for p in folder.iterdir()} >= {"adapter_config.json", "adapter_model.safetensors"}
+    saved = json.loads((folder / "adapter_config.json").read_text())
+    config = model.peft_config["default"]
+    assert saved["peft_type"] == "LIME" and saved["editor"] == config.editor
+    assert saved["use_lime_mask"] == config.use_lime_mask and saved["mask_scope"] == config.mask_scope
+    assert saved["languages"] == LANGS
+    tensors = load_file(folder / "adapter_model.safetensors")
+    assert tensors and all(".lime_" in key for key in tensors)
+    assert not any("base_layer" in key or "embeddings" in key for key in tensors)
+    masks = [key for key in tensors if "lime_masks" in key]
+    assert bool(masks) == (config.use_lime_mask and config.editor != "ft")
+    expected = {k for k, p in model.named_parameters() if p.requires_grad}
+    assert len(tensors) >= len(expected) > 0
