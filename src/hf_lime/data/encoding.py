@@ -201,21 +201,12 @@ def encode_example(
     return _encode_causal_lm(tokenizer, prompt, target, max_length)
 
 
-def _pad_rows(rows: Sequence[Sequence[int]], value: int, side: str) -> torch.Tensor:
-    width = max(len(row) for row in rows)
-    padded = []
-    for row in rows:
-        filler = [value] * (width - len(row))
-        padded.append(filler + list(row) if side == "left" else list(row) + filler)
-    return torch.tensor(padded, dtype=torch.long)
-
-
 def pad_batch(tokenizer: Any, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-    """Pad encoded examples (from `encode_example`) into a batch of tensors.
+    """Pad encoded examples (from `encode_example`) into a batch of tensors, with transformers' collators.
 
-    ``input_ids`` are padded with the tokenizer's pad id, ``attention_mask`` and ``token_type_ids`` with 0,
-    per-token ``labels`` with -100, on the tokenizer's ``padding_side``. Integer labels (``seq_cls``) become a
-    1-D tensor.
+    ``input_ids``, ``attention_mask`` and ``token_type_ids`` are padded by `tokenizer.pad` (the tokenizer's pad id
+    and ``padding_side``); per-token ``labels`` with -100 on the same side (`DataCollatorForTokenClassification`).
+    Integer labels (``seq_cls``) become a 1-D tensor (`DataCollatorWithPadding`).
 
     Args:
         tokenizer (`PreTrainedTokenizerBase`): provides ``pad_token_id`` and ``padding_side``.
@@ -224,32 +215,27 @@ def pad_batch(tokenizer: Any, examples: Sequence[Mapping[str, Any]]) -> dict[str
     Returns:
         `dict[str, torch.Tensor]`: the padded batch.
     """
+    from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding
+
     if not examples:
         raise ValueError("pad_batch needs at least one example.")
     keys = set(examples[0])
     if any(set(example) != keys for example in examples):
         raise ValueError(f"All examples must have the same keys; got {sorted({tuple(sorted(e)) for e in examples})}.")
+    allowed = {*_PASSTHROUGH_KEYS, "labels"}
+    if keys - allowed:
+        raise ValueError(f"Unexpected key {sorted(keys - allowed)[0]!r}; allowed keys are {sorted(allowed)}.")
     if tokenizer.pad_token_id is None:
         raise ValueError("The tokenizer has no pad token; set tokenizer.pad_token (e.g. to the EOS token).")
-    side = tokenizer.padding_side
-    if side not in ("left", "right"):
-        raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}.")
-    pad_values = {
-        "input_ids": tokenizer.pad_token_id,
-        "attention_mask": 0,
-        "token_type_ids": 0,
-        "labels": IGNORE_INDEX,
-    }
-    batch = {}
-    for key in sorted(keys):
-        values = [example[key] for example in examples]
-        if key == "labels" and all(isinstance(value, int) for value in values):
-            batch[key] = torch.tensor(values, dtype=torch.long)
-        elif key in pad_values:
-            batch[key] = _pad_rows(values, pad_values[key], side)
-        else:
-            raise ValueError(f"Unexpected key {key!r}; allowed keys are {sorted(pad_values)}.")
-    return batch
+    if tokenizer.padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {tokenizer.padding_side!r}.")
+    features = [{key: list(value) if key != "labels" else value for key, value in e.items()} for e in examples]
+    if "labels" in keys and not all(isinstance(e["labels"], int) for e in examples):
+        collator = DataCollatorForTokenClassification(tokenizer, label_pad_token_id=IGNORE_INDEX, return_tensors="pt")
+    else:
+        collator = DataCollatorWithPadding(tokenizer, return_tensors="pt")
+    batch = dict(collator(features))
+    return {key: value.long() for key, value in batch.items()}
 
 
 def predict_from_logits(task: str, logits: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> list:
