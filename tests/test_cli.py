@@ -86,3 +86,34 @@ def test_hub_and_config_errors_are_one_line_with_code_2(editor_dir, tmp_path, ca
 def test_parser_rejects_unknown_model_names():
     with pytest.raises(SystemExit):
         main(["prepare-model", "gpt-5", "--output", "x"])
+
+
+def test_push_takes_a_token_and_a_license_and_reaches_the_hub(editor_dir, tmp_path, capsys):
+    from hub_server import running_hub
+
+    with running_hub(tmp_path) as hub:
+        code = main(["push", "--editor", str(editor_dir), "--repo_id", "org/cli-editor", "--token", "hf_test",
+                     "--license", "apache-2.0"])  # fmt: skip
+        assert code == 0, capsys.readouterr().err
+        files = hub.files("org/cli-editor")
+    assert {"adapter_config.json", "lime_editor.json"} <= set(files)
+    assert b"license: apache-2.0" in files["README.md"]
+
+
+def test_every_option_has_help_and_shows_its_default(capsys):
+    import argparse
+
+    from hf_lime.cli import _parser
+
+    commands = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name, command in commands.items():
+        undocumented = [a.dest for a in command._actions if not a.help]
+        assert not undocumented, f"hf-lime {name}: options without help: {undocumented}"
+    for command in ("edit", "predict", "evaluate", "push", "prepare-model"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        assert "--help" in text and ("(default:" in text)
+    with pytest.raises(SystemExit):
+        main(["push", "--help"])
+    assert "--token" in capsys.readouterr().out
