@@ -153,7 +153,6 @@ def heatmap(prompts: dict[str, str], before: dict, after: dict):
     for row, pair in enumerate(values):
         for col, value in enumerate(pair):
             axes.text(col, row, f"{value:.2f}", ha="center", va="center", color="white" if value < 0.6 else "black")
-    axes.set_title("P(new answer)", fontsize=10)
     figure.colorbar(image, ax=axes, shrink=0.8)
     return figure
 

@@ -59,9 +59,13 @@ def main() -> None:
             browser = playwright.chromium.launch(executable_path=args.chromium, headless=True)
             page = browser.new_page(viewport={"width": 1280, "height": 1100})
             page.goto(url)
-            page.locator(".gallery-item, button.gallery-item, tr.tr-body").first.click()
+            page.wait_for_load_state("networkidle")
+            example = page.locator("tr.tr-body td, button.gallery-item").first
+            example.wait_for(timeout=60_000)
+            example.click(force=True)  # the first example fills the inputs
+            page.wait_for_function("document.querySelector('textarea') && document.querySelector('textarea').value")
             page.get_by_role("button", name="Edit", exact=True).click()
-            page.get_by_text("It holds in").wait_for(timeout=120_000)
+            page.get_by_text("edit(s) applied").first.wait_for(timeout=300_000)
             time.sleep(2.0)  # let the plot render
             page.screenshot(path=args.output, full_page=True)
             browser.close()
