@@ -36,7 +36,7 @@ def test_every_field_has_help_and_is_documented():
     ("kwargs", "message"),
     [
         ({"languages": []}, "languages` is empty"),
-        ({"languages": ["en", "en"]}, "duplicates"),
+        ({"languages": ["en", "en"]}, r"duplicate languages \['en'\]"),
         ({"languages": ["en", ""]}, "non-empty language codes"),
         ({"languages": ["en"], "editor": "rome"}, "editor"),
         ({"languages": ["en"], "mend_rank": 0}, "mend_rank"),

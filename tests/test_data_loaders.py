@@ -184,7 +184,7 @@ def test_mlama_errors_name_the_problem(mlama_dir, tmp_path):
         load_mlama(mlama_dir, ["en"], relations=["P19", "P999"])
     with pytest.raises(ValueError, match=r"Language 'xx' has no mLAMA facts"):
         load_mlama(mlama_dir, ["en", "xx"], relations=["P19"])
-    with pytest.raises(ValueError, match="languages is empty"):
+    with pytest.raises(ValueError, match="`languages` is empty"):
         load_mlama(mlama_dir, [])
     with pytest.raises(ValueError, match=r"duplicate languages \['en'\]"):
         load_mlama(mlama_dir, ["en", "fr", "en"])
@@ -271,7 +271,7 @@ def test_xnli_errors_name_the_problem(xnli_dir, tmp_path):
         load_xnli(xnli_dir, ["en", "sw"])
     with pytest.raises(ValueError, match="duplicate languages"):
         load_xnli(xnli_dir, ["en", "en"])
-    with pytest.raises(ValueError, match="languages is empty"):
+    with pytest.raises(ValueError, match="`languages` is empty"):
         load_xnli(xnli_dir, [])
     fr = xnli_dir / "xnli" / "dev-fr.tsv"
     lines = fr.read_text(encoding="utf-8").splitlines()

@@ -332,8 +332,8 @@ def test_episodes_do_not_depend_on_the_python_hash_seed():
         ({"n_retain": 100}, "n_retain"),
         ({"num_episodes": 0}, "num_episodes"),
         ({"new_target": "random"}, "alternative"),
-        ({"languages": ["en", "en"]}, "distinct"),
-        ({"languages": []}, "non-empty"),
+        ({"languages": ["en", "en"]}, "duplicate languages"),
+        ({"languages": []}, "is empty"),
     ],
 )
 def test_invalid_arguments(items, kwargs, match):

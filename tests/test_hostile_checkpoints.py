@@ -71,9 +71,9 @@ def assert_untouched(base: torch.nn.Module, reference: dict[str, torch.Tensor]) 
         (lambda c: c.update(peft_type="LORA"), "peft_type='LORA'"),
         (lambda c: c.pop("languages"), r"missing the required field\(s\) \['languages'\]"),
         (lambda c: c.pop("base_model_name_or_path"), r"\['base_model_name_or_path'\]"),
-        (lambda c: c.update(languages=["en", "fr", "en"]), r"repeats \['en'\]"),
-        (lambda c: c.update(languages="enfrde"), "list of non-empty strings"),
-        (lambda c: c.update(languages=["en", "", "de"]), "list of non-empty strings"),
+        (lambda c: c.update(languages=["en", "fr", "en"]), r"duplicate languages \['en'\]"),
+        (lambda c: c.update(languages="enfrde"), "must be a list of language codes"),
+        (lambda c: c.update(languages=["en", "", "de"]), "list of non-empty language codes"),
         (
             lambda c: c.update(languages=["en", "fr", "de", "zh"]),
             "saved with \\[.en., .fr., .de.\\]",

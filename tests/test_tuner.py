@@ -238,3 +238,17 @@ def test_deleted_adapter_and_weighted_adapters_give_clear_errors():
     model.delete_adapter("default")
     with pytest.raises(ValueError, match="no active LIME adapter"):
         model.base_model.edit(make_batch("masked_lm"), language="en")
+
+
+def test_compute_edit_takes_resolved_language_ids():
+    model = lime_model("bert-mlm", edit_lr_init=1.0).eval()  # deterministic gates
+    batch = make_batch("masked_lm")
+    by_code = model.base_model.compute_edit(batch, ["fr", "de"])
+    by_id = model.base_model.compute_edit(batch, torch.tensor([1, 2]))
+    assert by_id.info.languages == ["fr", "de"]
+    for a, b in zip(by_code.deltas.values(), by_id.deltas.values(), strict=True):
+        assert torch.equal(a.A, b.A) and torch.equal(a.B, b.B)
+    for bad, match in [(torch.tensor([0, 3]), r"lie in \[0, 3\)"), (torch.tensor([0]), "one id per row"),
+                       (torch.tensor([0.0, 1.0]), "integer")]:  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            model.base_model.compute_edit(batch, bad)

@@ -22,6 +22,7 @@ import torch
 from peft import PeftModel
 from torch import nn
 
+from .languages import check_languages
 from .tasks import TASK_SUFFIXES, TASKS, auto_class, infer_task, task_from_class_name  # noqa: F401  (re-exported)
 from .tuner.config import PEFT_TYPE, LimeConfig
 from .tuner.layer import LimeLayer
@@ -181,11 +182,13 @@ def load_adapter_config(folder: Path) -> LimeConfig:
 
 
 def _check_languages(languages: Any) -> None:
-    if not isinstance(languages, list) or not all(isinstance(x, str) and x.strip() for x in languages):
-        raise ValueError(f"`languages` in {ADAPTER_CONFIG} must be a list of non-empty strings, got {languages!r}.")
-    duplicates = sorted({x for x in languages if languages.count(x) > 1})
-    if duplicates:
-        raise ValueError(f"`languages` in {ADAPTER_CONFIG} repeats {duplicates}: the order maps languages to masks.")
+    """A saved list is checked as any list (`hf_lime.languages`); a bad one is a bad file: `ValueError`."""
+    if not isinstance(languages, list):  # JSON: a list, nothing else
+        raise ValueError(f"`languages` in {ADAPTER_CONFIG} must be a list of language codes, got {languages!r}.")
+    try:
+        check_languages(languages, source=ADAPTER_CONFIG, allow_empty=True)
+    except TypeError as err:
+        raise ValueError(str(err)) from err
 
 
 def _check_target_modules(target_modules: Any) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from ..languages import check_language_subset, check_languages
 from ..tasks import check_task
 from .encoding import encode_example, pad_batch
 
@@ -113,20 +114,6 @@ def sample_excluding(rng: random.Random, pool: Sequence[int], k: int, blocked: C
         seen.add(candidate)
     rest = [candidate for candidate in pool if candidate not in chosen and not blocked(candidate)]
     return chosen + rng.sample(rest, min(k - len(chosen), len(rest)))
-
-
-def check_language_subset(name: str, selected: Sequence[str] | None, languages: Sequence[str]) -> list[str]:
-    if selected is None:
-        return list(languages)
-    if isinstance(selected, str):
-        raise TypeError(f"{name} must be a list of language codes, got the string {selected!r}.")
-    unknown = [lang for lang in selected if lang not in languages]
-    if unknown:
-        raise ValueError(f"{name} contains {unknown}, which are not in languages={list(languages)}.")
-    selected = list(dict.fromkeys(selected))
-    if not selected:
-        raise ValueError(f"{name} must name at least one language.")
-    return selected
 
 
 def episode_languages(
@@ -236,7 +223,7 @@ class EpisodeDataset(torch.utils.data.Dataset):
         if isinstance(n_update, bool) or not isinstance(n_update, int) or n_update < 1:
             raise ValueError(f"n_update must be an int >= 1, got {n_update!r}.")
         self.n_update = n_update
-        self.languages = self._check_language_list(languages)
+        self.languages = check_languages(languages)
         self.edit_languages = check_language_subset("edit_languages", edit_languages, self.languages)
         self.update_languages = check_language_subset("update_languages", update_languages, self.languages)
         self.retain_languages = check_language_subset("retain_languages", retain_languages, self.languages)
@@ -253,15 +240,6 @@ class EpisodeDataset(torch.utils.data.Dataset):
         self._edit_pool = [i for i, item in enumerate(self._items) if self._editable(item)]
         self._retain_pool = [i for i, item in enumerate(self._items) if self._retain_langs(item)]
         self._check_pools()
-
-    @staticmethod
-    def _check_language_list(languages: Sequence[str]) -> list[str]:
-        if isinstance(languages, str) or not languages:
-            raise ValueError(f"languages must be a non-empty list of language codes, got {languages!r}.")
-        languages = list(languages)
-        if len(set(languages)) != len(languages) or not all(isinstance(x, str) and x for x in languages):
-            raise ValueError(f"languages must be distinct non-empty strings, got {languages}.")
-        return languages
 
     def _check_pools(self) -> None:
         if len(self._edit_pool) < self.n_edit:

@@ -15,6 +15,8 @@ from typing import TypedDict
 
 import datasets
 
+from ..languages import check_languages  # noqa: F401  (the one validator, re-exported for the loaders)
+
 COLUMNS = ("id", "source", "relation", "group", "target_id", "languages", "prompts", "pairs", "targets")
 LIST_COLUMNS = ("languages", "prompts", "pairs", "targets")
 SOURCES = ("mlama", "xnli", "cldr")
@@ -107,29 +109,6 @@ def validate_items(ds: datasets.Dataset) -> None:
         if row["id"] in seen:
             raise ValueError(f"row {index}: duplicate id {row['id']!r}.")
         seen.add(row["id"])
-
-
-def check_languages(languages: Sequence[str]) -> list[str]:
-    """Validate a user's language list and return it as a list, order preserved.
-
-    Args:
-        languages (`Sequence[str]`): language codes, e.g. ``["en", "fr", "zh"]``.
-
-    Returns:
-        `list[str]`: the same codes in the same order.
-    """
-    if isinstance(languages, str):
-        raise TypeError(f"languages must be a list of language codes, not the string {languages!r}.")
-    languages = list(languages)
-    if not languages:
-        raise ValueError("languages is empty; give at least one language code, e.g. ['en', 'fr'].")
-    bad = [lang for lang in languages if not isinstance(lang, str) or not lang]
-    if bad:
-        raise TypeError(f"language codes must be non-empty strings, got {bad!r}.")
-    duplicates = sorted({lang for lang in languages if languages.count(lang) > 1})
-    if duplicates:
-        raise ValueError(f"duplicate languages {duplicates} in {languages}; list each language once.")
-    return languages
 
 
 def default_data_dir() -> Path:

@@ -22,12 +22,11 @@ from typing import Any
 from ..data.episodes import (
     NEW_TARGET_MODES,
     ParsedItem,
-    check_language_subset,
     parse_item,
     sample_excluding,
     target_table,
 )
-from ..data.schema import check_languages
+from ..languages import check_language_subset, check_languages
 from ..metrics import compute_xl_edit_metrics
 from ..tasks import check_task, model_label2id
 from .report import EvaluationResult

@@ -86,7 +86,7 @@ def run_episode(peft_model, episode: dict[str, dict], task: str, c_edit: float, 
     """
     tuner = peft_model.base_model
     edit, update, retain = episode["edit"], episode["update"], episode["retain"]
-    languages = [tuner.languages[i] for i in edit["lang_ids"].tolist()] if tuner.languages else None
+    languages = edit["lang_ids"] if tuner.languages else None  # ids, resolved once by the dataset
     edit_batch = {k: v for k, v in edit.items() if k != "lang_ids"}
     has_retain = retain["input_ids"].shape[0] > 0
     if has_retain:

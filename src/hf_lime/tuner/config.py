@@ -11,6 +11,7 @@ from typing import Literal
 from peft.config import PeftConfig
 
 from ..editors.ft import OPTIMIZERS as FT_OPTIMIZERS
+from ..languages import check_languages
 from ..masks import MASK_SCOPES
 
 PEFT_TYPE = "LIME"
@@ -309,11 +310,7 @@ def _check_positive_float(name: str, value: object) -> None:
 
 
 def _check_languages(languages: list[str], required: bool) -> None:
-    if not all(isinstance(lang, str) and lang.strip() for lang in languages):
-        raise ValueError(f"`languages` must be a list of non-empty language codes, got {languages!r}.")
-    duplicates = sorted({lang for lang in languages if languages.count(lang) > 1})
-    if duplicates:
-        raise ValueError(f"`languages` has duplicates {duplicates}; each language needs its own mask row.")
+    check_languages(languages, allow_empty=True)
     if required and not languages:
         raise ValueError(
             "`languages` is empty but `use_lime_mask=True` needs one mask row per language: pass e.g. "

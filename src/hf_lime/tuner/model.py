@@ -199,12 +199,13 @@ class LimeModel(BaseTuner):
 
     # ------------------------------------------------------------------------------------------- editing
     def compute_edit(
-        self, inputs: Any, language: str | Sequence[str] | None = None, retain_inputs: Any = None
+        self, inputs: Any, language: str | Sequence[str] | torch.Tensor | None = None, retain_inputs: Any = None
     ) -> EditorOutput:
         """
         Compute an edit without applying it. Differentiable in the editor's parameters when grad is enabled
         (the trainer's functional path); combine with [`~LimeModel.apply_deltas`] to get post-edit outputs.
-        Arguments as in [`~LimeModel.edit`].
+        Arguments as in [`~LimeModel.edit`]; `language` may also be the rows' language ids (a 1-D integer tensor of
+        positions in `languages`), as episodes carry them.
         """
         batch = validate_edit_batch(inputs)
         check_batch_fits_model(batch, getattr(self.model, "config", None), _num_outputs(self.model))

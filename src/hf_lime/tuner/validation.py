@@ -82,14 +82,17 @@ def _check_labels(labels: torch.Tensor, input_ids: torch.Tensor) -> None:
 
 
 def resolve_language_ids(
-    language: str | Sequence[str] | None, languages: list[str], batch_size: int
+    language: str | Sequence[str] | torch.Tensor | None, languages: list[str], batch_size: int
 ) -> tuple[list[str], torch.Tensor | None]:
     """
-    Map `language` (one code, or one per row) to mask rows.
+    Map `language` (one code, one per row, or already-resolved ids: a 1-D integer tensor of positions in
+    `languages`, as episodes carry them) to mask rows.
 
     Returns:
         The language code of each row, and their indices in `languages` (`None` when the adapter has no languages).
     """
+    if isinstance(language, torch.Tensor):
+        return _checked_ids(language, languages, batch_size)
     if language is None:
         if languages:
             raise ValueError(f"Pass the editing `language`; this editor knows {languages}.")
@@ -107,3 +110,16 @@ def resolve_language_ids(
     if unknown:
         raise ValueError(f"Unknown language(s) {unknown}; this editor knows {languages}.")
     return per_row, torch.tensor([languages.index(lang) for lang in per_row], dtype=torch.long)
+
+
+def _checked_ids(ids: torch.Tensor, languages: list[str], batch_size: int) -> tuple[list[str], torch.Tensor]:
+    if not languages:
+        raise ValueError("Language ids were given, but this editor has no languages.")
+    if ids.dim() != 1 or ids.shape[0] != batch_size or ids.dtype not in (torch.int32, torch.int64):
+        raise ValueError(
+            f"Language ids must be a 1-D integer tensor with one id per row ({batch_size}), got {tuple(ids.shape)} "
+            f"{ids.dtype}."
+        )
+    if bool(((ids < 0) | (ids >= len(languages))).any()):
+        raise ValueError(f"Language ids must lie in [0, {len(languages)}) for {languages}, got {ids.tolist()}.")
+    return [languages[i] for i in ids.tolist()], ids.long()

@@ -48,7 +48,7 @@ def build_widget(metric: evaluate.EvaluationModule | None = None):
     with gr.Blocks(title="Metric: lime_xl_edit") as widget:
         gr.Markdown("# Metric: lime_xl_edit\n" + metric.info.description)
         table = gr.Dataframe(headers=COLUMNS, value=EXAMPLE, datatype=["str"] * len(COLUMNS), interactive=True,
-                             col_count=(len(COLUMNS), "fixed"), label="Records")  # fmt: skip
+                             label="Records")  # fmt: skip
         bootstrap = gr.Number(0, precision=0, label="bootstrap (resamples for intervals; 0 = none)")
         button = gr.Button("Compute", variant="primary")
         result = gr.Code(language="json", label="lime_xl_edit")
