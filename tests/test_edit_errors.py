@@ -123,7 +123,7 @@ def test_a_float64_base_model_edits():
 
 
 def test_a_deeply_nested_config_is_refused(tmp_path):
-    from hf_lime.safe_loading import load_adapter_config
+    from hf_lime.editor_folder import load_adapter_config
 
     (tmp_path / "adapter_config.json").write_text('{"a":' * 5000 + "1" + "}" * 5000)
     with pytest.raises(ValueError, match="nests its JSON too deeply"):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import tempfile
 import warnings
@@ -16,29 +15,27 @@ from peft import PeftModel
 from torch import nn
 
 from .atomic import is_local_folder, read_folder, write_folder
-from .data.encoding import pad_batch
-from .lora_export import export_edits_as_lora, module_name
-from .model_card import render_model_card
-from .safe_loading import (
-    ADAPTER_WEIGHTS,
-    EDITOR_METADATA,
-    METADATA_FORMAT,
-    METADATA_VERSION,
+from .base_model import (
     attach_adapter,
     base_model_fingerprint,
-    check_adapter_files,
     check_base_model,
-    check_json_serialisable,
-    check_language_order,
     check_plain_base_model,
-    load_adapter_config,
     load_base_model,
-    load_editor_metadata,
     load_tokenizer,
-    read_tensor_layout,
-    resolve_editor_folder,
     soft_base_model_differences,
 )
+from .data.encoding import pad_batch
+from .editor_folder import (
+    METADATA_FORMAT,
+    METADATA_VERSION,
+    check_json_serialisable,
+    read_editor_folder,
+    write_description,
+    write_editor_folder,
+)
+from .hub_download import resolve_editor_folder
+from .lora_export import export_edits_as_lora, module_name
+from .model_card import render_model_card
 from .tasks import check_task, infer_task
 from .text_io import as_rows, encode_text, masked_prompt, predict_text, rank_text, score_text
 from .tuner import LimeConfig
@@ -190,17 +187,14 @@ class LimeEditor:
     @classmethod
     def _load(cls, folder: Path, base_model, tokenizer, dtype, device_map, device, hub: dict,
               rename_languages: Mapping[str, str] | None = None) -> LimeEditor:  # fmt: skip
-        check_adapter_files(folder)
-        config = load_adapter_config(folder)
-        metadata = load_editor_metadata(folder) or {}
-        check_language_order(config, metadata.get("languages"), rename_languages)
-        layout = read_tensor_layout(folder / ADAPTER_WEIGHTS)
+        saved = read_editor_folder(folder, rename_languages)  # every file checked; nothing loaded yet
+        config, metadata = saved.config, saved.metadata
         if base_model is None:
-            base_model = load_base_model(config, metadata.get("task"), dtype, hub, device_map=device_map)
-        task = metadata.get("task") or infer_task(base_model)
+            base_model = load_base_model(config, saved.task, dtype, hub, device_map=device_map)
+        task = saved.task or infer_task(base_model)
         check_base_model(metadata.get("base_model"), base_model)
         tokenizer = load_tokenizer(tokenizer, folder, config, base_model, hub)
-        model = attach_adapter(base_model, config, folder / ADAPTER_WEIGHTS, layout)
+        model = attach_adapter(base_model, config, saved.weights, saved.layout)
         editor = cls(model, tokenizer, task, metadata.get("training_info"), metadata.get("metrics"))
         differences = soft_base_model_differences(metadata.get("base_model"), editor._fingerprint())
         if differences:
@@ -261,15 +255,8 @@ class LimeEditor:
         self.config.base_model_name_or_path = name
 
     def _write_files(self, folder: Path, save_tokenizer: bool, repo_id: str, license: str | None = None) -> None:
-        adapter = self.model.active_adapter
-        self.model.save_pretrained(str(folder), selected_adapters=[adapter], save_embedding_layers=False)
-        if adapter != "default":  # peft writes non-default adapters into a subfolder
-            for file in (folder / adapter).iterdir():
-                os.replace(file, folder / file.name)
-            (folder / adapter).rmdir()
-        if save_tokenizer and self.tokenizer is not None:
-            self.tokenizer.save_pretrained(str(folder))
-        self.write_description(folder, repo_id, license=license)
+        card = self._card(repo_id, license)
+        write_editor_folder(folder, self.model, self.tokenizer, self._metadata(), card, save_tokenizer)
 
     def write_description(
         self, folder: str | os.PathLike, repo_id: str | None = None, license: str | None = None
@@ -277,21 +264,21 @@ class LimeEditor:
         """Write `lime_editor.json` (task, base-model fingerprint, training info, metrics) and the README.md model
         card (with `license` when given) into `folder`, beside adapter files written by PEFT (used by `LimeTrainer`
         for its saves)."""
-        folder = Path(folder)
-        (folder / EDITOR_METADATA).write_text(json.dumps(self._metadata(), indent=2), encoding="utf-8")
+        write_description(Path(folder), self._metadata(), self._card(repo_id or str(folder), license))
+
+    def _card(self, repo_id: str, license: str | None) -> str:
         cfg = self.config
-        card = render_model_card(
+        return render_model_card(
             base_model=cfg.base_model_name_or_path,
             task=self.task,
             editor=cfg.editor,
             languages=cfg.languages,
             use_lime_mask=cfg.use_lime_mask,
-            repo_id=repo_id or str(folder),
+            repo_id=repo_id,
             training_info=self.training_info,
             metrics=self.metrics,
             license=license,
         )
-        (folder / "README.md").write_text(card, encoding="utf-8")
 
     def _metadata(self) -> dict[str, Any]:
         return {
