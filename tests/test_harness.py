@@ -103,7 +103,7 @@ def test_records_are_complete_and_give_the_metrics(world):
 
 
 def test_retain_items_are_other_groups_and_fixed_per_item(world):
-    from hf_lime.data.episodes import parse_item
+    from hf_lime.data.items import parse_item
     from hf_lime.evaluation.harness import _Planner
 
     _, items, _ = world

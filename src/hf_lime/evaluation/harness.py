@@ -19,13 +19,8 @@ from dataclasses import dataclass
 from numbers import Integral
 from typing import Any
 
-from ..data.episodes import (
-    NEW_TARGET_MODES,
-    ParsedItem,
-    parse_item,
-    sample_excluding,
-    target_table,
-)
+from ..data.episodes import NEW_TARGET_MODES, sample_excluding
+from ..data.items import ParsedItem, parse_item, target_table
 from ..languages import check_language_subset, check_languages
 from ..metrics import compute_xl_edit_metrics
 from ..tasks import check_task, model_label2id

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..data.encoding import IGNORE_INDEX, encode_example, pad_batch, predict_from_logits
-from ..data.episodes import ParsedItem, target_table
+from ..data.items import ParsedItem, target_table
 from ..head import target_logits
 from .candidates import CandidateRanker, RankingQuery
 
