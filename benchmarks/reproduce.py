@@ -19,6 +19,11 @@ paper's claims, each with its grouped interval.
     python benchmarks/reproduce.py --configs mend-all-language mend-monolingual-off --seeds 0
     python benchmarks/reproduce.py --summary_only
 
+Protocols: `--datasets mlama` fills each language's template with that language's labels; `mlama_untranslated` is
+the LiME reference's protocol (translated templates, the first language's subject and object labels everywhere; its
+own fact model). Locality over whole sequences with random mask spans (the reference's other protocol) is not
+implemented.
+
 Evaluation: `distinct_facts=True` (each editing language edits its own facts, `n_edits` per language), answers ranked
 among the relation's objects (`scoring="candidates"`), `n_retain` unrelated facts per edit, 1000 grouped bootstrap
 resamples. The base model (`me5-small-facts`) learns every fact of the loaded mLAMA subset first (`fact_split="all"`):
@@ -71,7 +76,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--output_dir", default="outputs/reproduce", help="Models, checkpoints, reports (not committed).")
     p.add_argument("--runs_dir", default="docs/results/runs", help="Where the run files go (committed).")
     p.add_argument("--data_dir", default="../shared/data")
-    p.add_argument("--datasets", nargs="+", default=["mlama"])
+    p.add_argument("--datasets", nargs="+", default=["mlama"], choices=["mlama", "mlama_untranslated", "xnli"],
+                   help="mlama_untranslated: the LiME reference's protocol (translated templates, the first "
+                        "language's subject and object labels in every language).")  # fmt: skip
     p.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--max_steps", type=int, default=2000, help="Editor optimizer steps at most (early stopping).")
@@ -99,11 +106,12 @@ def parse_args() -> argparse.Namespace:
 def load_task(dataset: str, args) -> dict:
     """Base model folder, tokenizer, splits and evaluation mode of one dataset (models are built once, cached)."""
     models = Path(args.output_dir) / "models"
-    if dataset == "mlama":
+    if dataset in ("mlama", "mlama_untranslated"):
         languages = list(args.mlama_languages)
-        splits = load_mlama(args.data_dir, languages, relations=args.relations,
+        label_language = languages[0] if dataset == "mlama_untranslated" else None  # the reference's protocol
+        splits = load_mlama(args.data_dir, languages, relations=args.relations, label_language=label_language,
                             max_per_relation=args.max_per_relation, split_sizes=args.split_sizes, seed=0)  # fmt: skip
-        folder = prepare_model("me5-small-facts", models / "me5-small-facts-mlama", dataset=splits,
+        folder = prepare_model("me5-small-facts", models / f"me5-small-facts-{dataset}", dataset=splits,
                                languages=languages, steps=args.model_steps, fact_split="all",
                                learning_rate=3e-4)  # fmt: skip
         return {"task": "masked_lm", "languages": languages, "splits": splits, "folder": folder,

@@ -126,6 +126,19 @@ def test_mlama_items_follow_schema_and_language_order(mlama_dir):
     assert (row["source"], row["relation"], row["group"], row["target_id"]) == ("mlama", "P19", "Q7", "Q1002")
 
 
+def test_mlama_untranslated_labels_fill_every_template(mlama_dir):
+    """The LiME reference's protocol: translated templates, the label language's subject and object everywhere."""
+    splits = load_mlama(mlama_dir, ["zh", "en", "fr"], relations=["P36", "P19"], label_language="en")
+    row = next(r for r in _all_rows(splits) if r["id"] == "mlama:P19:P19-007")
+    assert row["prompts"] == ["Sub7-en出生于[Y]。", "Sub7-en was born in [Y] .", "Sub7-en est né à [Y]."]
+    assert row["targets"] == ["Obj2-en", "Obj2-en", "Obj2-en"]
+    partial = load_mlama_items(mlama_dir, ["fr", "zh", "en"], relations=["P19"], min_languages=2,
+                               label_language="zh")  # fmt: skip
+    assert all("zh" in languages for languages in partial["languages"])  # facts without the label language drop
+    with pytest.raises(ValueError, match="`label_language` 'de' must be one of the languages"):
+        load_mlama(mlama_dir, ["en", "fr"], label_language="de")
+
+
 def test_mlama_item_order_is_relation_then_lineid(mlama_dir):
     ds = load_mlama_items(mlama_dir, ["en"], relations=["P36", "P19"])
     ids = ds["id"]

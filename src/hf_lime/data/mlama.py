@@ -148,8 +148,11 @@ def _load_language(root: Path, lang: str, relations: list[str]) -> tuple[dict[st
     return templates, facts
 
 
-def _fact_item(relation: str, uuid: str, records: dict[str, dict], templates: dict[str, dict]) -> ParallelItem:
-    """One item from the records of the same fact (same uuid) in several languages (dict in request order)."""
+def _fact_item(
+    relation: str, uuid: str, records: dict[str, dict], templates: dict[str, dict], label_language: str | None = None
+) -> ParallelItem:
+    """One item from the records of the same fact (same uuid) in several languages (dict in request order); with
+    `label_language`, that language's subject and object labels fill every language's template."""
     first = next(iter(records.values()))
     for lang, record in records.items():
         if (record["sub_uri"], record["obj_uri"]) != (first["sub_uri"], first["obj_uri"]):
@@ -158,6 +161,7 @@ def _fact_item(relation: str, uuid: str, records: dict[str, dict], templates: di
                 f"({record['sub_uri']}, {record['obj_uri']}), others ({first['sub_uri']}, {first['obj_uri']})."
             )
     languages = list(records)
+    labels = {lang: records[label_language or lang] for lang in languages}
     return ParallelItem(
         id=f"mlama:{relation}:{uuid}",
         source="mlama",
@@ -165,9 +169,9 @@ def _fact_item(relation: str, uuid: str, records: dict[str, dict], templates: di
         group=first["sub_uri"],
         target_id=first["obj_uri"],
         languages=languages,
-        prompts=[templates[lang][relation].replace("[X]", records[lang]["sub_label"]) for lang in languages],
+        prompts=[templates[lang][relation].replace("[X]", labels[lang]["sub_label"]) for lang in languages],
         pairs=["" for _ in languages],
-        targets=[records[lang]["obj_label"] for lang in languages],
+        targets=[labels[lang]["obj_label"] for lang in languages],
     )
 
 
@@ -177,16 +181,21 @@ def _order_key(record: dict) -> tuple[float, str]:
 
 
 def _relation_items(
-    relation: str, per_lang: dict[str, dict[str, dict]], templates: dict, min_languages: int
+    relation: str,
+    per_lang: dict[str, dict[str, dict]],
+    templates: dict,
+    min_languages: int,
+    label_language: str | None = None,
 ) -> list[ParallelItem]:
-    """Aligned items of one relation, ordered by (lineid, uuid)."""
+    """Aligned items of one relation, ordered by (lineid, uuid) (with `label_language`: those that have it)."""
     by_uuid: dict[str, dict[str, dict]] = {}
     for lang, facts in per_lang.items():  # request order
         for uuid, record in facts.items():
             by_uuid.setdefault(uuid, {})[lang] = record
-    kept = [(uuid, records) for uuid, records in by_uuid.items() if len(records) >= min_languages]
+    kept = [(uuid, records) for uuid, records in by_uuid.items()
+            if len(records) >= min_languages and (label_language is None or label_language in records)]  # fmt: skip
     kept.sort(key=lambda pair: _order_key(next(iter(pair[1].values()))))
-    return [_fact_item(relation, uuid, records, templates) for uuid, records in kept]
+    return [_fact_item(relation, uuid, records, templates, label_language) for uuid, records in kept]
 
 
 def _cap(items: list[ParallelItem], relation: str, max_per_relation: int | None, seed: int) -> list[ParallelItem]:
@@ -214,9 +223,12 @@ def load_mlama_items(
     max_per_relation: int | None = None,
     min_languages: int | None = None,
     seed: int = 0,
+    label_language: str | None = None,
 ) -> datasets.Dataset:
     """All aligned mLAMA items as one `datasets.Dataset` (no split). Arguments as in `load_mlama`."""
     languages = check_languages(languages)
+    if label_language is not None and label_language not in languages:
+        raise ValueError(f"`label_language` {label_language!r} must be one of the languages {languages}.")
     min_languages = _check_counts(languages, min_languages, max_per_relation)
     root = mlama_root(data_dir)
     available = mlama_languages(root)
@@ -231,7 +243,7 @@ def load_mlama_items(
     items: list[ParallelItem] = []
     for relation in relations:
         per_lang = {lang: facts[lang][relation] for lang in languages if relation in facts[lang]}
-        aligned = _relation_items(relation, per_lang, templates, min_languages)
+        aligned = _relation_items(relation, per_lang, templates, min_languages, label_language)
         items.extend(_cap(aligned, relation, max_per_relation, seed))
     if not items:
         raise ValueError(
@@ -249,6 +261,7 @@ def load_mlama(
     min_languages: int | None = None,
     seed: int = 0,
     split_sizes: Sequence[float] = (0.8, 0.1, 0.1),
+    label_language: str | None = None,
 ) -> datasets.DatasetDict:
     """Load mLAMA facts as parallel items split by subject into train / validation / test.
 
@@ -267,6 +280,9 @@ def load_mlama(
             defaults to all of them (an item then has every requested language).
         seed (`int`, *optional*, defaults to `0`): seed of the per-relation cap and of the subject split.
         split_sizes (`Sequence[float]`, *optional*, defaults to `(0.8, 0.1, 0.1)`): fractions of the subjects.
+        label_language (`str`, *optional*): fill every language's template with this language's subject and object
+            labels (the LiME reference's protocol: translated templates, untranslated labels); `None` (default)
+            uses each language's own labels.
 
     Returns:
         `datasets.DatasetDict`: ``train``, ``validation`` and ``test`` with the columns of
@@ -283,7 +299,7 @@ def load_mlama(
     ```
     """
     check_split_sizes(split_sizes)
-    ds = load_mlama_items(data_dir, languages, relations, max_per_relation, min_languages, seed)
+    ds = load_mlama_items(data_dir, languages, relations, max_per_relation, min_languages, seed, label_language)
     return split_by_group(ds, split_sizes, seed)
 
 
