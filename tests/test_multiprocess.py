@@ -59,3 +59,33 @@ def test_two_process_training_on_real_mlama(tmp_path, shared_data):
 
     loaded = PeftModel.from_pretrained(AutoModelForMaskedLM.from_pretrained(model_dir), out)
     assert loaded.base_model.languages == ["en", "fr", "zh"]
+
+
+def test_train_lime_push_to_hub_pushes_a_loadable_editor(tmp_path, shared_data):
+    """`python examples/train_lime.py ... --push_to_hub --hub_model_id org/ex` uploads the complete editor (adapter,
+    lime_editor.json, our model card with the test metrics) to the Hub, and `LimeEditor.from_pretrained("org/ex")`
+    loads it (against the local Hub-protocol server)."""
+    from hub_server import hub_client_env, running_hub
+
+    from hf_lime import LimeEditor
+
+    model_dir, out = tmp_path / "tiny-mbert", tmp_path / "out"
+    _tiny_mbert(model_dir)
+    command = [
+        sys.executable, str(REPO_ROOT / "examples" / "train_lime.py"),
+        "--model_name_or_path", str(model_dir), "--dataset", "mlama", "--data_dir", str(shared_data),
+        "--languages", "en", "fr", "--relations", "P19", "P36", "--max_per_relation", "30", "--max_steps", "2",
+        "--per_device_train_batch_size", "1", "--save_strategy", "no", "--mend_rank", "16", "--n_test_edits", "2",
+        "--n_test_retain", "2", "--use_cpu", "--output_dir", str(out), "--report_to", "none",
+        "--push_to_hub", "--hub_model_id", "org/ex", "--hub_token", "hf_test",
+    ]  # fmt: skip
+    with running_hub(tmp_path) as hub:
+        env = dict(hub_client_env(hub.endpoint, tmp_path / "client_cache"), OMP_NUM_THREADS="1",
+                   HF_EVALUATE_OFFLINE="1")  # fmt: skip
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        files = hub.files("org/ex")
+        assert {"adapter_config.json", "adapter_model.safetensors", "lime_editor.json", "README.md"} <= set(files)
+        assert b"library_name: hf_lime" in files["README.md"] and b"model-index" in files["README.md"]
+        editor = LimeEditor.from_pretrained("org/ex")
+        assert editor.languages == ["en", "fr"] and editor.training_info["global_step"] == 2
