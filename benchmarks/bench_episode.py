@@ -58,7 +58,7 @@ def parse_args() -> argparse.Namespace:
 def load_model(name: str, model_dir: str):
     from transformers import AutoModelForMaskedLM, AutoTokenizer, BertConfig, BertForMaskedLM
 
-    from hf_lime.models.prepare import prepare_model
+    from hf_lime.real_models.prepare import prepare_model
 
     folder = prepare_model("me5-small-facts", model_dir, languages=LANGUAGES)
     tokenizer = AutoTokenizer.from_pretrained(folder)

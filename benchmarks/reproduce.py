@@ -48,7 +48,7 @@ from hf_lime import LimeConfig
 from hf_lime.data import load_mlama, load_xnli
 from hf_lime.data.episodes import EpisodeCollator, EpisodeDataset
 from hf_lime.evaluation import evaluate_editor
-from hf_lime.models.prepare import prepare_model
+from hf_lime.real_models.prepare import prepare_model
 from hf_lime.tasks import model_label2id
 from hf_lime.trainer import LimeTrainer, LimeTrainingArguments
 from hf_lime.trainer.curves import plot_training_curves

