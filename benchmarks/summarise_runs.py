@@ -31,6 +31,10 @@ CLAIMS = [
     ("(c2) LiME narrows the language gap (MEND all)", "language_gap", "mend-all-off", "mend-all-language", -1),
     ("(c1) LiME lowers the failure rate (KE all)", "edit_success", "ke-all-off", "ke-all-language", 1),
     ("locality: LiME-MEND all vs MEND all", "locality", "mend-all-off", "mend-all-language", 1),
+    ("(a) a trained editor transfers more than FT (reference)", "transfer", "ft_reference-untrained-off",
+     "mend-all-off", 1),
+    ("(a) a trained editor transfers more than tuned FT", "transfer", "ft_tuned-untrained-off", "mend-all-off", 1),
+    ("tuned FT vs the reference's FT", "reliability", "ft_reference-untrained-off", "ft_tuned-untrained-off", 1),
 ]  # fmt: skip
 
 
