@@ -6,6 +6,8 @@ LiME-MEND on the demo's task, untrained at several step sizes (`sweep`) or after
     python benchmarks/demo_study.py sweep --model outputs/models/me5-small-cldr --step_sizes 1e-4 2e-4 3e-4
     # trained all -> all, then evaluated at the learned step sizes times each scale
     python benchmarks/demo_study.py train --model outputs/models/me5-small-cldr --steps 300 --center --scales 1 1.5 2
+    # the reference recipe on the same number of episodes (10 per optimizer step)
+    python benchmarks/demo_study.py train --model outputs/models/me5-small-cldr --steps 30 --center --recipe reference
 
 Task: CLDR facts in en fr de es ru zh, the model of `make demo` (it knows every fact), held-out countries edited to
 another object of their relation, answers ranked among the relation's objects (`scoring="candidates"`). `--n_edits`
@@ -40,10 +42,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--center", action="store_true", help="mend_center=True")
     p.add_argument("--no_lime", action="store_true", help="use_lime_mask=False")
     p.add_argument("--num_top_layers", type=int, default=3)
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--learning_rate", type=float, default=1e-5)
+    p.add_argument("--recipe", choices=["cpu", "reference"], default="cpu", help="LIME_RECIPES entry to train with.")
+    p.add_argument("--steps", type=int, default=300, help="Optimizer steps (reference: 10 episodes each).")
+    p.add_argument("--learning_rate", type=float, default=None, help="Default: the recipe's.")
     p.add_argument("--edit_lr_init", type=float, default=3e-4)
-    p.add_argument("--c_edit", type=float, default=1.0)
+    p.add_argument("--c_edit", type=float, default=None, help="Default: the recipe's.")
     p.add_argument("--n_update", type=int, default=1)
     p.add_argument("--scales", nargs="+", type=float, default=[1.0])
     p.add_argument("--n_edits", type=int, default=10)
@@ -86,11 +89,11 @@ def evaluate(model, tokenizer, splits, args) -> dict:
 
 
 def train(model, tokenizer, splits, args) -> None:
+    overrides = {k: v for k, v in (("learning_rate", args.learning_rate), ("c_edit", args.c_edit)) if v is not None}
     train_args = LimeTrainingArguments.from_recipe(
-        "cpu", output_dir="outputs/demo_study", max_steps=args.steps, learning_rate=args.learning_rate,
-        c_edit=args.c_edit, eval_strategy="no", save_strategy="no", load_best_model_at_end=False,
-        early_stopping_patience=None, logging_steps=max(1, args.steps // 10), use_cpu=True, report_to="none",
-        disable_tqdm=True,
+        args.recipe, output_dir="outputs/demo_study", max_steps=args.steps, eval_strategy="no", save_strategy="no",
+        load_best_model_at_end=False, early_stopping_patience=None, logging_steps=max(1, args.steps // 10),
+        use_cpu=True, report_to="none", disable_tqdm=True, **overrides,
     )  # fmt: skip
     dataset = EpisodeDataset(splits["train"], seed=0, languages=LANGUAGES, n_edit=1, n_retain=4,
                              n_update=args.n_update)  # fmt: skip

@@ -33,6 +33,9 @@ GRID = [
     {"ft_optimizer": "rmsprop", "ft_lr": 5e-6, "ft_steps": 100},  # the reference's FT
     *({"ft_optimizer": "adam", "ft_lr": lr, "ft_steps": n} for lr in (1e-4, 3e-4, 1e-3, 3e-3) for n in (10, 40)),
     *({"ft_optimizer": "sgd", "ft_lr": lr, "ft_steps": 40} for lr in (1e-2, 1e-1)),
+    # refined around the best of the first pass
+    {"ft_optimizer": "adam", "ft_lr": 5e-4, "ft_steps": 10},
+    *({"ft_optimizer": "sgd", "ft_lr": lr, "ft_steps": 40} for lr in (3e-3, 3e-2)),
 ]
 
 
