@@ -179,10 +179,13 @@ def run_one(run: dict, task: dict, args) -> tuple[dict, dict]:
         trainer = train(model, tokenizer, task, run, args, run_dir)
         episodes, best = trainer.state.global_step, trainer.state.best_model_checkpoint
     model.eval()
+    # FT with its locality term sees unrelated training-split prompts at edit time (never the scored retain items)
+    locality = ({"locality_items": task["splits"]["train"], "n_locality": args.n_retain}
+                if "ft_loc_coef" in FT_SETTINGS.get(run["editor"], {}) else {})  # fmt: skip
     result = evaluate_editor(
         model, tokenizer, task["splits"]["test"], task["task"], languages=task["languages"], n_edits=args.n_edits,
         n_retain=args.n_retain, new_target=task["new_target"], scoring=task["scoring"], distinct_facts=True,
-        seed=run["seed"], max_length=64, bootstrap=args.bootstrap, progress=False, return_records=True,
+        seed=run["seed"], max_length=64, bootstrap=args.bootstrap, progress=False, return_records=True, **locality,
     )  # fmt: skip
     summary = {
         **{k: run[k] for k in ("id", "dataset", "editor", "training", "mask", "seed")},

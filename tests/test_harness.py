@@ -420,3 +420,26 @@ def test_real_mlama_items_with_the_mbert_vocabulary(shared_data):
     assert max(len(reference.split(" ")) for reference in references) > 1  # multi-token objects (e.g. in zh, ru)
     for prediction, reference in zip(result.records["predictions"], references, strict=True):
         assert len(prediction.split(" ")) == len(reference.split(" "))
+
+
+def test_locality_inputs_reach_the_editor_at_edit_time(world, monkeypatch):
+    """`locality_items`/`n_locality`: each edit gets `n_locality` unrelated prompts in its language as
+    `retain_inputs` (fine-tuning with a locality term uses them; no "no retain_inputs" warning)."""
+    import warnings
+
+    tokenizer, items, base = world
+    model = make_model(base, languages=[], editor="ft", ft_steps=20, ft_optimizer="adam", ft_lr=3e-2, ft_loc_coef=1.0)
+    seen = []
+    edit = model.base_model.edit
+
+    def spy(inputs, language=None, retain_inputs=None):
+        seen.append((language, None if retain_inputs is None else retain_inputs["input_ids"].shape[0]))
+        return edit(inputs, language, retain_inputs)
+
+    monkeypatch.setattr(model, "edit", spy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "ft_loc_coef > 0 but the edit has no `retain_inputs`" would fail here
+        result = run(model, tokenizer, items, languages=LANGUAGES, locality_items=items, n_locality=3)
+    assert seen and all(n == 3 for _, n in seen) and result.settings["n_locality"] == 3
+    with pytest.raises(ValueError, match="needs `locality_items`"):
+        run(model, tokenizer, items, languages=LANGUAGES, n_locality=2)

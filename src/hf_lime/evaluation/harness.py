@@ -42,6 +42,7 @@ class _EditPlan:
     language: str
     labels: dict[str, str]
     retain: tuple[ParsedItem, ...]
+    locality: tuple[ParsedItem, ...] = ()
 
 
 def _digest(seed: int, *parts: str) -> int:
@@ -142,13 +143,14 @@ def _select(
 
 
 def _plan(planner: _Planner, scorer: TargetScorer, edit_languages: list[str], n_edits: int, n_retain: int,
-          distinct: bool):  # fmt: skip
+          distinct: bool, locality: _LocalityPool | None = None):  # fmt: skip
     plans, used = [], set()
     for language in edit_languages:
         for item, labels in _select(planner, scorer, language, n_edits, used if distinct else set()):
             used.add(item.id)
             retain = planner.retain_items(item, n_retain)
-            plans.append(_EditPlan(f"{language}:{item.id}", item, language, dict(labels), retain))
+            extra = locality.draw(item, language) if locality is not None else ()
+            plans.append(_EditPlan(f"{language}:{item.id}", item, language, dict(labels), retain, extra))
     if not plans:
         raise ValueError(
             "new_target='gold' found no item that the unedited model gets wrong in the edit languages "
@@ -168,7 +170,8 @@ def _run_edit(model: Any, scorer: TargetScorer, plan: _EditPlan, eval_languages:
         references.append(before)
         kinds.append("retain")
         languages.append(language)
-    edit = model.edit(scorer.edit_batch(plan.item, plan.language, plan.labels[plan.language]), language=plan.language)
+    batch = scorer.edit_batch(plan.item, plan.language, plan.labels[plan.language])
+    edit = model.edit(batch, language=plan.language, retain_inputs=_locality_batch(scorer, plan))
     try:
         predictions = scorer.predict(queries)
     finally:
@@ -180,6 +183,29 @@ def _run_edit(model: Any, scorer: TargetScorer, plan: _EditPlan, eval_languages:
     records["eval_languages"].extend(languages)
     records["kinds"].extend(kinds)
     records["group_ids"].extend([plan.item.id] * len(queries))
+
+
+class _LocalityPool:
+    """Unrelated inputs shown to an editor *at edit time* (`retain_inputs`; used by fine-tuning with a locality
+    term): `n` items per edit drawn, seeded, from separate items (e.g. the training split), in the edit language."""
+
+    def __init__(self, items: list[ParsedItem], n: int, seed: int) -> None:
+        self.items, self.n, self.seed = items, n, seed
+
+    def draw(self, item: ParsedItem, language: str) -> tuple[ParsedItem, ...]:
+        pool = [
+            i for i, other in enumerate(self.items) if language in other.gold_labels() and other.group != item.group
+        ]
+        if len(pool) < self.n:
+            raise ValueError(f"Only {len(pool)} locality items have a target in {language!r}; n_locality={self.n}.")
+        rng = random.Random(_digest(self.seed, "locality", language, item.id))
+        return tuple(self.items[i] for i in rng.sample(pool, self.n))
+
+
+def _locality_batch(scorer: TargetScorer, plan: _EditPlan) -> dict | None:
+    if not plan.locality:
+        return None
+    return scorer.inputs_batch([(item, plan.language, item.gold_labels()[plan.language]) for item in plan.locality])
 
 
 def _check_int(name: str, value: Any, low: int) -> int:
@@ -204,6 +230,15 @@ def _resolve_languages(model: Any, languages, edit_languages, eval_languages) ->
     if unknown:
         raise ValueError(f"edit_languages {unknown} are unknown to this editor, which knows {adapter_languages}.")
     return edit_languages, eval_languages
+
+
+def _locality_pool(items: Any, n: int, languages: set[str], seed: int) -> _LocalityPool | None:
+    n = _check_int("n_locality", n, 0)
+    if n == 0:
+        return None
+    if items is None:
+        raise ValueError("n_locality > 0 needs `locality_items` (e.g. the training split) to draw them from.")
+    return _LocalityPool(_parse_items(items, languages), n, seed)
 
 
 def _parse_items(items: Any, languages: set[str]) -> list[ParsedItem]:
@@ -236,6 +271,8 @@ def evaluate_editor(
     bootstrap: int = 0,
     progress: bool = True,
     return_records: bool = False,
+    locality_items: Any = None,
+    n_locality: int = 0,
 ) -> EvaluationResult:
     """Edit each chosen item in each edit language, score it and unrelated items in every language, revert.
 
@@ -282,6 +319,11 @@ def evaluate_editor(
         bootstrap (`int`, *optional*, defaults to `0`): Bootstrap resamples for confidence intervals (`"ci"`).
         progress (`bool`, *optional*, defaults to `True`): Show a tqdm progress bar over the edits.
         return_records (`bool`, *optional*, defaults to `False`): Keep the raw records in `result.records`.
+        locality_items (`datasets.Dataset` or `Sequence[Mapping]`, *optional*): Items to draw `n_locality` unrelated
+            inputs from for each edit, given to the editor at edit time as `retain_inputs` (what fine-tuning with a
+            locality term, `ft_loc_coef > 0`, keeps close to the base model; other editors ignore them). Use items
+            kept apart from the evaluated ones (e.g. the training split): the scored retain items stay unseen.
+        n_locality (`int`, *optional*, defaults to `0`): Locality inputs per edit (0: none).
 
     Before any edit, the unedited model answers every edit record too: `settings["pre_edit_floor"]` is the share it
     already gets right (overall, `reliability`, `transfer`), the edit success of an editor that changes nothing.
@@ -319,7 +361,8 @@ def evaluate_editor(
     label2id = label2id if label2id is not None else model_label2id(model, task)
     scorer = make_scorer(scoring, model, tokenizer, task, label2id, max_length, batch_size, parsed)
     planner = _Planner(parsed, eval_languages, new_target, seed)
-    plans = _plan(planner, scorer, edit_languages, n_edits, n_retain, distinct_facts)
+    locality = _locality_pool(locality_items, n_locality, set(edit_languages), seed)
+    plans = _plan(planner, scorer, edit_languages, n_edits, n_retain, distinct_facts, locality)
     scorer.base([(item, language) for plan in plans for item in plan.retain for language in eval_languages])
     floor = _pre_edit_floor(scorer, plans, eval_languages)
     records: dict[str, list[str]] = {name: [] for name in RECORD_FIELDS}
@@ -329,6 +372,7 @@ def evaluate_editor(
         _run_edit(model, scorer, plan, eval_languages, records)
     metrics = compute_xl_edit_metrics(**records, bootstrap=bootstrap, seed=seed)
     settings = _settings(model, task, edit_languages, eval_languages, plans, n_edits, n_retain, new_target, seed)
+    settings["n_locality"] = n_locality
     settings.update(scoring=scoring, distinct_facts=distinct_facts, n_facts=len({plan.item.id for plan in plans}),
                     pre_edit_floor=floor)  # fmt: skip
     return EvaluationResult(metrics=metrics, settings=settings, records=records if return_records else None)

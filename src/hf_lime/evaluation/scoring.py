@@ -58,6 +58,10 @@ class TargetScorer:
         """The batch `model.edit` gets: the item's prompt in `language` with `target` as the new answer."""
         return self._batch([self.encode(item, language, target)])
 
+    def inputs_batch(self, rows: Sequence[tuple[ParsedItem, str, str]]) -> dict[str, torch.Tensor]:
+        """A padded batch of `(item, language, target)` rows (e.g. locality inputs shown to an editor)."""
+        return self._batch([self.encode(*row) for row in rows])
+
     def _batch(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         return {key: value.to(self.device) for key, value in pad_batch(self.tokenizer, features).items()}
 
