@@ -7,8 +7,9 @@ Steps, all offline:
    layers) on every CLDR country fact — capital, official language, currency — in six languages (en fr de es ru zh):
    the model knows its small world of facts, as a pretrained LM knows the facts an editor is later asked to change
    (`hf-lime prepare-model`; cached);
-2. train a LiME-MEND editor all → all on edits of the training countries with `LimeTrainer` (validation episodes on
-   other countries, the best editor kept) and write `training_curves.png`;
+2. train a LiME-MEND editor all → all on 600 edit episodes of the training countries with `LimeTrainer` and the LiME
+   reference's recipe (10 episodes per optimizer step; validation episodes on other countries, the best editor kept)
+   and write `training_curves.png`;
 3. edit held-out countries (20 per editing language, each to another object of its relation) one at a time and score
    every edit in every language — answers read as mLAMA's typed querying does, by ranking the relation's objects —
    with `lime_xl_edit` (intervals resample the countries); print the summary and the ES/Loc matrices, write heatmaps,
@@ -47,10 +48,21 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--model_dir", default="outputs/models/me5-small-cldr")
     parser.add_argument("--languages", nargs="+", default=DEMO_LANGUAGES)
     parser.add_argument("--fact_steps", type=int, default=1200, help="Training steps of the fact model.")
-    parser.add_argument("--editor_steps", type=int, default=600, help="Optimizer steps of the editor (at most).")
-    parser.add_argument("--learning_rate", type=float, default=1e-5, help="Adam learning rate of the editor network.")
+    parser.add_argument(
+        "--recipe",
+        choices=["reference", "cpu"],
+        default="reference",
+        help="LIME_RECIPES entry: the reference's (10 episodes per step) or one episode per step.",
+    )
+    parser.add_argument(
+        "--editor_steps",
+        type=int,
+        default=None,
+        help="Optimizer steps of the editor, at most (default: 600 episodes' worth).",
+    )
+    parser.add_argument("--learning_rate", type=float, default=None, help="Editor network's rate (default: recipe).")
     parser.add_argument("--edit_lr_init", type=float, default=3e-4, help="Initial MEND step size per layer.")
-    parser.add_argument("--c_edit", type=float, default=1.0, help="Weight of the post-edit NLL.")
+    parser.add_argument("--c_edit", type=float, default=None, help="Weight of the post-edit NLL (default: recipe).")
     parser.add_argument("--n_edits", type=int, default=20, help="Test edits per editing language.")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args()
@@ -59,17 +71,24 @@ def parse_args() -> argparse.Namespace:
 def train_editor(model, tokenizer, splits, languages, args) -> LimeTrainer:
     collator = EpisodeCollator(tokenizer, "masked_lm", max_length=48)
     common = {"languages": languages, "n_edit": 1, "n_retain": 4}
+    # 600 training episodes either way: 60 optimizer steps of 10 episodes (reference) or 600 of 1 (cpu); validation
+    # six times, early stopping after 4 validations without a better hmean, the best editor kept
+    per_step = 10 if args.recipe == "reference" else 1
+    steps = args.editor_steps or 600 // per_step
+    overrides = {k: v for k, v in (("learning_rate", args.learning_rate), ("c_edit", args.c_edit)) if v is not None}
     train_args = LimeTrainingArguments.from_recipe(
-        "cpu",
+        args.recipe,
         output_dir=str(Path(args.output_dir) / "checkpoints"),
-        max_steps=args.editor_steps,
-        learning_rate=args.learning_rate,
-        c_edit=args.c_edit,
-        logging_steps=10,
+        max_steps=steps,
+        eval_steps=max(1, steps // 6),
+        save_steps=max(1, steps // 6),
+        early_stopping_patience=4,
+        logging_steps=max(1, 10 // per_step),
         save_only_model=True,  # the checkpoints only serve to keep the best editor: no optimizer state
         use_cpu=not torch.cuda.is_available(),
         seed=args.seed,
         report_to="none",
+        **overrides,
     )
     trainer = LimeTrainer(
         model=model,
@@ -149,7 +168,8 @@ def main() -> None:
     print(format_table(result))
     save_report(result, output_dir)
     info = {"base_model": str(Path(folder).resolve()), "dataset": "CLDR facts (babel)", "languages": languages,
-            "setting": "all -> all", "max_steps": args.editor_steps, "global_step": trainer.state.global_step,
+            "setting": "all -> all", "recipe": args.recipe, "max_steps": trainer.args.max_steps,
+            "global_step": trainer.state.global_step,
             "best_checkpoint": trainer.state.best_model_checkpoint, "scoring": "candidates"}  # fmt: skip
     editor = LimeEditor(model, tokenizer, task="masked_lm", training_info=info, metrics=result.metrics)
     editor.save_pretrained(output_dir, base_model_name_or_path=info["base_model"])
