@@ -34,6 +34,9 @@ CLAIMS = [
     ("(a) a trained editor transfers more than FT (reference)", "transfer", "ft_reference-untrained-off",
      "mend-all-off", 1),
     ("(a) a trained editor transfers more than tuned FT", "transfer", "ft_tuned-untrained-off", "mend-all-off", 1),
+    ("a trained editor keeps more unrelated facts than tuned FT", "locality", "ft_tuned-untrained-off",
+     "mend-all-off", 1),
+    ("... and the harmonic mean", "hmean", "ft_tuned-untrained-off", "mend-all-off", 1),
     ("tuned FT vs the reference's FT", "reliability", "ft_reference-untrained-off", "ft_tuned-untrained-off", 1),
 ]  # fmt: skip
 
