@@ -206,7 +206,8 @@ def build_app(demo: EditDemo, examples: list[list[str]] | None = None):
                     edit_button = gr.Button("Edit", variant="primary")
                     revert_button = gr.Button("Revert")
             with gr.Column(scale=2):
-                figure = gr.Plot(label="P(new answer) before and after")
+                gr.Markdown("**P(new answer)** in each language, before and after the edit")
+                figure = gr.Plot(show_label=False)
         status = gr.Markdown()
         table = gr.Dataframe(headers=HEADERS, label="Answers in every language", interactive=False)
         if examples:
