@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .data.encoding import PLACEHOLDER, _causal_prompt_ids, encode_example, target_token_ids
+from .data.encoding import PLACEHOLDER, _causal_prompt_ids, encode_example, pad_batch, target_token_ids
 from .tasks import model_label2id
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -76,16 +76,14 @@ def score_text(model: nn.Module, tokenizer: Any, task: str, text: Any, target: A
     """The mean log-probability of `target` for `text` (its tokens at the placeholder, its continuation, or its
     class), under `model` as it is (applied edits included): minus the loss an edit of `text` to `target` starts
     from."""
+    from .head import target_logits
+
     features = encode_text(_base(model), tokenizer, task, text, target, max_length)
-    logits = _logits(model, {k: [v] for k, v in features.items()}).float()
-    labels = torch.as_tensor([features["labels"]], device=logits.device).reshape(logits.shape[0], -1)
-    logprobs = logits.log_softmax(-1)
-    if task == "seq_cls":
-        return float(logprobs[0, labels[0, 0]])
-    if task == "causal_lm":  # the prediction of token t is read at position t - 1
-        logprobs, labels = logprobs[:, :-1], labels[:, 1:]
-    keep = labels != -100
-    return float(logprobs[keep].gather(-1, labels[keep].unsqueeze(-1)).mean())
+    device = next(model.parameters()).device
+    batch = {key: value.to(device) for key, value in pad_batch(tokenizer, [features]).items()}
+    at_targets = target_logits(model, batch, task)
+    logprobs = at_targets.logits.float().log_softmax(-1)
+    return float(logprobs.gather(-1, at_targets.targets.unsqueeze(-1)).mean())
 
 
 def rank_text(model: nn.Module, tokenizer: Any, text: Any, candidates: Any, max_length: int) -> str:
