@@ -189,13 +189,13 @@ class _LocalityPool:
     """Unrelated inputs shown to an editor *at edit time* (`retain_inputs`; used by fine-tuning with a locality
     term): `n` items per edit drawn, seeded, from separate items (e.g. the training split), in the edit language."""
 
-    def __init__(self, items: list[ParsedItem], n: int, seed: int) -> None:
+    def __init__(self, items: list[ParsedItem], n: int, seed: int, languages: set[str]) -> None:
         self.items, self.n, self.seed = items, n, seed
+        labelled = [item.gold_labels() for item in items]  # once, not per edit
+        self.by_language = {lang: [i for i, gold in enumerate(labelled) if lang in gold] for lang in languages}
 
     def draw(self, item: ParsedItem, language: str) -> tuple[ParsedItem, ...]:
-        pool = [
-            i for i, other in enumerate(self.items) if language in other.gold_labels() and other.group != item.group
-        ]
+        pool = [i for i in self.by_language[language] if self.items[i].group != item.group]
         if len(pool) < self.n:
             raise ValueError(f"Only {len(pool)} locality items have a target in {language!r}; n_locality={self.n}.")
         rng = random.Random(_digest(self.seed, "locality", language, item.id))
@@ -238,7 +238,7 @@ def _locality_pool(items: Any, n: int, languages: set[str], seed: int) -> _Local
         return None
     if items is None:
         raise ValueError("n_locality > 0 needs `locality_items` (e.g. the training split) to draw them from.")
-    return _LocalityPool(_parse_items(items, languages), n, seed)
+    return _LocalityPool(_parse_items(items, languages), n, seed, languages)
 
 
 def _parse_items(items: Any, languages: set[str]) -> list[ParsedItem]:
@@ -372,9 +372,8 @@ def evaluate_editor(
         _run_edit(model, scorer, plan, eval_languages, records)
     metrics = compute_xl_edit_metrics(**records, bootstrap=bootstrap, seed=seed)
     settings = _settings(model, task, edit_languages, eval_languages, plans, n_edits, n_retain, new_target, seed)
-    settings["n_locality"] = n_locality
     settings.update(scoring=scoring, distinct_facts=distinct_facts, n_facts=len({plan.item.id for plan in plans}),
-                    pre_edit_floor=floor)  # fmt: skip
+                    pre_edit_floor=floor, n_locality=n_locality)  # fmt: skip
     return EvaluationResult(metrics=metrics, settings=settings, records=records if return_records else None)
 
 
