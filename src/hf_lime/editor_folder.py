@@ -165,12 +165,12 @@ def load_adapter_config(folder: Path) -> LimeConfig:
     return config
 
 
-def _check_languages(languages: Any) -> None:
+def _check_languages(languages: Any, source: str = ADAPTER_CONFIG) -> None:
     """A saved list is checked as any list (`hf_lime.languages`); a bad one is a bad file: `ValueError`."""
     if not isinstance(languages, list):  # JSON: a list, nothing else
-        raise ValueError(f"`languages` in {ADAPTER_CONFIG} must be a list of language codes, got {languages!r}.")
+        raise ValueError(f"`languages` in {source} must be a list of language codes, got {languages!r}.")
     try:
-        check_languages(languages, source=ADAPTER_CONFIG, allow_empty=True)
+        check_languages(languages, source=source, allow_empty=True)
     except TypeError as err:
         raise ValueError(str(err)) from err
 
@@ -211,8 +211,7 @@ def check_language_order(config: LimeConfig, saved: Any, rename: Mapping[str, st
     renaming `rename` (saved code -> new code)."""
     if saved is None:
         return  # saved before the order was recorded, or written by plain PEFT
-    if not isinstance(saved, list) or not all(isinstance(lang, str) for lang in saved):
-        raise ValueError(f"`languages` in {EDITOR_METADATA} must be a list of language codes, got {saved!r}.")
+    _check_languages(saved, EDITOR_METADATA)
     expected = [dict(rename or {}).get(lang, lang) for lang in saved]
     if list(config.languages) != expected:
         raise ValueError(
