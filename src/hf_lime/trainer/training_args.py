@@ -10,55 +10,42 @@ from ..data.episodes import PRESETS
 
 # Named training recipes: `LimeTrainingArguments.from_recipe(name, output_dir=..., **overrides)`, or
 # `parser.set_defaults(**LIME_RECIPES[name])` before an `HfArgumentParser` parses a command line.
+# The LiME reference code's MEND recipe for mBERT (franklear/LiME config/config.yaml + config/alg/mend.yaml):
+# Adam at a constant rate, 10 episodes per optimizer step, gradient clipping at 100, c_edit 0.1, c_loc 1,
+# c_l0 1, mask rate 1e-3, validation with early stopping on the harmonic mean (patience 20,000 steps there; here
+# 20 validations, one every 100 optimizer steps, keeping the best checkpoint and the last).
+# The step sizes are learned in log space here; their rate is a relative one (see `edit_lr_learning_rate`).
+_REFERENCE_RECIPE = {
+    "c_edit": 0.1,
+    "c_loc": 1.0,
+    "c_l0": 1.0,
+    "learning_rate": 1e-6,
+    "mask_learning_rate": 1e-3,
+    "edit_lr_learning_rate": 1e-2,
+    "lr_scheduler_type": "constant",
+    "warmup_steps": 0,
+    "weight_decay": 0.0,
+    "max_grad_norm": 100.0,
+    "per_device_train_batch_size": 1,
+    "gradient_accumulation_steps": 10,
+    "eval_strategy": "steps",
+    "eval_steps": 100,
+    "save_strategy": "steps",
+    "save_steps": 100,
+    "save_total_limit": 2,
+    "load_best_model_at_end": True,
+    "early_stopping_patience": 20,
+}
 LIME_RECIPES: dict[str, dict] = {
-    # The LiME reference code's MEND recipe for mBERT (franklear/LiME config/config.yaml + config/alg/mend.yaml):
-    # Adam at a constant rate, 10 episodes per optimizer step, gradient clipping at 100, c_edit 0.1, c_loc 1,
-    # c_l0 1, mask rate 1e-3, validation with early stopping on the harmonic mean (patience 20,000 steps there; here
-    # 20 validations, one every 100 optimizer steps, keeping the best checkpoint and the last).
-    # The step sizes are learned in log space here; their rate is a relative one (see `edit_lr_learning_rate`).
-    "reference": {
-        "c_edit": 0.1,
-        "c_loc": 1.0,
-        "c_l0": 1.0,
-        "learning_rate": 1e-6,
-        "mask_learning_rate": 1e-3,
-        "edit_lr_learning_rate": 1e-2,
-        "lr_scheduler_type": "constant",
-        "warmup_steps": 0,
-        "weight_decay": 0.0,
-        "max_grad_norm": 100.0,
-        "per_device_train_batch_size": 1,
-        "gradient_accumulation_steps": 10,
-        "eval_strategy": "steps",
-        "eval_steps": 100,
-        "save_strategy": "steps",
-        "save_steps": 100,
-        "save_total_limit": 2,
-        "load_best_model_at_end": True,
-        "early_stopping_patience": 20,
-    },
-    # One episode per optimizer step (benchmarks/reproduce.py), Adam at a constant 1e-5, c_edit 1, validation every
-    # 100 steps with early stopping after 4 validations without improvement. On the demo's task `reference` did at
-    # least as well on the same number of episodes (docs/results.md), so the demo uses that.
+    "reference": _REFERENCE_RECIPE,
+    # The reference's recipe with one episode per optimizer step (benchmarks/reproduce.py), Adam at 1e-5, c_edit 1
+    # and early stopping after 4 validations without improvement. On the demo's task `reference` did at least as
+    # well on the same number of episodes (docs/results.md), so the demo uses that.
     "cpu": {
+        **_REFERENCE_RECIPE,
         "c_edit": 1.0,
-        "c_loc": 1.0,
-        "c_l0": 1.0,
         "learning_rate": 1e-5,
-        "mask_learning_rate": 1e-3,
-        "edit_lr_learning_rate": 1e-2,
-        "lr_scheduler_type": "constant",
-        "warmup_steps": 0,
-        "weight_decay": 0.0,
-        "max_grad_norm": 100.0,
-        "per_device_train_batch_size": 1,
         "gradient_accumulation_steps": 1,
-        "eval_strategy": "steps",
-        "eval_steps": 100,
-        "save_strategy": "steps",
-        "save_steps": 100,
-        "save_total_limit": 2,
-        "load_best_model_at_end": True,
         "early_stopping_patience": 4,
     },
 }
