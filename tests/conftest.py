@@ -113,6 +113,15 @@ def make_batch(task: str, batch_size: int = 2, seq_len: int = 8, seed: int = 0, 
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for servers the tests launch)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not (SHARED_DATA / "mlama1.1").is_dir():

@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 import importlib.util
-import socket
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import free_port
 from test_editor import mlm_editor
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -67,12 +67,6 @@ def test_edit_then_revert_restores_the_base_model(app_module, tmp_path):
         demo.edit("en: a [MASK] .", "de", "x")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_the_gradio_app_answers_an_edit_request_through_its_client(app_module, tmp_path, monkeypatch):
     pytest.importorskip("gradio", reason="the app needs gradio (installed by the dev extra)")
     from gradio_client import Client
@@ -81,7 +75,7 @@ def test_the_gradio_app_answers_an_edit_request_through_its_client(app_module, t
     editor = mlm_editor(tmp_path, edit_lr_init=1.0)
     original = _outputs(editor)
     app = app_module.build_app(app_module.EditDemo(editor), examples=[[PROMPTS, "en", "Florence"]])
-    app.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True)
+    app.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
     try:
         client = Client(app.local_url, verbose=False)
         table, plot, status = client.predict(PROMPTS, "fr", "fr: Florence | de: Florenz", api_name="/edit")

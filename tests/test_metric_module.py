@@ -204,9 +204,8 @@ def test_the_metric_folder_has_a_space_app_and_requirements():
 
 def test_the_widget_computes_the_metric_through_its_client(monkeypatch):
     pytest.importorskip("gradio", reason="the widget needs gradio (installed by the dev extra)")
-    import socket
-
     import evaluate
+    from conftest import free_port
     from gradio_client import Client
 
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
@@ -216,10 +215,7 @@ def test_the_widget_computes_the_metric_through_its_client(monkeypatch):
     with pytest.raises(ValueError, match="one record per row"):
         app.compute_from_rows(evaluate.load(hf_lime.metrics.metric_path()), [["a", "b"]])
     widget = app.build_widget()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    widget.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    widget.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
     try:
         client = Client(widget.local_url, verbose=False)
         table = {"headers": app.COLUMNS, "data": app.EXAMPLE[:3]}

@@ -7,7 +7,6 @@ from typing import Any
 from torch import nn
 
 TASKS = ("masked_lm", "seq_cls", "causal_lm")
-LM_TASKS = ("masked_lm", "causal_lm")
 TASK_NAMES = {"masked_lm": "masked language model", "seq_cls": "sequence classifier", "causal_lm": "causal LM"}
 PIPELINE_TAGS = {"masked_lm": "fill-mask", "seq_cls": "text-classification", "causal_lm": "text-generation"}
 AUTO_CLASSES = {
