@@ -38,6 +38,7 @@ CLAIMS = [
      "mend-all-off", 1),
     ("... and the harmonic mean", "hmean", "ft_tuned-untrained-off", "mend-all-off", 1),
     ("tuned FT vs the reference's FT", "reliability", "ft_reference-untrained-off", "ft_tuned-untrained-off", 1),
+    ("FT's locality term keeps unrelated facts", "locality", "ft_tuned-untrained-off", "ft_loc-untrained-off", 1),
 ]  # fmt: skip
 
 
