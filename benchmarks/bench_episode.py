@@ -52,6 +52,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--processes", action="store_true", help="Also time 1 vs 2 training processes.")
     parser.add_argument("--steps", type=int, default=30, help="Training steps per process count (--processes).")
     parser.add_argument("--json", default=None, help="Write the results here.")
+    parser.add_argument(
+        "--keep_freed_memory", action="store_true", help="Call keep_freed_memory() first (as LimeTrainer on a CPU)."
+    )
     return parser.parse_args()
 
 
@@ -116,12 +119,13 @@ def split_episode(model, episode) -> dict[str, float]:
     tuner, times = model.base_model, {}
     edit = {k: v for k, v in episode["edit"].items() if k != "lang_ids"}
     lang_ids = episode["edit"]["lang_ids"]
-    ctx = EditContext(tuner.model, tuner.lime_layers, edit, lang_ids, tuner.masks, tuner.edit_lrs, task="masked_lm")
+    retain = {k: v for k, v in episode["retain"].items() if k != "lang_ids"}
+    ctx = EditContext(tuner.model, tuner.lime_layers, edit, lang_ids, tuner.masks, tuner.edit_lrs, task="masked_lm",
+                      passenger_batch=retain)  # fmt: skip
     start = time.perf_counter()
-    with torch.no_grad():
-        base = target_logits(model, episode["retain"], "masked_lm")
-    ctx.capture()
-    times["unedited forwards (capture + retain)"] = time.perf_counter() - start
+    ctx.capture()  # the edit row's forward and backward, the retain row riding along in the forward
+    base = ctx.passenger_logits
+    times["unedited forward and backward (capture, retain riding along)"] = time.perf_counter() - start
     times["editor networks"] = _timed(lambda: times.setdefault("_out", tuner.editor.compute_deltas(ctx)))
     deltas = times.pop("_out").deltas
     start = time.perf_counter()
@@ -179,6 +183,10 @@ def throughput(processes: int, steps: int, threads: int) -> float:
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
+    if args.keep_freed_memory:
+        from hf_lime.trainer.malloc import keep_freed_memory
+
+        print("keep_freed_memory applied:", keep_freed_memory())
     result: dict = {"threads": torch.get_num_threads(), "rank": args.rank, "episodes": args.episodes}
     for name in args.models:
         result[name] = bench_model(name, args)

@@ -109,7 +109,7 @@ def test_retain_kl_is_zero_for_identical_logits_and_agreement_counts_rows():
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_concatenated_batches_give_each_rows_own_logits(family):
     """The episode scores update and retain rows in one forward: right padding changes no row's target logits."""
-    from hf_lime.trainer.episode import concat_batches
+    from hf_lime.data.encoding import concat_batches
 
     task = FAMILIES[family].task
     model = build_model(family)

@@ -1,5 +1,6 @@
 """The test matrix: every family × editor (mend, ke, ft) × mask (off, language, shared) runs the shared checks of
-`testing_common.py` — an edit lowers the loss, revert is bit-exact, save/load reproduces, the files are written.
+`testing_common.py` — an edit lowers the loss, revert is bit-exact, save/load reproduces, the files are written, rows
+riding along in the edit's forward change nothing.
 The fine-tuning editor has no inputs to mask, so it runs with masks off only."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from testing_common import (
     Case,
     check_edit_lowers_the_loss,
     check_files_written,
+    check_passenger_rows_change_nothing,
     check_revert_is_bit_exact,
     check_save_load_reproduces,
 )
@@ -38,3 +40,8 @@ def test_save_load_reproduces_and_files_are_written(case, tmp_path):
     model = case.model()
     check_save_load_reproduces(model, case.batch(), case.family, tmp_path)
     check_files_written(model, tmp_path)
+
+
+@MATRIX
+def test_passenger_rows_change_nothing(case):
+    check_passenger_rows_change_nothing(case.model(), case.batch(), case.task)

@@ -80,6 +80,34 @@ def test_untrained_mend_applies_the_normalised_factors_of_the_nonzero_tokens(fam
         assert edit.deltas[key].rank == int(keep.sum())
 
 
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_layers_sharing_a_network_go_through_it_in_one_batch_with_their_own_scale(family):
+    """The batched network call gives, for every layer, what a call with that layer's tokens alone gives (trained
+    editor: different per-layer scales and shifts, non-identity blocks)."""
+    model = lime_model(family, mend_rank=8, mend_center=True)
+    tuner = model.base_model
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in tuner.editor.parameters():
+            parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator))
+    model.eval()
+    batch = make_batch(FAMILIES[family].task)
+    lang_ids = torch.tensor([0, 2])
+    with torch.no_grad():
+        batched = tuner.compute_edit(batch, lang_ids).deltas
+        ctx = EditContext(tuner.model, tuner.lime_layers, batch, lang_ids, tuner.masks, tuner.edit_lrs)
+        editor = tuner.editor
+        assert any(len([k for k in editor._group if editor._group[k][0] == g]) > 1 for g in editor.nets)
+        for spec in editor.layers:
+            tokens = ctx.masked_inputs(spec.key, spec.d_in)
+            group, index = editor._group[spec.key]
+            x = editor.nets[group].centered(tokens.x, index)
+            x, delta = row_rms_scaled(x, tokens.rows), row_rms_scaled(tokens.delta, tokens.rows)
+            x_t, delta_t = editor.transform(spec.key, x, delta)
+            expected = -ctx.edit_lr(spec.key) * delta_t.T @ x_t
+            torch.testing.assert_close(batched[spec.key].dense(), expected, rtol=1e-4, atol=1e-6)
+
+
 def test_the_raw_gradient_scale_is_discarded():
     """Scaling the edit loss by 1000 (a larger raw gradient) leaves the untrained edit unchanged."""
     model = lime_model("bert-mlm", use_lime_mask=False, languages=[], edit_lr_init=0.01)

@@ -337,3 +337,35 @@ def test_trainer_saves_are_all_or_nothing(world, tmp_path, monkeypatch):
     assert after == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".") and p.is_dir()]
     assert LimeEditor.from_pretrained(folder).languages == LANGUAGES
+
+
+def test_keep_freed_memory_sets_glibc_options_on_linux(monkeypatch):
+    """The allocator helper calls mallopt with the trim and mmap thresholds, and reports when it cannot."""
+    import sys
+    from types import SimpleNamespace
+
+    from hf_lime.trainer import malloc
+
+    calls = []
+
+    def mallopt(option, value):
+        calls.append((option, value))
+        return 1
+
+    monkeypatch.setattr(malloc.ctypes, "CDLL", lambda name: SimpleNamespace(mallopt=mallopt))
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert malloc.keep_freed_memory() is True
+    assert dict(calls) == {malloc.M_TRIM_THRESHOLD: 2**31 - 1, malloc.M_MMAP_THRESHOLD: malloc.MMAP_THRESHOLD_MAX}
+    monkeypatch.setattr(sys, "platform", "win32")
+    assert malloc.keep_freed_memory() is False
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_the_trainer_keeps_freed_memory_on_a_cpu_when_asked(world, tmp_path, monkeypatch, keep):
+    from hf_lime.trainer import trainer as trainer_module
+
+    calls = []
+    monkeypatch.setattr(trainer_module, "keep_freed_memory", lambda: calls.append(1) or True)
+    trainer = make_trainer(world, tmp_path, keep_freed_memory=keep)
+    assert trainer.args.keep_freed_memory is keep
+    assert len(calls) == int(keep)

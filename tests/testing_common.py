@@ -128,3 +128,24 @@ def check_files_written(model, folder: Path) -> None:
     assert bool(masks) == (config.use_lime_mask and config.editor != "ft")
     expected = {k for k, p in model.named_parameters() if p.requires_grad}
     assert len(tensors) >= len(expected) > 0
+
+
+def check_passenger_rows_change_nothing(model, batch, task: str, language: str = "fr") -> None:
+    """Rows riding along in the edit's capture forward (a training episode's retain rows) change neither the edit
+    nor their own logits: the deltas equal an edit computed alone, the logits a forward of their own."""
+    from hf_lime.head import target_logits
+
+    passenger = make_batch(task, batch_size=3, seq_len=batch["input_ids"].shape[1] + 3, seed=1)
+    perturb_trainables(model, scale=0.01)
+    model.eval()
+    tuner = model.base_model
+    with torch.no_grad():
+        alone = tuner.compute_edit(batch, language, task=task)
+        riding = tuner.compute_edit(batch, language, passenger_inputs=passenger, task=task)
+        own = target_logits(model, passenger, task)
+    assert alone.info.passenger_logits is None
+    torch.testing.assert_close(riding.info.passenger_logits.logits, own.logits, rtol=1e-5, atol=1e-5)
+    assert riding.info.passenger_logits.counts == own.counts
+    assert sorted(riding.deltas) == sorted(alone.deltas)
+    for key, delta in alone.deltas.items():
+        torch.testing.assert_close(riding.deltas[key].dense(), delta.dense(), rtol=1e-4, atol=1e-6)

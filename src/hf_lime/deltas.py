@@ -59,3 +59,4 @@ class EditInfo:
     languages: list[str] = field(default_factory=list)
     steps: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    passenger_logits: Any = None  # `TargetLogits` of `compute_edit(passenger_inputs=...)`

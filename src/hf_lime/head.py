@@ -90,6 +90,10 @@ class TargetLogits:
         """Mean cross-entropy over the target tokens (what the transformers LM and classification heads return)."""
         return F.cross_entropy(self.logits.float(), self.targets)
 
+    def detached(self) -> TargetLogits:
+        """The same logits, cut from the autograd graph."""
+        return TargetLogits(self.logits.detach(), self.targets, self.counts)
+
     def split_rows(self, n: int) -> tuple[TargetLogits, TargetLogits]:
         """The first `n` batch rows and the rest, as two `TargetLogits`."""
         cut = sum(self.counts[:n])

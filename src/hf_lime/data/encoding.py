@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from ..tasks import check_task
 
@@ -236,6 +237,27 @@ def pad_batch(tokenizer: Any, examples: Sequence[Mapping[str, Any]]) -> dict[str
         collator = DataCollatorWithPadding(tokenizer, return_tensors="pt")
     batch = dict(collator(features))
     return {key: value.long() for key, value in batch.items()}
+
+
+def concat_batches(batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack padded batches row-wise, padding the shorter ones on the right (attention 0, labels -100, id 0).
+
+    Right padding past a row's real tokens changes none of their outputs (masked attention; causal models look
+    left only), so the rows give what they gave in their own batches.
+    """
+    width = max(batch["input_ids"].shape[1] for batch in batches)
+    keys = [key for key in batches[0] if key != "lang_ids"]
+    out = {}
+    for key in keys:
+        parts = []
+        for batch in batches:
+            value = batch[key]
+            if value.dim() == 2 and value.shape[1] < width:
+                fill = IGNORE_INDEX if key == "labels" else 0
+                value = F.pad(value, (0, width - value.shape[1]), value=fill)
+            parts.append(value)
+        out[key] = torch.cat(parts)
+    return out
 
 
 def predict_from_logits(task: str, logits: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> list:

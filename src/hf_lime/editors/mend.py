@@ -52,7 +52,8 @@ class LowRankBlock(nn.Module):
         self.layer_scale = nn.Parameter(torch.ones(num_layers, width))
         self.layer_shift = nn.Parameter(torch.zeros(num_layers, width))
 
-    def forward(self, h: torch.Tensor, layer_index: int) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, layer_index: int | torch.Tensor) -> torch.Tensor:
+        """`layer_index`: the layer of every row (an `int`, or one index per row of `h`)."""
         pre = (h @ self.down.T) @ self.up.T + self.bias
         pre = pre * self.layer_scale[layer_index] + self.layer_shift[layer_index]
         # clamp, not relu: its gradient at exactly 0 is 1, so the zero-initialised `up` learns from the first step
@@ -105,7 +106,7 @@ class GradientTransform(nn.Module):
             }
         )
 
-    def _run(self, part: str, h: torch.Tensor, layer_index: int) -> torch.Tensor:
+    def _run(self, part: str, h: torch.Tensor, layer_index: int | torch.Tensor) -> torch.Tensor:
         for block in self.stacks[part]:
             h = block(h, layer_index)
         return h
@@ -127,8 +128,11 @@ class GradientTransform(nn.Module):
             self._update_mean(x.detach(), layer_index)
         return x - self.x_mean[layer_index].to(x.dtype)
 
-    def forward(self, x: torch.Tensor, delta: torch.Tensor, layer_index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """`(x̃, δ̃)` for the tokens' `(x, δ)` (tokens × features); `x` is centred first when `center=True`."""
+    def forward(
+        self, x: torch.Tensor, delta: torch.Tensor, layer_index: int | torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(x̃, δ̃)` for the tokens' `(x, δ)` (tokens × features, already centred and scaled); `layer_index` is the
+        layer of every token (an `int`, or one index per token: the tokens of several layers in one batch)."""
         x_hat, delta_hat = self.norm_x(x), self.norm_delta(delta)
         if self.combine:
             out = self._run("xd", torch.cat([x_hat, delta_hat], dim=-1), layer_index)
@@ -200,8 +204,10 @@ class MendEditor(BaseEditor):
         return self.nets[group](x, delta, index)
 
     def compute_deltas(self, ctx) -> EditorOutput:
+        """The layers sharing a network go through it in one batch (one weight gradient per parameter in training,
+        instead of one per layer summed): the same values as one call per layer."""
         captured = ctx.capture()
-        deltas = {}
+        inputs: dict[str, list[tuple[LayerSpec, torch.Tensor, torch.Tensor]]] = {}
         for spec in self.layers:
             tokens = ctx.masked_inputs(spec.key, spec.d_in)
             group, index = self._group[spec.key]
@@ -209,8 +215,16 @@ class MendEditor(BaseEditor):
             dtype = next(net.parameters()).dtype  # the networks' dtype, whatever the base model's (e.g. float64)
             x = net.centered(tokens.x.to(dtype), index)
             x, delta = _per_row_rms_scaled(x, tokens.rows), _per_row_rms_scaled(tokens.delta.to(dtype), tokens.rows)
-            x_t, delta_t = self.transform(spec.key, x, delta)
-            deltas[spec.key] = LayerDelta(B=-ctx.edit_lr(spec.key) * delta_t.T, A=x_t)
+            inputs.setdefault(group, []).append((spec, x, delta))
+        deltas = {}
+        for group, parts in inputs.items():
+            counts = [x.shape[0] for _, x, _ in parts]
+            index = torch.cat([torch.full((x.shape[0],), self._group[spec.key][1]) for spec, x, _ in parts])
+            x_all = torch.cat([x for _, x, _ in parts])
+            x_t, delta_t = self.nets[group](x_all, torch.cat([d for _, _, d in parts]), index.to(x_all.device))
+            for (spec, _, _), x_l, delta_l in zip(parts, x_t.split(counts), delta_t.split(counts), strict=True):
+                deltas[spec.key] = LayerDelta(B=-ctx.edit_lr(spec.key) * delta_l.T, A=x_l)
+        deltas = {spec.key: deltas[spec.key] for spec in self.layers}  # in layer order
         return EditorOutput(deltas=deltas, info=EditInfo(loss_before=captured.loss))
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..data.encoding import IGNORE_INDEX
+from ..data.encoding import concat_batches
 from ..head import TargetLogits, target_logits
 from ..metrics.xl_edit import harmonic_mean
 
@@ -50,27 +50,6 @@ def retain_agreement(base: TargetLogits, edited: TargetLogits) -> float:
     return sum(flags) / max(len(flags), 1)
 
 
-def concat_batches(batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Stack padded batches row-wise, padding the shorter ones on the right (attention 0, labels -100, id 0).
-
-    Right padding past a row's real tokens changes none of their outputs (masked attention; causal models look
-    left only), so the rows give what they gave in their own batches.
-    """
-    width = max(batch["input_ids"].shape[1] for batch in batches)
-    keys = [key for key in batches[0] if key != "lang_ids"]
-    out = {}
-    for key in keys:
-        parts = []
-        for batch in batches:
-            value = batch[key]
-            if value.dim() == 2 and value.shape[1] < width:
-                fill = IGNORE_INDEX if key == "labels" else 0
-                value = F.pad(value, (0, width - value.shape[1]), value=fill)
-            parts.append(value)
-        out[key] = torch.cat(parts)
-    return out
-
-
 def run_episode(peft_model, episode: dict[str, dict], task: str, c_edit: float, c_loc: float, c_l0: float):
     """
     Compute one episode's loss and metrics through the functional path (the base model is never modified).
@@ -89,10 +68,10 @@ def run_episode(peft_model, episode: dict[str, dict], task: str, c_edit: float, 
     languages = edit["lang_ids"] if tuner.languages else None  # ids, resolved once by the dataset
     edit_batch = {k: v for k, v in edit.items() if k != "lang_ids"}
     has_retain = retain["input_ids"].shape[0] > 0
-    if has_retain:
-        with torch.no_grad():
-            base = target_logits(peft_model, retain, task)
-    output = tuner.compute_edit(edit_batch, languages)
+    # the retain rows' unedited logits come from the edit's own capture forward (outside its loss)
+    passenger = {k: v for k, v in retain.items() if k != "lang_ids"} if has_retain else None
+    output = tuner.compute_edit(edit_batch, languages, passenger_inputs=passenger, task=task)
+    base = output.info.passenger_logits
     with tuner.apply_deltas(output.deltas):
         if has_retain:  # one forward for both: the same edit applies to every row
             both = target_logits(peft_model, concat_batches([update, retain]), task)

@@ -11,6 +11,7 @@ from transformers import EarlyStoppingCallback, Trainer
 from transformers.utils import logging
 
 from .episode import EDIT_LR_PREFIX, EPISODE_METRICS, GATE_PREFIX, NONFINITE, run_episode
+from .malloc import keep_freed_memory
 from .training_args import LimeTrainingArguments
 
 logger = logging.get_logger(__name__)
@@ -70,6 +71,8 @@ class LimeTrainer(Trainer):
             if _is_item_dataset(kwargs.get(name)):
                 kwargs[name] = episodes_from_arguments(kwargs[name], model.base_model.languages, args, seed)
         super().__init__(model=model, args=args, **kwargs)
+        if args.keep_freed_memory and self.args.device.type == "cpu":
+            keep_freed_memory()
         if args.early_stopping_patience is not None:
             self.add_callback(EarlyStoppingCallback(args.early_stopping_patience, args.early_stopping_threshold))
         self.model_accepts_loss_kwargs = False

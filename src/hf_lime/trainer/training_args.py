@@ -109,6 +109,16 @@ class LimeTrainingArguments(TrainingArguments):
         early_stopping_threshold (`float`, *optional*, defaults to `0.0`):
             The smallest improvement that counts.
 
+    > Parameters of CPU training
+
+    Args:
+        keep_freed_memory (`bool`, *optional*, defaults to `True`):
+            When training on a CPU under Linux/glibc, ask the allocator to keep freed memory for reuse instead of
+            returning it to the OS (`hf_lime.trainer.malloc.keep_freed_memory`): an episode frees and re-allocates
+            the same large buffers every step, and touching fresh pages again cost ~10 % of an episode
+            (docs/benchmarks.md). The process's resident memory then stays at its peak. A process-wide setting,
+            made once when the trainer is built; no effect on a GPU.
+
     Named recipes (`LIME_RECIPES`, `from_recipe`): `"reference"`, the LiME reference code's MEND recipe (the demo's,
     on 600 episodes), and `"cpu"`, one episode per optimizer step.
 
@@ -139,6 +149,9 @@ class LimeTrainingArguments(TrainingArguments):
         default=None, metadata={"help": "Evaluations without improvement of the validation hmean before stopping."}
     )
     early_stopping_threshold: float = field(default=0.0, metadata={"help": "Smallest improvement that counts."})
+    keep_freed_memory: bool = field(
+        default=True, metadata={"help": "CPU + glibc: keep freed memory for reuse (faster; RSS stays at peak)."}
+    )
     # changed defaults
     remove_unused_columns: bool = field(default=False, metadata={"help": "Episodes are nested dicts: keep False."})
     learning_rate: float = field(default=1e-4, metadata={"help": "Learning rate of the editor networks."})

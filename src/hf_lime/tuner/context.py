@@ -9,9 +9,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data.encoding import is_correct
+from ..data.encoding import concat_batches, is_correct
 from ..deltas import LayerDelta
-from ..head import target_logits
+from ..head import TargetLogits, target_logits
 from ..masks import MaskBank
 from ..tasks import is_causal_lm
 from .layer import LimeLayer
@@ -36,6 +36,7 @@ class Captured:
     token_lang_ids: torch.Tensor | None
     token_rows: torch.Tensor
     loss: float
+    passenger_logits: TargetLogits | None = None
 
 
 class EditContext:
@@ -54,6 +55,9 @@ class EditContext:
         task (`str`, *optional*): `"masked_lm"`, `"causal_lm"` or `"seq_cls"`; inferred from the model's class when
             omitted. With a known task the edit loss computes vocabulary logits at the target positions only
             (`hf_lime.head`); otherwise the model's own `loss` is used.
+        passenger_batch (`Mapping[str, torch.Tensor]`, *optional*): Rows forwarded with the edit batch in the
+            capture's one forward, outside its loss; their unedited target logits are `passenger_logits` (needs a
+            known task).
     """
 
     def __init__(
@@ -66,6 +70,7 @@ class EditContext:
         edit_lrs: nn.Module,
         retain_batch: Any = None,
         task: str | None = None,
+        passenger_batch: Any = None,
     ) -> None:
         self.model = model
         self.layers = layers
@@ -75,6 +80,7 @@ class EditContext:
         self.edit_lrs = edit_lrs
         self.retain_batch = retain_batch
         self.task = task or known_task(model)
+        self.passenger_batch = passenger_batch
         self._captured: Captured | None = None
 
     @property
@@ -116,8 +122,15 @@ class EditContext:
     def capture(self) -> Captured:
         """Run the model once on the edit batch; return each layer's inputs and loss gradients (cached)."""
         if self._captured is None:
-            self._captured = capture_layer_grads(self.model, self.layers, self.batch, self.lang_ids, self.task)
+            self._captured = capture_layer_grads(
+                self.model, self.layers, self.batch, self.lang_ids, self.task, self.passenger_batch
+            )
         return self._captured
+
+    @property
+    def passenger_logits(self) -> TargetLogits | None:
+        """The passenger rows' unedited target logits (detached), from the capture's forward."""
+        return self.capture().passenger_logits if self.passenger_batch is not None else None
 
     def forward(self, deltas: dict[str, LayerDelta] | None = None, batch: dict[str, Any] | None = None):
         """Model outputs on `batch` (default: the edit batch) with `deltas` added; nothing is modified."""
@@ -154,15 +167,28 @@ def capture_layer_grads(
     batch: dict[str, Any],
     lang_ids: torch.Tensor | None,
     task: str | None = None,
+    passenger: dict[str, Any] | None = None,
 ) -> Captured:
     """Forward the edit batch recording every edited layer, then differentiate the loss w.r.t. the layer outputs.
 
     With a known `task` the vocabulary logits are computed at the target positions only (same loss and gradients).
+    `passenger` rows (needs `task`) ride along in the same forward, outside the loss: their unedited target logits
+    come back, detached, as `Captured.passenger_logits` (a training episode's retain rows: one forward and one
+    read of the vocabulary matrix instead of two), and nothing else of the capture changes.
     """
+    if passenger is not None and task is None:
+        raise ValueError("Passenger rows need a known task (`masked_lm`, `causal_lm` or `seq_cls`).")
+    n_rows, width = batch["input_ids"].shape
+    joint = batch if passenger is None else concat_batches([batch, passenger])
+    riders = None
     with ExitStack() as stack, torch.enable_grad():
         records = {key: stack.enter_context(layer.capture()) for key, layer in layers.items()}
         if task is not None:
-            loss = target_logits(model, batch, task).loss()
+            scored = target_logits(model, joint, task)
+            if passenger is not None:
+                scored, riders = scored.split_rows(n_rows)
+                riders = riders.detached()
+            loss = scored.loss()
         else:
             outputs = model(**batch)
             loss = getattr(outputs, "loss", None)
@@ -178,6 +204,7 @@ def capture_layer_grads(
     grads = torch.autograd.grad(loss, [records[k][i].outputs for k, i in flat], allow_unused=True)
     grad_of = dict(zip(flat, grads, strict=True))
     keep = _token_keep_mask(batch)
+    crop = (lambda t: t) if passenger is None else (lambda t: _edit_rows(t, n_rows, width, joint))
     inputs, out_grads = {}, {}
     for key, recs in records.items():
         if not recs:
@@ -185,12 +212,20 @@ def capture_layer_grads(
         xs, ds = [], []
         for i, rec in enumerate(recs):
             g = grad_of[(key, i)]
-            xs.append(_flatten(rec.inputs, keep))
-            ds.append(_flatten(torch.zeros_like(rec.outputs) if g is None else g, keep))
+            xs.append(_flatten(crop(rec.inputs), keep))
+            ds.append(_flatten(crop(torch.zeros_like(rec.outputs) if g is None else g), keep))
         inputs[key], out_grads[key] = torch.cat(xs).detach(), torch.cat(ds).detach()
     rows = _token_rows(batch, keep)
     token_lang = None if lang_ids is None else lang_ids.to(rows.device)[rows]
-    return Captured(inputs, out_grads, token_lang, rows, float(loss.detach()))
+    return Captured(inputs, out_grads, token_lang, rows, float(loss.detach()), riders)
+
+
+def _edit_rows(t: torch.Tensor, n_rows: int, width: int, joint: dict[str, Any]) -> torch.Tensor:
+    """A recorded tensor of the joint (edit + passenger) forward, cut back to the edit rows and their width."""
+    if t.shape[0] != joint["input_ids"].shape[0]:
+        raise RuntimeError(f"Cannot separate the edit rows of a recorded tensor of shape {tuple(t.shape)}.")
+    t = t[:n_rows]
+    return t[:, :width] if t.dim() == 3 and t.shape[1] == joint["input_ids"].shape[1] else t
 
 
 def _reweight(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

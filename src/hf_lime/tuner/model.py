@@ -199,13 +199,21 @@ class LimeModel(BaseTuner):
 
     # ------------------------------------------------------------------------------------------- editing
     def compute_edit(
-        self, inputs: Any, language: str | Sequence[str] | torch.Tensor | None = None, retain_inputs: Any = None
+        self,
+        inputs: Any,
+        language: str | Sequence[str] | torch.Tensor | None = None,
+        retain_inputs: Any = None,
+        *,
+        passenger_inputs: Any = None,
+        task: str | None = None,
     ) -> EditorOutput:
         """
         Compute an edit without applying it. Differentiable in the editor's parameters when grad is enabled
         (the trainer's functional path); combine with [`~LimeModel.apply_deltas`] to get post-edit outputs.
         Arguments as in [`~LimeModel.edit`]; `language` may also be the rows' language ids (a 1-D integer tensor of
-        positions in `languages`), as episodes carry them.
+        positions in `languages`), as episodes carry them. `passenger_inputs` (with `task`) are rows forwarded in
+        the edit's own forward, outside its loss: their unedited target logits come back as
+        `output.info.passenger_logits` (a training episode's retain rows, without a forward of their own).
         """
         batch = validate_edit_batch(inputs)
         check_batch_fits_model(batch, getattr(self.model, "config", None), _num_outputs(self.model))
@@ -219,9 +227,12 @@ class LimeModel(BaseTuner):
             self.masks,
             self.edit_lrs,
             retain_batch=retain_inputs,
+            task=task,
+            passenger_batch=passenger_inputs,
         )
         output = self.editor.compute_deltas(ctx)
         output.info.languages = languages
+        output.info.passenger_logits = ctx.passenger_logits
         return output
 
     def edit(self, inputs: Any, language: str | Sequence[str] | None = None, retain_inputs: Any = None) -> Edit:
