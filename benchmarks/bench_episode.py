@@ -4,15 +4,17 @@ The *episode* is `run_episode` (edit → update NLL + retain KL + L0) plus its m
 forward of every row the episode reads — the edit row, the update row and the retain row twice (before and after the
 edit) — with vocabulary logits only at the target positions, plus one backward of the edit row's loss to the edited
 layers (what any gradient-based editor needs). Both are timed on the same episodes, interleaved, in one process; the
-ratio *episode ÷ floor* is reported, never an absolute time. The episode is also split into its parts: the unedited
-forwards (capture of the edit row with its backward, the retain row's base logits), the editor's networks, the
-edited forwards and the meta-backward.
+ratio *episode ÷ floor* is reported, never an absolute time. The episode is also split into its parts: the capture
+(the edit row's forward and backward, the retain row riding along in that forward for its base logits), the editor's
+networks, the edited forwards and the meta-backward. `--keep_freed_memory` sets the allocator as `LimeTrainer` does on
+a CPU (`LimeTrainingArguments.keep_freed_memory`).
 
 Models: multilingual-e5-small with its fact-completion head (`hf-lime prepare-model me5-small-facts`, the demo's
 model) and a random-weight model of mBERT-base's shape (12 × 768, FFN 3072, 119,547-token vocabulary). Editor:
 LiME-MEND with the reference's rank 1920, one edit, one update and one retain row per episode.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_episode.py --episodes 10 --threads 1 --json outputs/bench_episode.json
+    OMP_NUM_THREADS=1 python benchmarks/bench_episode.py --episodes 10 --threads 1 --keep_freed_memory \
+        --json outputs/bench_episode.json
 
 `--processes` also measures training throughput (episodes per second) of `examples/train_lime.py` on CLDR facts
 with one process and with `accelerate launch --multi_gpu --num_processes 2` (two gloo processes on a CPU machine).
