@@ -21,8 +21,9 @@ paper's claims, each with its grouped interval.
 
 Protocols: `--datasets mlama` fills each language's template with that language's labels; `mlama_untranslated` is
 the LiME reference's protocol (translated templates, the first language's subject and object labels everywhere; its
-own fact model). Locality over whole sequences with random mask spans (the reference's other protocol) is not
-implemented.
+own fact model). `--locality sequence` reads locality as the reference does on mLAMA: the retain prompt's object slot
+filled with a span of masks of random length, every position's prediction compared (run ids end in `-seqloc`; a
+trained editor is taken from the best checkpoint of the same configuration's target-protocol run when it is there).
 
 Evaluation: `distinct_facts=True` (each editing language edits its own facts, `n_edits` per language), answers ranked
 among the relation's objects (`scoring="candidates"`), `n_retain` unrelated facts per edit, 1000 grouped bootstrap
@@ -41,7 +42,7 @@ import time
 from pathlib import Path
 
 import torch
-from peft import get_peft_model
+from peft import PeftModel, get_peft_model
 from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
 from hf_lime import LimeConfig
@@ -65,6 +66,7 @@ FT_SETTINGS = {
     "ft_tuned": {"ft_optimizer": "adam", "ft_lr": 5e-4, "ft_steps": 10},
     "ft_loc": {"ft_optimizer": "adam", "ft_lr": 5e-4, "ft_steps": 10, "ft_loc_coef": 1.0},
 }
+SEQUENCE_SUFFIX = "-seqloc"  # run ids of `--locality sequence`
 DEFAULT_CONFIGS = [
     *(f"mend-{t}-{m}" for t in ("monolingual", "all") for m in ("off", "language", "shared")),
     *(f"ke-{t}-{m}" for t in ("monolingual", "all") for m in ("off", "language")),
@@ -98,6 +100,10 @@ def parse_args() -> argparse.Namespace:
                         "facts per editing language).")  # fmt: skip
     p.add_argument("--n_edits", type=int, default=25, help="Test edits (distinct facts) per editing language.")
     p.add_argument("--n_retain", type=int, default=5)
+    p.add_argument("--locality", choices=["target", "sequence"], default="target",
+                   help="How retain items are read: at their target, or over the whole sequence with a random-length "
+                        "mask span (the LiME reference's protocol; run ids get '-seqloc' and a trained editor is "
+                        "reused from the target run's best checkpoint when present).")  # fmt: skip
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--summary_only", action="store_true", help="Only write the summary from the finished runs.")
@@ -173,11 +179,16 @@ def run_one(run: dict, task: dict, args) -> tuple[dict, dict]:
     run_dir = Path(args.output_dir) / run["id"]
     tokenizer = AutoTokenizer.from_pretrained(task["folder"])
     base = task["auto"].from_pretrained(task["folder"], attn_implementation="eager")
-    model = get_peft_model(base, lime_config(run, task["languages"], args))
+    trained = trained_editor(run, args)
     episodes = best = None
-    if run["training"] != "untrained":
-        trainer = train(model, tokenizer, task, run, args, run_dir)
-        episodes, best = trainer.state.global_step, trainer.state.best_model_checkpoint
+    if trained is not None:  # the same editor as the target-protocol run, read with another locality protocol
+        model = PeftModel.from_pretrained(base, str(trained["path"]))
+        episodes, best = trained["episodes"], str(trained["path"])
+    else:
+        model = get_peft_model(base, lime_config(run, task["languages"], args))
+        if run["training"] != "untrained":
+            trainer = train(model, tokenizer, task, run, args, run_dir)
+            episodes, best = trainer.state.global_step, trainer.state.best_model_checkpoint
     model.eval()
     # FT with its locality term sees unrelated training-split prompts at edit time (never the scored retain items)
     locality = ({"locality_items": task["splits"]["train"], "n_locality": args.n_retain}
@@ -186,9 +197,10 @@ def run_one(run: dict, task: dict, args) -> tuple[dict, dict]:
         model, tokenizer, task["splits"]["test"], task["task"], languages=task["languages"], n_edits=args.n_edits,
         n_retain=args.n_retain, new_target=task["new_target"], scoring=task["scoring"], distinct_facts=True,
         seed=run["seed"], max_length=64, bootstrap=args.bootstrap, progress=False, return_records=True, **locality,
+        locality=run["locality"],
     )  # fmt: skip
     summary = {
-        **{k: run[k] for k in ("id", "dataset", "editor", "training", "mask", "seed")},
+        **{k: run[k] for k in ("id", "dataset", "editor", "training", "mask", "seed", "locality")},
         "episodes": episodes, "best_checkpoint": best and Path(best).name, "n_facts": result.settings["n_facts"],
         "n_edits": result.metrics["n_edits"], "metrics": result.metrics, "settings": result.settings,
         "training_args": {k: getattr(args, k) for k in ("max_steps", "eval_steps", "patience", "learning_rate",
@@ -198,13 +210,31 @@ def run_one(run: dict, task: dict, args) -> tuple[dict, dict]:
     return summary, result.records
 
 
+def trained_editor(run: dict, args) -> dict | None:
+    """The best checkpoint of the target-protocol run of the same configuration, for a `-seqloc` run (or None)."""
+    if run["locality"] == "target" or run["training"] == "untrained":
+        return None
+    base_id = run["id"].removesuffix(SEQUENCE_SUFFIX)
+    summary_path = Path(args.runs_dir) / f"{base_id}.json"
+    if not summary_path.exists():
+        return None
+    summary = json.loads(summary_path.read_text())
+    path = Path(args.output_dir) / base_id / "checkpoints" / str(summary.get("best_checkpoint"))
+    if not (path / "adapter_config.json").exists():
+        return None
+    logger.info("reusing the editor of %s (%s)", base_id, path)
+    return {"path": path, "episodes": summary["episodes"]}
+
+
 def grid(args) -> list[dict]:
+    suffix = SEQUENCE_SUFFIX if args.locality == "sequence" else ""
     return [
-        {"id": f"{dataset}-{name}-seed{seed}", "dataset": dataset, "seed": seed, **parse_config(name)}
+        {"id": f"{dataset}-{name}-seed{seed}{suffix}", "dataset": dataset, "seed": seed, "locality": args.locality,
+         **parse_config(name)}
         for dataset in args.datasets
         for name in args.configs
         for seed in args.seeds
-    ]
+    ]  # fmt: skip
 
 
 def main() -> None:

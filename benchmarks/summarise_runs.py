@@ -4,7 +4,10 @@
 
 For every configuration: the metrics (mean ± std over seeds; with one seed, the grouped 95 % interval). For every claim
 of the paper, the paired difference of two configurations evaluated on the same edits (same dataset and seed), with
-its grouped bootstrap interval (`hf_lime.metrics.compare_xl_edit_metrics`) and the verdict that interval supports.
+its grouped bootstrap interval (`hf_lime.metrics.compare_xl_edit_metrics`) and the verdict that interval supports;
+with several seeds, also the difference over the seeds pooled (their records concatenated, facts as groups) and the
+per-seed differences' mean ± std. Runs read with the sequence locality protocol (`reproduce.py --locality sequence`)
+are their own dataset, `<dataset>/seqloc`.
 """
 
 from __future__ import annotations
@@ -55,8 +58,14 @@ def config_of(run: dict) -> str:
     return f"{run['editor']}-{run['training']}-{run['mask']}"
 
 
+def dataset_of(run: dict) -> str:
+    return run["dataset"] + ("/seqloc" if run.get("locality") == "sequence" else "")
+
+
 def _cell(runs: list[dict], key: str) -> str:
     values = np.array([float("nan") if r["metrics"][key] is None else r["metrics"][key] for r in runs], dtype=float)
+    if np.isnan(values).all():
+        return "–"
     if len(runs) == 1:
         ci = runs[0]["metrics"].get("ci", {}).get(key)
         return f"{values[0]:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
@@ -68,7 +77,7 @@ def table(runs: list[dict]) -> list[str]:
              "|" + "---|" * (len(KEYS) + 5)]  # fmt: skip
     groups: dict[tuple[str, str], list[dict]] = {}
     for run in runs:
-        groups.setdefault((run["dataset"], config_of(run)), []).append(run)
+        groups.setdefault((dataset_of(run), config_of(run)), []).append(run)
     for (dataset, config), rows in sorted(groups.items()):
         episodes = "/".join(str(r["episodes"]) for r in rows if r["episodes"] is not None) or "–"
         cells = " | ".join(_cell(rows, key) for key in KEYS)
@@ -84,23 +93,51 @@ def verdict(low: float, high: float, sign: int) -> str:
     return "not shown (interval contains 0)"
 
 
+def _seed_records(runs_dir: Path, run: dict) -> dict:
+    """A run's records with its seed in the edit ids (so that records of several seeds concatenate)."""
+    data = records(runs_dir, run["id"])
+    data["edit_ids"] = [f"seed{run['seed']}/{edit_id}" for edit_id in data["edit_ids"]]
+    return data
+
+
+def _compare(a: dict, b: dict, metric: str, bootstrap: int, seed: int) -> dict:
+    a, b = dict(a), dict(b)
+    groups = a.pop("group_ids", None)
+    b.pop("group_ids", None)
+    return compare_xl_edit_metrics(a, b, group_ids=groups, bootstrap=bootstrap, seed=seed)[metric]
+
+
+def _row(claim: str, dataset: str, seed: str, metric: str, result: dict, sign: int, extra: str = "") -> str:
+    low, high = result["ci"]
+    values = f"{result['baseline']:.3f} | {result['candidate']:.3f} | {result['difference']:+.3f}"
+    return f"| {claim} | {dataset} | {seed} | {metric} | {values} [{low:+.3f}, {high:+.3f}]{extra} | " + (
+        f"{verdict(low, high, sign)} |"
+    )
+
+
 def comparisons(runs: list[dict], runs_dir: Path, bootstrap: int) -> list[str]:
-    by_key = {(r["dataset"], config_of(r), r["seed"]): r for r in runs}
+    by_key = {(dataset_of(r), config_of(r), r["seed"]): r for r in runs}
     lines = ["| claim | dataset | seed | metric | baseline | candidate | difference [95 % CI] | verdict |",
              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for claim, metric, base, cand, sign in CLAIMS:
+        pairs: dict[str, list[tuple[dict, dict]]] = {}
         for (dataset, config, seed), run in sorted(by_key.items()):
-            if config != base or (dataset, cand, seed) not in by_key:
-                continue
-            a, b = records(runs_dir, run["id"]), records(runs_dir, by_key[(dataset, cand, seed)]["id"])
-            groups = a.pop("group_ids", None)
-            b.pop("group_ids", None)
-            result = compare_xl_edit_metrics(a, b, group_ids=groups, bootstrap=bootstrap, seed=seed)[metric]
-            low, high = result["ci"]
-            lines.append(
-                f"| {claim} | {dataset} | {seed} | {metric} | {result['baseline']:.3f} | {result['candidate']:.3f} | "
-                f"{result['difference']:+.3f} [{low:+.3f}, {high:+.3f}] | {verdict(low, high, sign)} |"
-            )
+            if config == base and (dataset, cand, seed) in by_key:
+                pairs.setdefault(dataset, []).append((run, by_key[(dataset, cand, seed)]))
+        for dataset, matched in pairs.items():
+            per_seed = []
+            for run_a, run_b in matched:
+                a, b = _seed_records(runs_dir, run_a), _seed_records(runs_dir, run_b)
+                result = _compare(a, b, metric, bootstrap, run_a["seed"])
+                per_seed.append(result["difference"])
+                lines.append(_row(claim, dataset, str(run_a["seed"]), metric, result, sign))
+            if len(matched) > 1:
+                pooled = [_seed_records(runs_dir, run) for pair in zip(*matched, strict=True) for run in pair]
+                a = {k: sum((r[k] for r in pooled[: len(matched)]), []) for k in pooled[0]}
+                b = {k: sum((r[k] for r in pooled[len(matched) :]), []) for k in pooled[0]}
+                result = _compare(a, b, metric, bootstrap, 0)
+                spread = f"; per seed {np.mean(per_seed):+.3f} ± {np.std(per_seed):.3f}"
+                lines.append(_row(f"**{claim}**", dataset, f"pooled ({len(matched)})", metric, result, sign, spread))
     return lines
 
 

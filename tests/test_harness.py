@@ -328,6 +328,8 @@ def test_save_report(world, tmp_path):
         ({"items": []}, ValueError, "empty"),
         ({"languages": "en"}, TypeError, "string"),
         ({"batch_size": 0}, ValueError, "batch_size"),
+        ({"locality": "whole"}, ValueError, "Unknown locality"),
+        ({"locality": "sequence", "task": "causal_lm"}, ValueError, "locality='sequence'"),
     ],
 )
 def test_bad_inputs(world, kwargs, error, match):
@@ -443,3 +445,55 @@ def test_locality_inputs_reach_the_editor_at_edit_time(world, monkeypatch):
     assert seen and all(n == 3 for _, n in seen) and result.settings["n_locality"] == 3
     with pytest.raises(ValueError, match="needs `locality_items`"):
         run(model, tokenizer, items, languages=LANGUAGES, n_locality=2)
+
+
+def test_sequence_locality_reads_every_position_of_a_masked_span(world):
+    """`locality="sequence"` (the LiME reference's protocol): retain prompts with a span of masks of seeded random
+    length, read at every position; no edit keeps everything, a stricter reading than at the target only."""
+    from hf_lime.data.items import parse_item
+    from hf_lime.evaluation.scoring import SequenceScorer
+
+    tokenizer, items, base = world
+    model = make_model(base, 0.1)
+    result = run(model, tokenizer, items, locality="sequence", return_records=True)
+    target = run(make_model(base, 0.1), tokenizer, items, return_records=True)
+    assert result.settings["locality"] == "sequence" and target.settings["locality"] == "target"
+    records = result.records
+    # the edit records are read as before; only the retain records change
+    for name in ("predictions", "references"):
+        edits = [v for v, k in zip(records[name], records["kinds"], strict=True) if k == "edit"]
+        assert edits == [v for v, k in zip(target.records[name], target.records["kinds"], strict=True) if k == "edit"]
+    retain = [(p, r) for p, r, k in zip(records["predictions"], records["references"], records["kinds"], strict=True)
+              if k == "retain"]  # fmt: skip
+    assert len(retain) == len([k for k in target.records["kinds"] if k == "retain"])
+    parsed = [parse_item(row, set(LANGUAGES)) for row in items]
+    scorer = SequenceScorer(model, tokenizer, parsed, seed=0, max_length=32, batch_size=4)
+    item = parsed[0]
+    assert all(scorer.span_length(item, language) in scorer.lengths[language] for language in LANGUAGES)
+    encoded = scorer.encode(item, "en")
+    assert encoded["input_ids"].count(tokenizer.mask_token_id) == scorer.span_length(item, "en")
+    # a reference is the unedited argmax at every non-padding position, special tokens included
+    (answer,) = scorer.predict([(item, "en")])
+    assert len(answer.split()) == sum(encoded["attention_mask"])
+    # the unedited model keeps every sequence; an edit that moves anything is caught
+    frozen = run(make_model(base, 0.0), tokenizer, items, locality="sequence").metrics
+    assert frozen["locality"] == 1.0
+    assert result.metrics["locality"] <= target.metrics["locality"]
+    assert result.metrics["locality"] < 1.0
+
+
+def test_sequence_span_lengths_follow_the_objects_of_each_language(world):
+    from hf_lime.data.items import parse_item
+    from hf_lime.evaluation.scoring import SequenceScorer
+
+    tokenizer, items, base = world
+    parsed = [parse_item(row, set(LANGUAGES)) for row in items]
+    scorer = SequenceScorer(base, tokenizer, parsed, seed=3, max_length=32, batch_size=4)
+    for language in LANGUAGES:
+        objects = [len(tokenizer(" " + it.gold_labels()[language], add_special_tokens=False)["input_ids"])
+                   for it in parsed if language in it.gold_labels()]  # fmt: skip
+        assert sorted(scorer.lengths[language]) == sorted(objects)
+    again = SequenceScorer(base, tokenizer, parsed, seed=3, max_length=32, batch_size=4)
+    assert [scorer.span_length(it, "fr") for it in parsed] == [again.span_length(it, "fr") for it in parsed]
+    with pytest.raises(ValueError, match="mask token"):
+        SequenceScorer(base, type("NoMask", (), {"mask_token": None})(), parsed, seed=0, max_length=8, batch_size=1)

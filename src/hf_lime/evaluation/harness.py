@@ -10,7 +10,6 @@ documented in `docs/evaluation.md`; the paper is https://huggingface.co/papers/2
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import random
 import warnings
@@ -25,7 +24,8 @@ from ..languages import check_language_subset, check_languages
 from ..metrics import compute_xl_edit_metrics
 from ..tasks import check_task, model_label2id
 from .report import EvaluationResult
-from .scoring import SCORINGS, TargetScorer, make_scorer
+from .scoring import LOCALITY_PROTOCOLS, SCORINGS, SequenceScorer, TargetScorer, make_scorer
+from .scoring import digest as _digest
 
 RECORD_FIELDS = ("predictions", "references", "edit_ids", "edit_languages", "eval_languages", "kinds", "group_ids")
 """The keys of `EvaluationResult.records`: exactly the inputs of `compute_xl_edit_metrics` and `lime_xl_edit`
@@ -43,12 +43,6 @@ class _EditPlan:
     labels: dict[str, str]
     retain: tuple[ParsedItem, ...]
     locality: tuple[ParsedItem, ...] = ()
-
-
-def _digest(seed: int, *parts: str) -> int:
-    """A 64-bit number that depends only on the seed and the parts (never on Python's string hash seed)."""
-    text = ":".join(["hf_lime.evaluation", str(seed), *parts])
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
 
 
 class _Planner:
@@ -159,30 +153,31 @@ def _plan(planner: _Planner, scorer: TargetScorer, edit_languages: list[str], n_
     return plans
 
 
-def _run_edit(model: Any, scorer: TargetScorer, plan: _EditPlan, eval_languages: list[str], records: dict) -> None:
-    """Apply one edit, score its item and its retain items in every evaluation language, revert it."""
+def _run_edit(model: Any, scorer: TargetScorer, plan: _EditPlan, eval_languages: list[str], records: dict,
+              sequence: SequenceScorer | None = None) -> None:  # fmt: skip
+    """Apply one edit, score its item and its retain items in every evaluation language, revert it. With `sequence`,
+    the retain items are read over their whole sequence (`locality="sequence"`) instead of at their target."""
     queries = [(plan.item, language, plan.labels[language]) for language in eval_languages]
     references = [scorer.reference(*query) for query in queries]
-    kinds, languages = ["edit"] * len(queries), list(eval_languages)
     retain_pairs = [(item, language) for item in plan.retain for language in eval_languages]
-    for before, (item, language) in zip(scorer.base(retain_pairs), retain_pairs, strict=True):
-        queries.append((item, language, item.targets[item.positions[language]]))
-        references.append(before)
-        kinds.append("retain")
-        languages.append(language)
+    retain_queries = [(item, language, item.targets[item.positions[language]]) for item, language in retain_pairs]
+    references += (sequence or scorer).base(retain_pairs)
     batch = scorer.edit_batch(plan.item, plan.language, plan.labels[plan.language])
     edit = model.edit(batch, language=plan.language, retain_inputs=_locality_batch(scorer, plan))
     try:
-        predictions = scorer.predict(queries)
+        if sequence is None:
+            predictions = scorer.predict(queries + retain_queries)
+        else:
+            predictions = scorer.predict(queries) + sequence.predict(retain_pairs)
     finally:
         edit.revert()
     records["predictions"].extend(predictions)
     records["references"].extend(references)
-    records["edit_ids"].extend([plan.edit_id] * len(queries))
-    records["edit_languages"].extend([plan.language] * len(queries))
-    records["eval_languages"].extend(languages)
-    records["kinds"].extend(kinds)
-    records["group_ids"].extend([plan.item.id] * len(queries))
+    records["edit_ids"].extend([plan.edit_id] * len(references))
+    records["edit_languages"].extend([plan.language] * len(references))
+    records["eval_languages"].extend([*eval_languages, *(language for _, language in retain_pairs)])
+    records["kinds"].extend(["edit"] * len(queries) + ["retain"] * len(retain_pairs))
+    records["group_ids"].extend([plan.item.id] * len(references))
 
 
 class _LocalityPool:
@@ -273,6 +268,7 @@ def evaluate_editor(
     return_records: bool = False,
     locality_items: Any = None,
     n_locality: int = 0,
+    locality: str = "target",
 ) -> EvaluationResult:
     """Edit each chosen item in each edit language, score it and unrelated items in every language, revert.
 
@@ -324,6 +320,11 @@ def evaluate_editor(
             locality term, `ft_loc_coef > 0`, keeps close to the base model; other editors ignore them). Use items
             kept apart from the evaluated ones (e.g. the training split): the scored retain items stay unseen.
         n_locality (`int`, *optional*, defaults to `0`): Locality inputs per edit (0: none).
+        locality (`str`, *optional*, defaults to `"target"`): How a retain item is read. `"target"`: its answer at
+            its target, as the edit records are read (`scoring`). `"sequence"` (masked LMs; the LiME reference's
+            mLAMA protocol): its object slot filled with a span of masks of random length (drawn, seeded, from the
+            object lengths of that language) and the argmax at every position of the sequence — the item counts as
+            kept only if none of them moves (`hf_lime.evaluation.scoring.SequenceScorer`).
 
     Before any edit, the unedited model answers every edit record too: `settings["pre_edit_floor"]` is the share it
     already gets right (overall, `reliability`, `transfer`), the edit success of an editor that changes nothing.
@@ -349,6 +350,11 @@ def evaluate_editor(
     check_task(task)
     if scoring not in SCORINGS:
         raise ValueError(f"Unknown scoring {scoring!r}; allowed values are {SCORINGS}.")
+    if locality not in LOCALITY_PROTOCOLS:
+        raise ValueError(f"Unknown locality {locality!r}; allowed values are {LOCALITY_PROTOCOLS}.")
+    if locality == "sequence" and task != "masked_lm":
+        raise ValueError(f"locality='sequence' reads masked-LM predictions over a sequence; task={task!r} needs "
+                         "locality='target'.")  # fmt: skip
     if new_target not in NEW_TARGET_MODES:
         raise ValueError(f"Unknown new_target {new_target!r}; allowed values are {NEW_TARGET_MODES}.")
     if not callable(getattr(model, "edit", None)) or not hasattr(model, "base_model"):
@@ -361,19 +367,21 @@ def evaluate_editor(
     label2id = label2id if label2id is not None else model_label2id(model, task)
     scorer = make_scorer(scoring, model, tokenizer, task, label2id, max_length, batch_size, parsed)
     planner = _Planner(parsed, eval_languages, new_target, seed)
-    locality = _locality_pool(locality_items, n_locality, set(edit_languages), seed)
-    plans = _plan(planner, scorer, edit_languages, n_edits, n_retain, distinct_facts, locality)
-    scorer.base([(item, language) for plan in plans for item in plan.retain for language in eval_languages])
+    pool = _locality_pool(locality_items, n_locality, set(edit_languages), seed)
+    plans = _plan(planner, scorer, edit_languages, n_edits, n_retain, distinct_facts, pool)
+    sequence = (SequenceScorer(model, tokenizer, parsed, seed, max_length, min(batch_size, 8))
+                if locality == "sequence" else None)  # fmt: skip
+    (sequence or scorer).base([(item, lang) for plan in plans for item in plan.retain for lang in eval_languages])
     floor = _pre_edit_floor(scorer, plans, eval_languages)
     records: dict[str, list[str]] = {name: [] for name in RECORD_FIELDS}
     from tqdm.auto import tqdm
 
     for plan in tqdm(plans, desc="Editing", unit="edit", disable=not progress):
-        _run_edit(model, scorer, plan, eval_languages, records)
+        _run_edit(model, scorer, plan, eval_languages, records, sequence)
     metrics = compute_xl_edit_metrics(**records, bootstrap=bootstrap, seed=seed)
     settings = _settings(model, task, edit_languages, eval_languages, plans, n_edits, n_retain, new_target, seed)
     settings.update(scoring=scoring, distinct_facts=distinct_facts, n_facts=len({plan.item.id for plan in plans}),
-                    pre_edit_floor=floor, n_locality=n_locality)  # fmt: skip
+                    pre_edit_floor=floor, n_locality=n_locality, locality=locality)  # fmt: skip
     return EvaluationResult(metrics=metrics, settings=settings, records=records if return_records else None)
 
 

@@ -8,24 +8,45 @@ of `lime_xl_edit` whatever the scoring:
   tokens joined by spaces, classes as their id (`"2"`).
 - [`RankingScorer`] (`scoring="candidates"`, masked LMs): the best of the relation's candidate objects in that
   language ([`CandidateRanker`], mLAMA's typed querying). Rendered as the candidate label.
+
+Locality is read at the retain item's target the same way (`locality="target"`), or, with `locality="sequence"`
+(masked LMs), as the LiME reference reads it: [`SequenceScorer`] fills the retain prompt's object slot with a span of
+masks of random length and takes the argmax at *every* position of the sequence (rendered as the ids joined by
+spaces); the edit keeps the item only if not one of them changes.
 """
 
 from __future__ import annotations
 
+import hashlib
+import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
-from ..data.encoding import IGNORE_INDEX, encode_example, pad_batch, predict_from_logits
+from ..data.encoding import (
+    IGNORE_INDEX,
+    PLACEHOLDER,
+    encode_example,
+    pad_batch,
+    predict_from_logits,
+    target_token_ids,
+)
 from ..data.items import ParsedItem, target_table
 from ..head import target_logits
 from .candidates import CandidateRanker, RankingQuery
 
 SCORINGS = ("open", "candidates")
+LOCALITY_PROTOCOLS = ("target", "sequence")
 
 Query = tuple[ParsedItem, str, str]
 """`(item, language, target label)`: the item's prompt in `language`, read against `target`."""
+
+
+def digest(seed: int, *parts: str) -> int:
+    """A 64-bit number that depends only on the seed and the parts (never on Python's string hash seed)."""
+    text = ":".join(["hf_lime.evaluation", str(seed), *parts])
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
 
 
 class TargetScorer:
@@ -137,3 +158,68 @@ def make_scorer(scoring: str, model, tokenizer, task: str, label2id, max_length:
     if scoring == "candidates":
         return RankingScorer(model, tokenizer, task, label2id, max_length, batch_size, items)
     return TargetScorer(model, tokenizer, task, label2id, max_length, batch_size)
+
+
+class SequenceScorer:
+    """
+    Locality as the LiME reference reads it on mLAMA (`locality="sequence"`, masked LMs): the retain prompt's object
+    slot becomes `k` mask tokens, `k` drawn (seeded, per item and language) from the token lengths of that language's
+    objects among the items, as the reference draws its `label_length`; the answer is the argmax at every non-padding
+    position (special tokens included), so an edit keeps the item only if no prediction in the whole sequence moves.
+
+    Args:
+        model: The masked LM (a `PeftModel` is fine).
+        tokenizer: Its tokenizer (needs a mask token).
+        items (`Sequence[ParsedItem]`): The items whose object lengths give each language's span lengths.
+        seed (`int`): Seed of the span lengths.
+        max_length (`int`): Maximum tokens per prompt.
+        batch_size (`int`): Rows per forward (full-vocabulary logits at every position: keep it small).
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, items: Sequence[ParsedItem], seed: int, max_length: int,
+                 batch_size: int) -> None:  # fmt: skip
+        if getattr(tokenizer, "mask_token", None) is None:
+            raise ValueError("locality='sequence' fills the object slot with mask tokens; this tokenizer has none.")
+        self.model, self.tokenizer, self.seed = model, tokenizer, seed
+        self.max_length, self.batch_size = max_length, batch_size
+        self.device = next(model.parameters()).device
+        self.lengths: dict[str, list[int]] = {}
+        for item in items:
+            for language, label in sorted(item.gold_labels().items()):
+                self.lengths.setdefault(language, []).append(len(target_token_ids(tokenizer, label)))
+        self._base: dict[tuple[str, str], str] = {}
+
+    def span_length(self, item: ParsedItem, language: str) -> int:
+        """The number of masks in the object slot of `item` in `language` (fixed by the seed)."""
+        lengths = self.lengths.get(language)
+        if not lengths:
+            raise ValueError(f"No item has an object in {language!r} to draw a span length from.")
+        return random.Random(digest(self.seed, "span", item.id, language)).choice(lengths)
+
+    def encode(self, item: ParsedItem, language: str) -> dict[str, list[int]]:
+        prompt = item.prompts[item.positions[language]]
+        text = prompt.replace(PLACEHOLDER, self.tokenizer.mask_token * self.span_length(item, language))
+        encoding = self.tokenizer(text, truncation=True, max_length=self.max_length)
+        keys = ("input_ids", "attention_mask", "token_type_ids")
+        return {key: list(encoding[key]) for key in keys if key in encoding}
+
+    @torch.no_grad()
+    def predict(self, pairs: Sequence[tuple[ParsedItem, str]]) -> list[str]:
+        """The argmax ids at every position of each `(item, language)` sequence, joined by spaces."""
+        features = [self.encode(*pair) for pair in pairs]
+        answers: list[str] = []
+        for start in range(0, len(features), self.batch_size):
+            batch = self.tokenizer.pad(features[start : start + self.batch_size], return_tensors="pt")
+            batch = {key: value.to(self.device) for key, value in batch.items()}
+            predicted = self.model(**batch).logits.argmax(-1)
+            for row, keep in zip(predicted, batch["attention_mask"].bool(), strict=True):
+                answers.append(" ".join(str(i) for i in row[keep].tolist()))
+        return answers
+
+    def base(self, pairs: Sequence[tuple[ParsedItem, str]]) -> list[str]:
+        """`predict` on the unedited model, cached: call it before any edit."""
+        todo = list({(item.id, language): (item, language) for item, language in pairs if (item.id, language) not in
+                     self._base}.values())  # fmt: skip
+        for (item, language), answer in zip(todo, self.predict(todo), strict=True):
+            self._base[(item.id, language)] = answer
+        return [self._base[(item.id, language)] for item, language in pairs]

@@ -1,0 +1,72 @@
+"""`benchmarks/summarise_runs.py` on synthetic run files: tables per configuration, paired claims per seed and pooled
+over seeds, and runs of the sequence locality protocol kept apart from the target-protocol ones."""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import sys
+
+import pytest
+from conftest import REPO_ROOT
+
+from hf_lime.metrics import compute_xl_edit_metrics
+
+
+@pytest.fixture(scope="module")
+def summarise_runs():
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("summarise_runs", REPO_ROOT / "benchmarks" / "summarise_runs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    yield module
+    sys.path.remove(str(REPO_ROOT / "benchmarks"))
+
+
+def _records(transfer_hits: int, n_facts: int = 10) -> dict:
+    """Edits of `n_facts` facts made in en and scored in en and fr: every en edit holds, `transfer_hits` fr ones."""
+    records = {k: [] for k in ("predictions", "references", "edit_ids", "edit_languages", "eval_languages", "kinds",
+                               "group_ids")}  # fmt: skip
+    for fact in range(n_facts):
+        for language, hit in (("en", True), ("fr", fact < transfer_hits)):
+            records["predictions"].append("new" if hit else "old")
+            records["references"].append("new")
+            records["edit_ids"].append(f"en:f{fact}")
+            records["edit_languages"].append("en")
+            records["eval_languages"].append(language)
+            records["kinds"].append("edit")
+            records["group_ids"].append(f"f{fact}")
+    return records
+
+
+def _write(folder, config: str, seed: int, transfer_hits: int, locality: str = "target") -> None:
+    editor, training, mask = config.split("-")
+    suffix = "-seqloc" if locality == "sequence" else ""
+    run_id = f"mlama-{config}-seed{seed}{suffix}"
+    records = _records(transfer_hits)
+    metrics = compute_xl_edit_metrics(**records)
+    summary = {"id": run_id, "dataset": "mlama", "editor": editor, "training": training, "mask": mask, "seed": seed,
+               "locality": locality, "episodes": 10, "n_facts": 10, "metrics": metrics}  # fmt: skip
+    (folder / f"{run_id}.json").write_text(json.dumps(summary, default=float))
+    with gzip.open(folder / f"{run_id}.records.json.gz", "wt", encoding="utf-8") as handle:
+        json.dump(records, handle)
+
+
+def test_claims_per_seed_and_pooled_and_protocols_apart(summarise_runs, tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for seed, (mono, multi) in enumerate([(2, 6), (3, 8)]):
+        _write(runs, "mend-monolingual-off", seed, mono)
+        _write(runs, "mend-all-off", seed, multi)
+    _write(runs, "mend-monolingual-off", 0, 5, locality="sequence")
+    _write(runs, "mend-all-off", 0, 5, locality="sequence")
+    text = summarise_runs.summarise(runs, tmp_path, bootstrap=200).read_text()
+    claim = "(b) cross-lingual training raises transfer (MEND)"
+    rows = [line for line in text.splitlines() if line.startswith(f"| {claim}") or line.startswith(f"| **{claim}")]
+    assert [row.split(" | ")[1:3] for row in rows] == [["mlama", "0"], ["mlama", "1"], ["mlama", "pooled (2)"],
+                                                       ["mlama/seqloc", "0"]]  # fmt: skip
+    assert "+0.400" in rows[0] and "+0.500" in rows[1]
+    assert "+0.450" in rows[2] and "per seed +0.450 ± 0.050" in rows[2] and rows[2].endswith("| holds |")
+    assert "+0.000" in rows[3] and "not shown" in rows[3]
+    assert "| mlama/seqloc | mend-all-off | 1 |" in text and "| mlama | mend-all-off | 2 |" in text
