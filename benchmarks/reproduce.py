@@ -60,6 +60,9 @@ MLAMA_LANGUAGES = ["en", "fr", "de", "es", "ru", "zh", "ar", "ja"]
 XNLI_LANGUAGES = ["en", "fr", "de", "es", "ru", "zh", "ar", "hi"]
 # Relations present in all eight default languages of the mLAMA release (P30, P103, P140 are missing in some).
 RELATIONS = ["P17", "P19", "P20", "P27", "P36", "P37", "P106", "P138", "P176", "P364", "P407", "P495"]
+# `mlama_disjoint`: the base fact model learns these other relations (also in all eight languages) and never a fact
+# the editor trains or is tested on.
+BASE_RELATIONS = ["P31", "P131", "P159", "P276", "P279", "P361", "P463", "P47", "P1001", "P101", "P127", "P937"]
 # ft_tuned: the best hmean with reliability >= 0.9 in benchmarks/ft_search.py (validation split; ft_search.json)
 FT_SETTINGS = {
     "ft_reference": {"ft_optimizer": "rmsprop", "ft_lr": 5e-6, "ft_steps": 100},
@@ -79,9 +82,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--output_dir", default="outputs/reproduce", help="Models, checkpoints, reports (not committed).")
     p.add_argument("--runs_dir", default="docs/results/runs", help="Where the run files go (committed).")
     p.add_argument("--data_dir", default="../shared/data")
-    p.add_argument("--datasets", nargs="+", default=["mlama"], choices=["mlama", "mlama_untranslated", "xnli"],
+    p.add_argument("--datasets", nargs="+", default=["mlama"],
+                   choices=["mlama", "mlama_untranslated", "mlama_disjoint", "xnli"],
                    help="mlama_untranslated: the LiME reference's protocol (translated templates, the first "
-                        "language's subject and object labels in every language).")  # fmt: skip
+                        "language's subject and object labels in every language). mlama_disjoint: the base fact "
+                        "model learns other relations (BASE_RELATIONS), none of the editor's facts.")  # fmt: skip
     p.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--max_steps", type=int, default=2000, help="Editor optimizer steps at most (early stopping).")
@@ -107,20 +112,36 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--summary_only", action="store_true", help="Only write the summary from the finished runs.")
+    p.add_argument(
+        "--prepare_only",
+        action="store_true",
+        help="Only build the datasets' base models (and their precision@1 on the editor's test facts).",
+    )
     return p.parse_args()
 
 
 def load_task(dataset: str, args) -> dict:
     """Base model folder, tokenizer, splits and evaluation mode of one dataset (models are built once, cached)."""
     models = Path(args.output_dir) / "models"
-    if dataset in ("mlama", "mlama_untranslated"):
+    if dataset.startswith("mlama"):
         languages = list(args.mlama_languages)
         label_language = languages[0] if dataset == "mlama_untranslated" else None  # the reference's protocol
         splits = load_mlama(args.data_dir, languages, relations=args.relations, label_language=label_language,
                             max_per_relation=args.max_per_relation, split_sizes=args.split_sizes, seed=0)  # fmt: skip
-        folder = prepare_model("me5-small-facts", models / f"me5-small-facts-{dataset}", dataset=splits,
+        base_facts = splits
+        if dataset == "mlama_disjoint":  # the base model's facts: other relations, none the editor sees
+            base_facts = load_mlama(
+                args.data_dir,
+                languages,
+                relations=BASE_RELATIONS,
+                max_per_relation=args.max_per_relation,
+                split_sizes=args.split_sizes,
+                seed=0,
+            )
+        folder = prepare_model("me5-small-facts", models / f"me5-small-facts-{dataset}", dataset=base_facts,
                                languages=languages, steps=args.model_steps, fact_split="all",
                                learning_rate=3e-4)  # fmt: skip
+        report_editor_facts(folder, splits, languages)
         return {"task": "masked_lm", "languages": languages, "splits": splits, "folder": folder,
                 "auto": AutoModelForMaskedLM, "new_target": "alternative", "scoring": "candidates"}  # fmt: skip
     languages = list(args.xnli_languages)
@@ -128,6 +149,24 @@ def load_task(dataset: str, args) -> dict:
     folder = prepare_model("me5-small-xnli", models / "me5-small-xnli", data_dir=args.data_dir, languages=languages)
     return {"task": "seq_cls", "languages": languages, "splits": splits, "folder": folder,
             "auto": AutoModelForSequenceClassification, "new_target": "gold", "scoring": "open"}  # fmt: skip
+
+
+def report_editor_facts(folder: Path, splits: dict, languages: list[str], per_language: int = 100) -> None:
+    """Precision@1 of a base model on the editor's test facts (which it never trained on), once, beside the model:
+    `editor_facts_eval.json` (docs/models.md reports it)."""
+    from hf_lime.real_models.facts_eval import candidate_table, evaluate_facts, flatten_facts
+
+    path = folder / "editor_facts_eval.json"
+    if path.exists():
+        return
+    every = flatten_facts([row for split in splits.values() for row in split], languages)
+    test = flatten_facts(splits["test"], languages)
+    sample = [row for language in languages for row in [r for r in test if r["language"] == language][:per_language]]
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForMaskedLM.from_pretrained(folder, attn_implementation="eager")
+    scores = evaluate_facts(model, tokenizer, sample, candidate_table(every), progress=False)
+    path.write_text(json.dumps({"split": "test", "relations": RELATIONS, **scores}, indent=2))
+    logger.info("base model on the editor's test facts: %s", scores["precision_at_1_candidates"])
 
 
 def parse_config(name: str) -> dict:
@@ -244,6 +283,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     runs_dir = Path(args.runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
+    if args.prepare_only:
+        for dataset in args.datasets:
+            logger.info("base model of %s in %s", dataset, load_task(dataset, args)["folder"])
+        return
     if not args.summary_only:
         tasks: dict[str, dict] = {}
         for run in grid(args):
