@@ -123,6 +123,64 @@ def test_ke_rejects_class_labels_on_a_token_model():
     assert model.base_model.applied_edit_ids == []
 
 
+@pytest.mark.parametrize("family", FAMILY_SUBSET)
+def test_reference_ke_applies_its_update_formula(family):
+    """`ke_conditioner="lstm"`: ΔW = lr · σ(η) · (∇W ⊙ softmax(a_row) a_colᵀ + softmax(b_row) b_colᵀ), with the
+    heads' outputs read from the condition vector of the bi-LSTM, and ∇W the layer's real weight gradient."""
+    lr = 0.3
+    model = lime_model(family, editor="ke", ke_conditioner="lstm", use_lime_mask=False, edit_lr_init=lr,
+                       ke_hidden_dim=8)  # fmt: skip
+    tuner = model.base_model
+    batch = make_batch(FAMILIES[family].task, batch_size=1)
+    grads = weight_grads(model, batch)
+    edit = model.edit(batch)
+    with torch.no_grad():
+        c = tuner.editor.condition_vectors(_ctx_for(tuner, batch))
+        for key, grad in grads.items():
+            head = tuner.editor.heads[key]
+            a_col, a_row, b_col, b_row, eta = head.net(c)[0].split(head.sizes)
+            expected = lr * torch.sigmoid(eta) * (grad * torch.outer(a_row.softmax(-1), a_col)
+                                                  + torch.outer(b_row.softmax(-1), b_col))  # fmt: skip
+            torch.testing.assert_close(edit.deltas[key].dense(), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_reference_ke_conditioner_reads_each_row_alone_whatever_the_padding():
+    """The bi-LSTM's final states of a row do not depend on the other rows or on padding after it."""
+    model = lime_model("bert-mlm", editor="ke", ke_conditioner="lstm", use_lime_mask=False, ke_hidden_dim=8)
+    tuner = model.base_model
+    batch = make_batch("masked_lm", batch_size=2, seq_len=8, seed=4)
+    batch["attention_mask"][1, 5:] = 0  # the second row is shorter
+    with torch.no_grad():
+        both = tuner.editor.condition_vectors(_ctx_for(tuner, batch))
+        alone = tuner.editor.condition_vectors(_ctx_for(tuner, {k: v[1:, :5] for k, v in batch.items()}))
+    torch.testing.assert_close(both[1:], alone, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(both[0], both[1])
+
+
+def test_reference_ke_trains_every_parameter_and_saves_and_loads(tmp_path):
+    from peft import PeftModel
+
+    torch.manual_seed(0)
+    model = lime_model("bert-mlm", editor="ke", ke_conditioner="lstm", languages=LANGS, ke_hidden_dim=8,
+                       edit_lr_init=1.0)  # fmt: skip
+    names = [n for n, p in model.named_parameters() if ".lime_editor." in n]
+    assert any(".lstm." in n for n in names) and any("parametrizations" in n for n in names)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if n in names}
+    train_editor(model, [(make_batch("masked_lm", seed=1), make_batch("masked_lm", seed=2), "en")], steps=3)
+    after = dict(model.named_parameters())
+    assert [n for n in names if torch.equal(before[n], after[n])] == []
+    batch = make_batch("masked_lm", seed=5)
+    with torch.no_grad():
+        expected = {k: d.dense() for k, d in model.base_model.compute_edit(batch, "fr").deltas.items()}
+    model.save_pretrained(tmp_path)
+    loaded = PeftModel.from_pretrained(build_model("bert-mlm", 0), tmp_path).eval()
+    assert loaded.base_model.lime_config.ke_conditioner == "lstm"
+    with torch.no_grad():
+        got = loaded.base_model.compute_edit(batch, "fr").deltas
+    for key, dense in expected.items():
+        torch.testing.assert_close(got[key].dense(), dense, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("family", ["bert-mlm", "bert-cls"])
 def test_ke_training_changes_every_trainable_parameter_and_no_base_weight(family):
     torch.manual_seed(0)

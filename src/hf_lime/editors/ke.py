@@ -12,6 +12,9 @@ mask first (per token, exactly where MEND applies it, keeping each token's norm:
 
 Initialisation: the heads start at `α = β = 1`, `g = 1` and `γ_out = 0`, so an untrained editor is exactly one
 gradient step of size `lr` (the learned per-layer step size).
+
+`conditioner="lstm"` (`LimeConfig(ke_conditioner="lstm")`) builds the LiME reference code's KnowledgeEditor instead:
+a bi-LSTM over the edit's input tokens and per-layer heads with its update formula (`hf_lime.editors.ke_reference`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ from torch import nn
 
 from ..deltas import EditInfo, LayerDelta
 from .base import BaseEditor, EditorOutput, LayerSpec
+from .ke_reference import LstmConditioner, ReferenceKnowledgeEditorHead
+
+KE_CONDITIONERS = ("pooled", "lstm")
 
 
 class KnowledgeEditorHead(nn.Module):
@@ -59,6 +65,20 @@ class KnowledgeEditorHead(nn.Module):
             "shift_in": g_in.reshape(n, self.rank, self.d_in),
         }
 
+    def layer_delta(
+        self, h: torch.Tensor, rows: torch.Tensor, x: torch.Tensor, delta: torch.Tensor, lr: torch.Tensor
+    ) -> LayerDelta:
+        """Gradient part: one rank per token; shift part: `rank` columns per edit row (averaged over rows)."""
+        out = self(h)
+        step = lr * out["gate"]  # (n,)
+        B_grad = -(step[rows, None] * out["alpha"][rows] * delta.to(step.dtype)).T
+        A_grad = out["beta"][rows] * x.to(step.dtype)
+        n, rank, d_out = out["shift_out"].shape
+        shift_scale = (step / n)[:, None, None]
+        B_shift = (shift_scale * out["shift_out"]).reshape(n * rank, d_out).T
+        A_shift = out["shift_in"].reshape(n * rank, -1)
+        return LayerDelta(B=torch.cat([B_grad, B_shift], dim=1), A=torch.cat([A_grad, A_shift], dim=0))
+
 
 class KnowledgeEditor(BaseEditor):
     """
@@ -69,8 +89,11 @@ class KnowledgeEditor(BaseEditor):
         embedding_dim (`int`): Width of the base model's input embeddings (read from the model by the tuner).
         num_classes (`int`, *optional*, defaults to `0`): Classes of a sequence classifier; a learned class embedding
             represents the target then. `0` for token-level models (masked and causal LMs).
-        hidden_dim (`int`, *optional*, defaults to `128`): Width of the conditioning network (`ke_hidden_dim`).
-        rank (`int`, *optional*, defaults to `1`): Rank of the additive shift per edit row (`ke_rank`).
+        hidden_dim (`int`, *optional*, defaults to `128`): Width of the conditioning network (`ke_hidden_dim`; with
+            `conditioner="lstm"` the hidden width of each LSTM direction and of the heads, 512 in the reference).
+        rank (`int`, *optional*, defaults to `1`): Rank of the additive shift per edit row (`ke_rank`; `"pooled"`).
+        conditioner (`str`, *optional*, defaults to `"pooled"`): `"pooled"` (this module's KE: pooled input and
+            target embeddings, an MLP) or `"lstm"` (the LiME reference's: `hf_lime.editors.ke_reference`).
 
     Example:
 
@@ -93,20 +116,28 @@ class KnowledgeEditor(BaseEditor):
         num_classes: int = 0,
         hidden_dim: int = 128,
         rank: int = 1,
+        conditioner: str = "pooled",
     ) -> None:
         super().__init__(layers)
+        if conditioner not in KE_CONDITIONERS:
+            raise ValueError(f"`conditioner` must be one of {list(KE_CONDITIONERS)}, got {conditioner!r}.")
+        self.conditioner = conditioner
         self.num_classes = int(num_classes)
-        self.class_embedding = nn.Embedding(num_classes, embedding_dim) if num_classes > 0 else None
-        self.condition = nn.Sequential(
-            nn.LayerNorm(2 * embedding_dim),
-            nn.Linear(2 * embedding_dim, hidden_dim),
-            nn.Tanh(),
-            nn.Linear(hidden_dim, hidden_dim),
-            nn.Tanh(),
-        )
-        self.heads = nn.ModuleDict(
-            {spec.key: KnowledgeEditorHead(hidden_dim, spec.d_in, spec.d_out, rank) for spec in self.layers}
-        )
+        if conditioner == "lstm":
+            self.class_embedding = None
+            self.condition = LstmConditioner(embedding_dim, hidden_dim)
+            heads = {s.key: ReferenceKnowledgeEditorHead(embedding_dim, hidden_dim, s.d_in, s.d_out) for s in layers}
+        else:
+            self.class_embedding = nn.Embedding(num_classes, embedding_dim) if num_classes > 0 else None
+            self.condition = nn.Sequential(
+                nn.LayerNorm(2 * embedding_dim),
+                nn.Linear(2 * embedding_dim, hidden_dim),
+                nn.Tanh(),
+                nn.Linear(hidden_dim, hidden_dim),
+                nn.Tanh(),
+            )
+            heads = {s.key: KnowledgeEditorHead(hidden_dim, s.d_in, s.d_out, rank) for s in layers}
+        self.heads = nn.ModuleDict(heads)
 
     @classmethod
     def model_kwargs(cls, model: nn.Module) -> dict[str, Any]:
@@ -124,14 +155,17 @@ class KnowledgeEditor(BaseEditor):
         return {"embedding_dim": embeddings.weight.shape[1], "num_classes": num_labels if is_classifier else 0}
 
     def condition_vectors(self, ctx) -> torch.Tensor:
-        """One conditioning vector per edit row, from the pooled input embeddings and the pooled target."""
+        """One conditioning vector per edit row: from the pooled input embeddings and the pooled target
+        (`"pooled"`), or from the input tokens read by the bi-LSTM (`"lstm"`)."""
         batch = ctx.batch
         input_ids, labels = batch["input_ids"], batch["labels"]
-        weight = self.condition[1].weight
+        weight = next(self.condition.parameters())
         with torch.no_grad():
             tokens = ctx.input_embeddings(input_ids).detach().to(weight.dtype)
         attention = batch.get("attention_mask")
         attention = torch.ones_like(input_ids) if attention is None else attention
+        if self.conditioner == "lstm":
+            return self.condition(tokens.to(weight.device), attention.to(weight.device))
         source = _masked_mean(tokens, attention.to(tokens.device))
         if labels.dim() == 1:
             target = self._class_vectors(labels.to(weight.device))
@@ -158,24 +192,8 @@ class KnowledgeEditor(BaseEditor):
         for spec in self.layers:
             tokens = ctx.masked_inputs(spec.key, spec.d_in)
             rows = tokens.rows.to(h.device)
-            deltas[spec.key] = self._layer_delta(
-                self.heads[spec.key](h), rows, tokens.x, tokens.delta, ctx.edit_lr(spec.key)
-            )
+            deltas[spec.key] = self.heads[spec.key].layer_delta(h, rows, tokens.x, tokens.delta, ctx.edit_lr(spec.key))
         return EditorOutput(deltas=deltas, info=EditInfo(loss_before=captured.loss))
-
-    @staticmethod
-    def _layer_delta(
-        out: dict[str, torch.Tensor], rows: torch.Tensor, x: torch.Tensor, delta: torch.Tensor, lr: torch.Tensor
-    ) -> LayerDelta:
-        """Gradient part: one rank per token; shift part: `rank` columns per edit row (averaged over rows)."""
-        step = lr * out["gate"]  # (n,)
-        B_grad = -(step[rows, None] * out["alpha"][rows] * delta.to(step.dtype)).T
-        A_grad = out["beta"][rows] * x.to(step.dtype)
-        n, rank, d_out = out["shift_out"].shape
-        shift_scale = (step / n)[:, None, None]
-        B_shift = (shift_scale * out["shift_out"]).reshape(n * rank, d_out).T
-        A_shift = out["shift_in"].reshape(n * rank, -1)
-        return LayerDelta(B=torch.cat([B_grad, B_shift], dim=1), A=torch.cat([A_grad, A_shift], dim=0))
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -186,4 +204,4 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def ke_kwargs(config) -> dict:
     """Constructor arguments of [`KnowledgeEditor`] from a `LimeConfig` (the model-side ones come from the model)."""
-    return {"hidden_dim": config.ke_hidden_dim, "rank": config.ke_rank}
+    return {"hidden_dim": config.ke_hidden_dim, "rank": config.ke_rank, "conditioner": config.ke_conditioner}

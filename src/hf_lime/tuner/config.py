@@ -11,6 +11,7 @@ from typing import Literal
 from peft.config import PeftConfig
 
 from ..editors.ft import OPTIMIZERS as FT_OPTIMIZERS
+from ..editors.ke import KE_CONDITIONERS
 from ..languages import check_languages
 from ..masks import MASK_SCOPES
 
@@ -103,6 +104,11 @@ class LimeConfig(PeftConfig):
             Width of KnowledgeEditor's conditioning network.
         ke_rank (`int`, *optional*, defaults to `1`):
             Rank of KnowledgeEditor's additive shift term.
+        ke_conditioner (`str`, *optional*, defaults to `"pooled"`):
+            `"pooled"`: hf_lime's KnowledgeEditor (pooled input and target embeddings into an MLP, positive scales,
+            starts as one gradient step). `"lstm"`: the LiME reference code's (a bi-LSTM over the edit's input
+            tokens, weight-normalised per-layer heads, its update formula; `ke_hidden_dim` is then the LSTM's and the
+            heads' hidden width, 512 in the reference).
         ft_steps (`int`, *optional*, defaults to `10`):
             Maximum number of optimisation steps of the fine-tuning editor.
         ft_lr (`float`, *optional*, defaults to `1e-3`):
@@ -175,6 +181,9 @@ class LimeConfig(PeftConfig):
     )
     ke_hidden_dim: int = field(default=128, metadata={"help": "Width of KnowledgeEditor's conditioning network."})
     ke_rank: int = field(default=1, metadata={"help": "Rank of KnowledgeEditor's additive shift term."})
+    ke_conditioner: Literal["pooled", "lstm"] = field(
+        default="pooled", metadata={"help": "KnowledgeEditor: 'pooled' (ours) or 'lstm' (the LiME reference's)."}
+    )
     ft_steps: int = field(default=10, metadata={"help": "Maximum optimisation steps of the fine-tuning editor."})
     ft_lr: float = field(default=1e-3, metadata={"help": "Step size of the fine-tuning editor."})
     ft_optimizer: Literal["sgd", "adam", "rmsprop"] = field(
@@ -211,6 +220,7 @@ class LimeConfig(PeftConfig):
         _check_choice("mend_init", self.mend_init, ("id", "random"))
         _check_choice("ft_optimizer", self.ft_optimizer, FT_OPTIMIZERS)
         _check_choice("mask_scope", self.mask_scope, MASK_SCOPES)
+        _check_choice("ke_conditioner", self.ke_conditioner, KE_CONDITIONERS)
         _check_languages(self.languages, required=self.use_lime_mask and self.editor != "ft")
         for name in ("num_top_layers", "mend_rank", "ke_hidden_dim", "ke_rank", "ft_steps"):
             _check_positive_int(name, getattr(self, name))
