@@ -3,7 +3,8 @@
 Every run trains (or not) one editor configuration and evaluates it on the same edits as every other configuration of
 its seed, so runs pair. A configuration is `<editor>-<training>-<mask>`:
 
-- editors `mend`, `ke` (trained) and the fine-tuning baselines `ft_reference` (RMSprop 5e-6, up to 100 steps, stop
+- editors `mend`, `ke` (hf_lime's KnowledgeEditor), `ke_ref` (the LiME reference's: `ke_conditioner="lstm"`; all
+  trained) and the fine-tuning baselines `ft_reference` (RMSprop 5e-6, up to 100 steps, stop
   when the target is right: the LiME reference code's FT), `ft_tuned` (Adam, the step size and step count found by
   the search in docs/results.md) and `ft_loc` (`ft_tuned` plus the locality term on retain inputs);
 - training `all` (all → all episodes), `monolingual` (en → en) or `untrained` (FT);
@@ -72,7 +73,7 @@ FT_SETTINGS = {
 SEQUENCE_SUFFIX = "-seqloc"  # run ids of `--locality sequence`
 DEFAULT_CONFIGS = [
     *(f"mend-{t}-{m}" for t in ("monolingual", "all") for m in ("off", "language", "shared")),
-    *(f"ke-{t}-{m}" for t in ("monolingual", "all") for m in ("off", "language")),
+    *(f"{ke}-{t}-{m}" for ke in ("ke", "ke_ref") for t in ("monolingual", "all") for m in ("off", "language")),
     *(f"{ft}-untrained-off" for ft in FT_SETTINGS),
 ]
 
@@ -171,8 +172,8 @@ def report_editor_facts(folder: Path, splits: dict, languages: list[str], per_la
 
 def parse_config(name: str) -> dict:
     editor, training, mask = name.split("-")
-    if editor not in ("mend", "ke", *FT_SETTINGS) or training not in ("all", "monolingual", "untrained"):
-        raise ValueError(f"Unknown configuration {name!r}: <mend|ke|ft_*>-<all|monolingual|untrained>-<mask>.")
+    if editor not in ("mend", "ke", "ke_ref", *FT_SETTINGS) or training not in ("all", "monolingual", "untrained"):
+        raise ValueError(f"Unknown configuration {name!r}: <mend|ke|ke_ref|ft_*>-<all|monolingual|untrained>-<mask>.")
     if mask not in ("off", "language", "shared"):
         raise ValueError(f"Unknown mask {mask!r} in {name!r}: off, language or shared.")
     return {"editor": editor, "training": training, "mask": mask}
@@ -181,6 +182,9 @@ def parse_config(name: str) -> dict:
 def lime_config(run: dict, languages: list[str], args) -> LimeConfig:
     if run["editor"] in FT_SETTINGS:
         return LimeConfig(languages=languages, editor="ft", use_lime_mask=False, **FT_SETTINGS[run["editor"]])
+    if run["editor"] == "ke_ref":  # the LiME reference's KE: bi-LSTM conditioner, hidden 512, max_scale 1
+        return LimeConfig(languages=languages, editor="ke", ke_conditioner="lstm", ke_hidden_dim=512,
+                          use_lime_mask=run["mask"] != "off", edit_lr_init=1.0)  # fmt: skip
     return LimeConfig(languages=languages, editor=run["editor"], use_lime_mask=run["mask"] != "off",
                       mask_scope="shared" if run["mask"] == "shared" else "language",
                       mend_center=True, edit_lr_init=args.edit_lr_init)  # fmt: skip
