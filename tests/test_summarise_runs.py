@@ -1,5 +1,6 @@
-"""`benchmarks/summarise_runs.py` on synthetic run files: tables per configuration, paired claims per seed and pooled
-over seeds, and runs of the sequence locality protocol kept apart from the target-protocol ones."""
+"""The grid tools on synthetic run files: `benchmarks/summarise_runs.py` (tables per configuration, paired claims per
+seed and pooled over seeds, the sequence locality protocol kept apart) and `benchmarks/reproduce.py` (run ids, the
+reuse of a trained editor, the configurations' adapters)."""
 
 from __future__ import annotations
 
@@ -70,3 +71,50 @@ def test_claims_per_seed_and_pooled_and_protocols_apart(summarise_runs, tmp_path
     assert "+0.450" in rows[2] and "per seed +0.450 ± 0.050" in rows[2] and rows[2].endswith("| holds |")
     assert "+0.000" in rows[3] and "not shown" in rows[3]
     assert "| mlama/seqloc | mend-all-off | 1 |" in text and "| mlama | mend-all-off | 2 |" in text
+
+
+@pytest.fixture(scope="module")
+def reproduce():
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("reproduce", REPO_ROOT / "benchmarks" / "reproduce.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    yield module
+    sys.path.remove(str(REPO_ROOT / "benchmarks"))
+
+
+def test_sequence_runs_reuse_the_target_runs_best_editor(reproduce, tmp_path):
+    from types import SimpleNamespace
+
+    configs = ["mend-all-off", "ft_tuned-untrained-off"]
+    args = SimpleNamespace(datasets=["mlama"], configs=configs, seeds=[0], locality="sequence",
+                           runs_dir=str(tmp_path / "runs"), output_dir=str(tmp_path / "out"))  # fmt: skip
+    runs = reproduce.grid(args)
+    assert [r["id"] for r in runs] == ["mlama-mend-all-off-seed0-seqloc", "mlama-ft_tuned-untrained-off-seed0-seqloc"]
+    assert {r["locality"] for r in runs} == {"sequence"}
+    assert reproduce.trained_editor(runs[0], args) is None  # no target-protocol run yet: it would train
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "mlama-mend-all-off-seed0.json").write_text(
+        json.dumps({"best_checkpoint": "checkpoint-800", "episodes": 1200})
+    )
+    assert reproduce.trained_editor(runs[0], args) is None  # the checkpoint is not on disk
+    folder = tmp_path / "out" / "mlama-mend-all-off-seed0" / "checkpoints" / "checkpoint-800"
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text("{}")
+    assert reproduce.trained_editor(runs[0], args) == {"path": folder, "episodes": 1200}
+    assert reproduce.trained_editor(runs[1], args) is None  # fine-tuning has nothing to reuse
+    args.locality = "target"
+    assert [r["id"] for r in reproduce.grid(args)][0] == "mlama-mend-all-off-seed0"
+
+
+def test_configurations_parse_and_build_their_adapters(reproduce):
+    from types import SimpleNamespace
+
+    args = SimpleNamespace(edit_lr_init=3e-4)
+    ke_ref = reproduce.lime_config(reproduce.parse_config("ke_ref-all-language"), ["en", "fr"], args)
+    assert (ke_ref.editor, ke_ref.ke_conditioner, ke_ref.ke_hidden_dim) == ("ke", "lstm", 512)
+    assert ke_ref.use_lime_mask
+    shared = reproduce.lime_config(reproduce.parse_config("mend-all-shared"), ["en", "fr"], args)
+    assert shared.mask_scope == "shared" and shared.mend_center
+    with pytest.raises(ValueError, match="Unknown configuration"):
+        reproduce.parse_config("rome-all-off")
