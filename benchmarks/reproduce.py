@@ -213,12 +213,16 @@ def train(model, tokenizer, task: dict, run: dict, args, run_dir: Path) -> LimeT
 
 
 def commit() -> str:
+    """HEAD of the repository."""
     return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+
+
+PROCESS_COMMIT = commit()  # read when the module is imported: the code this process runs, whatever HEAD does later
 
 
 def run_one(run: dict, task: dict, args) -> tuple[dict, dict]:
     set_seed(run["seed"])
-    start, code = time.time(), commit()  # the code the run starts on (HEAD may move while it runs)
+    start, code = time.time(), PROCESS_COMMIT  # the code this process imported (HEAD may move while it runs)
     run_dir = Path(args.output_dir) / run["id"]
     tokenizer = AutoTokenizer.from_pretrained(task["folder"])
     base = task["auto"].from_pretrained(task["folder"], attn_implementation="eager")
