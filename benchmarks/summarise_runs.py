@@ -5,9 +5,10 @@
 For every configuration: the metrics (mean ± std over seeds; with one seed, the grouped 95 % interval). For every claim
 of the paper, the paired difference of two configurations evaluated on the same edits (same dataset and seed), with
 its grouped bootstrap interval (`hf_lime.metrics.compare_xl_edit_metrics`) and the verdict that interval supports;
-with several seeds, also the difference over the seeds pooled (their records concatenated, facts as groups) and the
-per-seed differences' mean ± std. Runs read with the sequence locality protocol (`reproduce.py --locality sequence`)
-are their own dataset, `<dataset>/seqloc`.
+with several seeds, also the difference over the seeds pooled (their records concatenated, facts as groups: the
+interval over facts) and the 95 % t-interval of the per-seed differences (the interval over training runs). A pooled
+claim holds (or is reversed) only when both intervals exclude zero on the same side. Runs read with the sequence
+locality protocol (`reproduce.py --locality sequence`) are their own dataset, `<dataset>/seqloc`.
 """
 
 from __future__ import annotations
@@ -107,12 +108,28 @@ def _compare(a: dict, b: dict, metric: str, bootstrap: int, seed: int) -> dict:
     return compare_xl_edit_metrics(a, b, group_ids=groups, bootstrap=bootstrap, seed=seed)[metric]
 
 
-def _row(claim: str, dataset: str, seed: str, metric: str, result: dict, sign: int, extra: str = "") -> str:
+# two-sided 95 % quantiles of Student's t by degrees of freedom (the seed-level interval of a pooled claim)
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def seed_interval(differences: list[float]) -> tuple[float, float]:
+    """The 95 % t-interval of the mean of per-seed differences (training randomness; needs 2 to 11 seeds)."""
+    values = np.asarray(differences, dtype=float)
+    half = T_975[len(values) - 1] * values.std(ddof=1) / np.sqrt(len(values))
+    return float(values.mean() - half), float(values.mean() + half)
+
+
+def _row(claim: str, dataset: str, seed: str, metric: str, result: dict, sign: int,
+         seeds: tuple[float, float] | None = None) -> str:  # fmt: skip
+    """One claim row; a pooled row also shows the seed-level interval, and its verdict needs both intervals."""
     low, high = result["ci"]
     values = f"{result['baseline']:.3f} | {result['candidate']:.3f} | {result['difference']:+.3f}"
-    return f"| {claim} | {dataset} | {seed} | {metric} | {values} [{low:+.3f}, {high:+.3f}]{extra} | " + (
-        f"{verdict(low, high, sign)} |"
-    )
+    text = f"{values} [{low:+.3f}, {high:+.3f}]"
+    judged = verdict(low, high, sign)
+    if seeds is not None:
+        text += f"; over seeds [{seeds[0]:+.3f}, {seeds[1]:+.3f}]"
+        judged = judged if verdict(*seeds, sign) == judged else "not shown (the seeds disagree)"
+    return f"| {claim} | {dataset} | {seed} | {metric} | {text} | {judged} |"
 
 
 def comparisons(runs: list[dict], runs_dir: Path, bootstrap: int) -> list[str]:
@@ -136,8 +153,8 @@ def comparisons(runs: list[dict], runs_dir: Path, bootstrap: int) -> list[str]:
                 a = {k: sum((r[k] for r in pooled[: len(matched)]), []) for k in pooled[0]}
                 b = {k: sum((r[k] for r in pooled[len(matched) :]), []) for k in pooled[0]}
                 result = _compare(a, b, metric, bootstrap, 0)
-                spread = f"; per seed {np.mean(per_seed):+.3f} ± {np.std(per_seed):.3f}"
-                lines.append(_row(f"**{claim}**", dataset, f"pooled ({len(matched)})", metric, result, sign, spread))
+                seeds = seed_interval(per_seed)
+                lines.append(_row(f"**{claim}**", dataset, f"pooled ({len(matched)})", metric, result, sign, seeds))
     return lines
 
 

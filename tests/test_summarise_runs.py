@@ -57,7 +57,7 @@ def _write(folder, config: str, seed: int, transfer_hits: int, locality: str = "
 def test_claims_per_seed_and_pooled_and_protocols_apart(summarise_runs, tmp_path):
     runs = tmp_path / "runs"
     runs.mkdir()
-    for seed, (mono, multi) in enumerate([(2, 6), (3, 8)]):
+    for seed, (mono, multi) in enumerate([(2, 6), (3, 8), (2, 7)]):
         _write(runs, "mend-monolingual-off", seed, mono)
         _write(runs, "mend-all-off", seed, multi)
     _write(runs, "mend-monolingual-off", 0, 5, locality="sequence")
@@ -65,12 +65,23 @@ def test_claims_per_seed_and_pooled_and_protocols_apart(summarise_runs, tmp_path
     text = summarise_runs.summarise(runs, tmp_path, bootstrap=200).read_text()
     claim = "(b) cross-lingual training raises transfer (MEND)"
     rows = [line for line in text.splitlines() if line.startswith(f"| {claim}") or line.startswith(f"| **{claim}")]
-    assert [row.split(" | ")[1:3] for row in rows] == [["mlama", "0"], ["mlama", "1"], ["mlama", "pooled (2)"],
-                                                       ["mlama/seqloc", "0"]]  # fmt: skip
-    assert "+0.400" in rows[0] and "+0.500" in rows[1]
-    assert "+0.450" in rows[2] and "per seed +0.450 ± 0.050" in rows[2] and rows[2].endswith("| holds |")
-    assert "+0.000" in rows[3] and "not shown" in rows[3]
-    assert "| mlama/seqloc | mend-all-off | 1 |" in text and "| mlama | mend-all-off | 2 |" in text
+    assert [row.split(" | ")[1:3] for row in rows] == [["mlama", "0"], ["mlama", "1"], ["mlama", "2"],
+                                                       ["mlama", "pooled (3)"], ["mlama/seqloc", "0"]]  # fmt: skip
+    assert "+0.400" in rows[0] and "+0.500" in rows[1] and "+0.500" in rows[2]
+    # pooled: mean difference 0.467, seed interval 0.467 ± 4.303 · 0.0577 / √3 = [+0.323, +0.610]
+    assert "+0.467" in rows[3] and "over seeds [+0.323, +0.610]" in rows[3] and rows[3].endswith("| holds |")
+    assert "+0.000" in rows[4] and "not shown" in rows[4]
+    assert "| mlama/seqloc | mend-all-off | 1 |" in text and "| mlama | mend-all-off | 3 |" in text
+
+
+def test_a_pooled_claim_needs_the_seeds_to_agree(summarise_runs):
+    assert summarise_runs.seed_interval([0.1, 0.1, 0.1]) == pytest.approx((0.1, 0.1))
+    low, high = summarise_runs.seed_interval([0.4, 0.5])  # two seeds: t(1) = 12.7, a wide interval
+    assert low < 0 < high
+    result = {"baseline": 0.2, "candidate": 0.6, "difference": 0.4, "ci": (0.3, 0.5)}
+    assert summarise_runs._row("c", "d", "pooled (2)", "m", result, 1, (low, high)).endswith("| not shown (the seeds "
+                                                                                            "disagree) |")  # fmt: skip
+    assert summarise_runs._row("c", "d", "pooled (3)", "m", result, 1, (0.1, 0.7)).endswith("| holds |")
 
 
 @pytest.fixture(scope="module")
