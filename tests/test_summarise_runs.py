@@ -15,14 +15,19 @@ from conftest import REPO_ROOT
 from hf_lime.metrics import compute_xl_edit_metrics
 
 
-@pytest.fixture(scope="module")
-def summarise_runs():
+def _benchmark_module(name: str):
+    """Import `benchmarks/<name>.py` (with `benchmarks/` on the path for its own imports) for the tests of a module."""
     sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("summarise_runs", REPO_ROOT / "benchmarks" / "summarise_runs.py")
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     yield module
     sys.path.remove(str(REPO_ROOT / "benchmarks"))
+
+
+@pytest.fixture(scope="module")
+def summarise_runs():
+    yield from _benchmark_module("summarise_runs")
 
 
 def _records(transfer_hits: int, n_facts: int = 10) -> dict:
@@ -86,12 +91,7 @@ def test_a_pooled_claim_needs_the_seeds_to_agree(summarise_runs):
 
 @pytest.fixture(scope="module")
 def reproduce():
-    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("reproduce", REPO_ROOT / "benchmarks" / "reproduce.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    yield module
-    sys.path.remove(str(REPO_ROOT / "benchmarks"))
+    yield from _benchmark_module("reproduce")
 
 
 def test_sequence_runs_reuse_the_target_runs_best_editor(reproduce, tmp_path):
