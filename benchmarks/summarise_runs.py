@@ -43,6 +43,9 @@ CLAIMS = [
     ("... and the harmonic mean", "hmean", "ft_tuned-untrained-off", "mend-all-off", 1),
     ("tuned FT vs the reference's FT", "reliability", "ft_reference-untrained-off", "ft_tuned-untrained-off", 1),
     ("FT's locality term keeps unrelated facts", "locality", "ft_tuned-untrained-off", "ft_loc-untrained-off", 1),
+    ("the reference's KE vs MEND (all, masks off)", "transfer", "mend-all-off", "ke_ref-all-off", 1),
+    ("... locality", "locality", "mend-all-off", "ke_ref-all-off", 1),
+    ("(c1) LiME lowers the failure rate (reference KE)", "edit_success", "ke_ref-all-off", "ke_ref-all-language", 1),
 ]  # fmt: skip
 
 
