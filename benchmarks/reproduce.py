@@ -252,6 +252,8 @@ def run_one(run: dict, task: dict, args) -> tuple[dict, dict]:
         "n_edits": result.metrics["n_edits"], "metrics": result.metrics, "settings": result.settings,
         "training_args": {k: getattr(args, k) for k in ("max_steps", "eval_steps", "patience", "learning_rate",
                                                          "edit_lr_init", "c_edit")},
+        "adapter": {k: getattr(model.peft_config["default"], k) for k in ("editor", "ke_conditioner", "ke_hidden_dim",
+                    "mend_center", "edit_lr_init", "use_lime_mask", "mask_scope")},
         "commit": code, "wall_s": round(time.time() - start, 1),
     }  # fmt: skip
     return summary, result.records
