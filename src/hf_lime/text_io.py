@@ -13,10 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .data.encoding import PLACEHOLDER, _causal_prompt_ids, encode_example, pad_batch, target_token_ids
+from .data.encoding import MODEL_INPUTS, PLACEHOLDER, _causal_prompt_ids, encode_example, pad_batch, target_token_ids
 from .tasks import model_label2id
-
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def check_unicode(*texts: Any) -> None:

@@ -31,7 +31,8 @@ from ..tasks import check_task
 
 PLACEHOLDER = "[Y]"
 IGNORE_INDEX = -100
-_PASSTHROUGH_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+"""The tokenizer outputs a model is called with (what `encode_example` keeps and `pad_batch` pads)."""
 
 
 def target_token_ids(tokenizer: Any, target: str) -> list[int]:
@@ -62,8 +63,9 @@ def _check_placeholder(prompt: str) -> None:
         )
 
 
-def _keep_inputs(encoding: Mapping[str, Any]) -> dict[str, list[int]]:
-    return {key: list(encoding[key]) for key in _PASSTHROUGH_KEYS if key in encoding}
+def model_inputs(encoding: Mapping[str, Any]) -> dict[str, list[int]]:
+    """The `MODEL_INPUTS` of a tokenizer encoding, as lists."""
+    return {key: list(encoding[key]) for key in MODEL_INPUTS if key in encoding}
 
 
 def _encode_masked_lm(tokenizer: Any, prompt: str, target: str, max_length: int) -> dict[str, list[int]]:
@@ -84,7 +86,7 @@ def _encode_masked_lm(tokenizer: Any, prompt: str, target: str, max_length: int)
             raise ValueError(
                 f"Truncating {prompt!r} to max_length={max_length} would cut a mask token; raise max_length."
             )
-    features = _keep_inputs(encoding)
+    features = model_inputs(encoding)
     targets = iter(target_ids)
     features["labels"] = [
         next(targets) if i == tokenizer.mask_token_id else IGNORE_INDEX for i in features["input_ids"]
@@ -192,7 +194,7 @@ def encode_example(
         raise ValueError(f"max_length must be at least 2, got {max_length}.")
     if task == "seq_cls":
         encoding = tokenizer(prompt, pair or None, truncation=True, max_length=max_length)
-        features = _keep_inputs(encoding)
+        features = model_inputs(encoding)
         features["labels"] = label_to_id(target, label2id)
         return features
     if not isinstance(target, str):
@@ -223,7 +225,7 @@ def pad_batch(tokenizer: Any, examples: Sequence[Mapping[str, Any]]) -> dict[str
     keys = set(examples[0])
     if any(set(example) != keys for example in examples):
         raise ValueError(f"All examples must have the same keys; got {sorted({tuple(sorted(e)) for e in examples})}.")
-    allowed = {*_PASSTHROUGH_KEYS, "labels"}
+    allowed = {*MODEL_INPUTS, "labels"}
     if keys - allowed:
         raise ValueError(f"Unexpected key {sorted(keys - allowed)[0]!r}; allowed keys are {sorted(allowed)}.")
     if tokenizer.pad_token_id is None:

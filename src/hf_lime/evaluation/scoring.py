@@ -28,6 +28,7 @@ from ..data.encoding import (
     IGNORE_INDEX,
     PLACEHOLDER,
     encode_example,
+    model_inputs,
     pad_batch,
     predict_from_logits,
     target_token_ids,
@@ -47,6 +48,16 @@ def digest(seed: int, *parts: str) -> int:
     """A 64-bit number that depends only on the seed and the parts (never on Python's string hash seed)."""
     text = ":".join(["hf_lime.evaluation", str(seed), *parts])
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
+
+
+def cached_answers(cache: dict, pairs: Sequence[tuple[ParsedItem, str]], answer) -> list[str]:
+    """Answers to `(item, language)` pairs, computed once: `answer(missing_pairs)` fills `cache` (keyed by
+    `(item.id, language)`) for the pairs it lacks, in one call."""
+    todo = list({(item.id, language): (item, language) for item, language in pairs if (item.id, language) not in
+                 cache}.values())  # fmt: skip
+    for (item, language), value in zip(todo, answer(todo) if todo else [], strict=True):
+        cache[(item.id, language)] = value
+    return [cache[(item.id, language)] for item, language in pairs]
 
 
 class TargetScorer:
@@ -114,12 +125,10 @@ class TargetScorer:
 
     def base(self, pairs: Sequence[tuple[ParsedItem, str]]) -> list[str]:
         """Answers to `(item, language)` read against the item's gold target, cached: call it on the unedited model."""
-        todo = list({(item.id, language): (item, language) for item, language in pairs if (item.id, language) not in
-                     self._base}.values())  # fmt: skip
-        queries = [(item, language, item.targets[item.positions[language]]) for item, language in todo]
-        for (item, language), prediction in zip(todo, self.predict(queries), strict=True):
-            self._base[(item.id, language)] = prediction
-        return [self._base[(item.id, language)] for item, language in pairs]
+        return cached_answers(self._base, pairs, self._gold_answers)
+
+    def _gold_answers(self, pairs: Sequence[tuple[ParsedItem, str]]) -> list[str]:
+        return self.predict([(item, language, item.targets[item.positions[language]]) for item, language in pairs])
 
 
 class RankingScorer(TargetScorer):
@@ -199,9 +208,7 @@ class SequenceScorer:
     def encode(self, item: ParsedItem, language: str) -> dict[str, list[int]]:
         prompt = item.prompts[item.positions[language]]
         text = prompt.replace(PLACEHOLDER, self.tokenizer.mask_token * self.span_length(item, language))
-        encoding = self.tokenizer(text, truncation=True, max_length=self.max_length)
-        keys = ("input_ids", "attention_mask", "token_type_ids")
-        return {key: list(encoding[key]) for key in keys if key in encoding}
+        return model_inputs(self.tokenizer(text, truncation=True, max_length=self.max_length))
 
     @torch.no_grad()
     def predict(self, pairs: Sequence[tuple[ParsedItem, str]]) -> list[str]:
@@ -209,7 +216,7 @@ class SequenceScorer:
         features = [self.encode(*pair) for pair in pairs]
         answers: list[str] = []
         for start in range(0, len(features), self.batch_size):
-            batch = self.tokenizer.pad(features[start : start + self.batch_size], return_tensors="pt")
+            batch = pad_batch(self.tokenizer, features[start : start + self.batch_size])
             batch = {key: value.to(self.device) for key, value in batch.items()}
             predicted = self.model(**batch).logits.argmax(-1)
             for row, keep in zip(predicted, batch["attention_mask"].bool(), strict=True):
@@ -218,8 +225,4 @@ class SequenceScorer:
 
     def base(self, pairs: Sequence[tuple[ParsedItem, str]]) -> list[str]:
         """`predict` on the unedited model, cached: call it before any edit."""
-        todo = list({(item.id, language): (item, language) for item, language in pairs if (item.id, language) not in
-                     self._base}.values())  # fmt: skip
-        for (item, language), answer in zip(todo, self.predict(todo), strict=True):
-            self._base[(item.id, language)] = answer
-        return [self._base[(item.id, language)] for item, language in pairs]
+        return cached_answers(self._base, pairs, self.predict)
