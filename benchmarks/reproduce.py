@@ -217,12 +217,9 @@ def commit() -> str:
     return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
 
 
-PROCESS_COMMIT = commit()  # read when the module is imported: the code this process runs, whatever HEAD does later
-
-
 def run_one(run: dict, task: dict, args) -> tuple[dict, dict]:
     set_seed(run["seed"])
-    start, code = time.time(), PROCESS_COMMIT  # the code this process imported (HEAD may move while it runs)
+    start, code = time.time(), args.commit  # the code this process runs (HEAD may move while it runs)
     run_dir = Path(args.output_dir) / run["id"]
     tokenizer = AutoTokenizer.from_pretrained(task["folder"])
     base = task["auto"].from_pretrained(task["folder"], attn_implementation="eager")
@@ -288,6 +285,7 @@ def grid(args) -> list[dict]:
 
 def main() -> None:
     args = parse_args()
+    args.commit = commit()  # once, at the start: the code every run of this process imports
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)

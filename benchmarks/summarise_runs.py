@@ -135,8 +135,20 @@ def _row(claim: str, dataset: str, seed: str, metric: str, result: dict, sign: i
     return f"| {claim} | {dataset} | {seed} | {metric} | {text} | {judged} |"
 
 
+def _concat(parts: list[dict]) -> dict:
+    """Records of several runs, concatenated field by field."""
+    return {key: [value for part in parts for value in part[key]] for key in parts[0]}
+
+
 def comparisons(runs: list[dict], runs_dir: Path, bootstrap: int) -> list[str]:
     by_key = {(dataset_of(r), config_of(r), r["seed"]): r for r in runs}
+    loaded: dict[str, dict] = {}  # each run's records are read once, whatever the claims it enters
+
+    def load(run: dict) -> dict:
+        if run["id"] not in loaded:
+            loaded[run["id"]] = _seed_records(runs_dir, run)
+        return loaded[run["id"]]
+
     lines = ["| claim | dataset | seed | metric | baseline | candidate | difference [95 % CI] | verdict |",
              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for claim, metric, base, cand, sign in CLAIMS:
@@ -147,14 +159,12 @@ def comparisons(runs: list[dict], runs_dir: Path, bootstrap: int) -> list[str]:
         for dataset, matched in pairs.items():
             per_seed = []
             for run_a, run_b in matched:
-                a, b = _seed_records(runs_dir, run_a), _seed_records(runs_dir, run_b)
-                result = _compare(a, b, metric, bootstrap, run_a["seed"])
+                result = _compare(load(run_a), load(run_b), metric, bootstrap, run_a["seed"])
                 per_seed.append(result["difference"])
                 lines.append(_row(claim, dataset, str(run_a["seed"]), metric, result, sign))
             if len(matched) > 1:
-                pooled = [_seed_records(runs_dir, run) for pair in zip(*matched, strict=True) for run in pair]
-                a = {k: sum((r[k] for r in pooled[: len(matched)]), []) for k in pooled[0]}
-                b = {k: sum((r[k] for r in pooled[len(matched) :]), []) for k in pooled[0]}
+                a = _concat([load(run_a) for run_a, _ in matched])
+                b = _concat([load(run_b) for _, run_b in matched])
                 result = _compare(a, b, metric, bootstrap, 0)
                 seeds = seed_interval(per_seed)
                 lines.append(_row(f"**{claim}**", dataset, f"pooled ({len(matched)})", metric, result, sign, seeds))

@@ -16,7 +16,7 @@ import sys
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 # the largest mmap threshold glibc accepts on 64-bit systems (DEFAULT_MMAP_THRESHOLD_MAX)
 MMAP_THRESHOLD_MAX = 32 * 1024 * 1024
-TRIM_THRESHOLD = 1 << 40  # never trim
+TRIM_THRESHOLD = 2**31 - 1  # the largest value mallopt takes: never trim in practice
 
 
 def keep_freed_memory() -> bool:
@@ -35,6 +35,6 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    trimmed = mallopt(M_TRIM_THRESHOLD, min(TRIM_THRESHOLD, 2**31 - 1))
+    trimmed = mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
     mapped = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)
     return bool(trimmed and mapped)
