@@ -160,13 +160,13 @@ def _run_edit(model: Any, scorer: TargetScorer, plan: _EditPlan, eval_languages:
     queries = [(plan.item, language, plan.labels[language]) for language in eval_languages]
     references = [scorer.reference(*query) for query in queries]
     retain_pairs = [(item, language) for item in plan.retain for language in eval_languages]
-    retain_queries = [(item, language, item.targets[item.positions[language]]) for item, language in retain_pairs]
     references += (sequence or scorer).base(retain_pairs)
     batch = scorer.edit_batch(plan.item, plan.language, plan.labels[plan.language])
     edit = model.edit(batch, language=plan.language, retain_inputs=_locality_batch(scorer, plan))
     try:
-        if sequence is None:
-            predictions = scorer.predict(queries + retain_queries)
+        if sequence is None:  # one scoring pass for the edit and the retain queries
+            gold = [(item, language, item.targets[item.positions[language]]) for item, language in retain_pairs]
+            predictions = scorer.predict(queries + gold)
         else:
             predictions = scorer.predict(queries) + sequence.predict(retain_pairs)
     finally:
