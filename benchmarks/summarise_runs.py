@@ -46,6 +46,9 @@ CLAIMS = [
     ("the reference's KE vs MEND (all, masks off)", "transfer", "mend-all-off", "ke_ref-all-off", 1),
     ("... locality", "locality", "mend-all-off", "ke_ref-all-off", 1),
     ("(c1) LiME lowers the failure rate (reference KE)", "edit_success", "ke_ref-all-off", "ke_ref-all-language", 1),
+    ("(b) cross-lingual training raises transfer (reference KE)", "transfer", "ke_ref-monolingual-off",
+     "ke_ref-all-off", 1),
+    ("(c2) LiME narrows the language gap (reference KE)", "language_gap", "ke_ref-all-off", "ke_ref-all-language", -1),
 ]  # fmt: skip
 
 
