@@ -48,6 +48,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--edit_lr_init", type=float, default=3e-4)
     p.add_argument("--c_edit", type=float, default=None, help="Default: the recipe's.")
     p.add_argument("--max_grad_norm", type=float, default=None, help="Gradient clipping (default: the recipe's).")
+    p.add_argument("--mask_learning_rate", type=float, default=None, help="LiME masks' rate (default: recipe's).")
     p.add_argument("--warmup_steps", type=int, default=None, help="Linear warm-up steps (default: the recipe's).")
     p.add_argument("--n_update", type=int, default=1)
     p.add_argument("--scales", nargs="+", type=float, default=[1.0])
@@ -91,7 +92,7 @@ def evaluate(model, tokenizer, splits, args) -> dict:
 
 
 def train(model, tokenizer, splits, args) -> None:
-    names = ("learning_rate", "c_edit", "max_grad_norm", "warmup_steps")
+    names = ("learning_rate", "c_edit", "max_grad_norm", "warmup_steps", "mask_learning_rate")
     overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     train_args = LimeTrainingArguments.from_recipe(
         args.recipe, output_dir="outputs/demo_study", max_steps=args.steps, eval_strategy="no", save_strategy="no",

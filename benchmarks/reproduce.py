@@ -12,7 +12,8 @@ its seed, so runs pair. A configuration is `<editor>-<training>-<mask>`:
 
 Each run writes `<runs_dir>/<dataset>-<config>-seed<seed>.json` (small, committed: dataset, editor, training, mask,
 seed, episodes, n_facts, metrics with grouped intervals, commit) and its records, gzipped, beside it (for paired
-comparisons). Finished runs are skipped, so the grid is resumable across sessions. `--summary_only` writes
+comparisons). Finished runs are skipped and an interrupted training resumes from its last checkpoint (under
+`--output_dir`), so the grid is resumable across sessions. `--summary_only` writes
 `summary.md` from the run files: per-configuration tables (mean ± std over seeds) and the paired differences behind the
 paper's claims, each with its grouped interval.
 
@@ -45,6 +46,7 @@ from pathlib import Path
 import torch
 from peft import PeftModel, get_peft_model
 from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer, set_seed
+from transformers.trainer_utils import get_last_checkpoint
 
 from hf_lime import LimeConfig
 from hf_lime.data import load_mlama, load_xnli
@@ -207,9 +209,19 @@ def train(model, tokenizer, task: dict, run: dict, args, run_dir: Path) -> LimeT
         eval_dataset=EpisodeDataset(task["splits"]["validation"], languages, n_retain=4, seed=run["seed"] + 1000,
                                     num_episodes=80, **roles),
     )  # fmt: skip
-    trainer.train()
+    last = resume_point(run_dir)
+    if last is not None:
+        logger.info("%s: resuming from %s", run["id"], last)
+    trainer.train(resume_from_checkpoint=last)
     plot_training_curves(trainer.state.log_history, run_dir / "training_curves.png")
     return trainer
+
+
+def resume_point(run_dir: Path) -> str | None:
+    """The last checkpoint of an interrupted training of this run (its optimizer, step and early-stopping state
+    included), or None: a run stopped by the end of a session continues where it was, not from step 0."""
+    folder = run_dir / "checkpoints"
+    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
 
 
 def commit() -> str:

@@ -129,3 +129,14 @@ def test_configurations_parse_and_build_their_adapters(reproduce):
     assert shared.mask_scope == "shared" and shared.mend_center
     with pytest.raises(ValueError, match="Unknown configuration"):
         reproduce.parse_config("rome-all-off")
+
+
+def test_an_interrupted_training_resumes_from_its_last_checkpoint(reproduce, tmp_path):
+    run_dir = tmp_path / "mlama-mend-all-off-seed0"
+    assert reproduce.resume_point(run_dir) is None  # never started
+    (run_dir / "checkpoints").mkdir(parents=True)
+    assert reproduce.resume_point(run_dir) is None  # started, no checkpoint written yet
+    for step in (100, 300, 200):
+        (run_dir / "checkpoints" / f"checkpoint-{step}").mkdir()
+    (run_dir / "checkpoints" / "checkpoint-1000-partial").mkdir()  # not a checkpoint name
+    assert reproduce.resume_point(run_dir) == str(run_dir / "checkpoints" / "checkpoint-300")
