@@ -39,6 +39,7 @@ import argparse
 import gzip
 import json
 import logging
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -112,6 +113,9 @@ def parse_args() -> argparse.Namespace:
                    help="How retain items are read: at their target, or over the whole sequence with a random-length "
                         "mask span (the LiME reference's protocol; run ids get '-seqloc' and a trained editor is "
                         "reused from the target run's best checkpoint when present).")  # fmt: skip
+    p.add_argument("--variant", default=None,
+                   help="Name of a recipe variant (e.g. 'cedit0.1' with --c_edit 0.1): appended to the run ids "
+                        "('-<variant>') and kept apart from the default recipe's rows in the summary.")  # fmt: skip
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--summary_only", action="store_true", help="Only write the summary from the finished runs.")
@@ -256,7 +260,7 @@ def run_one(run: dict, task: dict, args) -> tuple[dict, dict]:
         locality=run["locality"],
     )  # fmt: skip
     summary = {
-        **{k: run[k] for k in ("id", "dataset", "editor", "training", "mask", "seed", "locality")},
+        **{k: run[k] for k in ("id", "dataset", "variant", "editor", "training", "mask", "seed", "locality")},
         "episodes": episodes, "best_checkpoint": best and Path(best).name, "n_facts": result.settings["n_facts"],
         "n_edits": result.metrics["n_edits"], "metrics": result.metrics, "settings": result.settings,
         "training_args": {k: getattr(args, k) for k in ("max_steps", "eval_steps", "patience", "learning_rate",
@@ -285,10 +289,13 @@ def trained_editor(run: dict, args) -> dict | None:
 
 
 def grid(args) -> list[dict]:
-    suffix = SEQUENCE_SUFFIX if args.locality == "sequence" else ""
+    variant = getattr(args, "variant", None)
+    if variant is not None and not re.fullmatch(r"[A-Za-z0-9_.]+", variant):
+        raise ValueError(f"--variant must be letters, digits, '_' or '.', got {variant!r}")
+    suffix = (f"-{variant}" if variant else "") + (SEQUENCE_SUFFIX if args.locality == "sequence" else "")
     return [
         {"id": f"{dataset}-{name}-seed{seed}{suffix}", "dataset": dataset, "seed": seed, "locality": args.locality,
-         **parse_config(name)}
+         "variant": variant, **parse_config(name)}
         for dataset in args.datasets
         for name in args.configs
         for seed in args.seeds

@@ -66,7 +66,9 @@ def config_of(run: dict) -> str:
 
 
 def dataset_of(run: dict) -> str:
-    return run["dataset"] + ("/seqloc" if run.get("locality") == "sequence" else "")
+    """The group a run is compared within: its dataset, its recipe variant if any, its locality protocol."""
+    variant = f"/{run['variant']}" if run.get("variant") else ""
+    return run["dataset"] + variant + ("/seqloc" if run.get("locality") == "sequence" else "")
 
 
 def _cell(runs: list[dict], key: str) -> str:

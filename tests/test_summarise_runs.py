@@ -46,14 +46,15 @@ def _records(transfer_hits: int, n_facts: int = 10) -> dict:
     return records
 
 
-def _write(folder, config: str, seed: int, transfer_hits: int, locality: str = "target") -> None:
+def _write(folder, config: str, seed: int, transfer_hits: int, locality: str = "target", variant=None) -> None:
     editor, training, mask = config.split("-")
-    suffix = "-seqloc" if locality == "sequence" else ""
+    suffix = (f"-{variant}" if variant else "") + ("-seqloc" if locality == "sequence" else "")
     run_id = f"mlama-{config}-seed{seed}{suffix}"
     records = _records(transfer_hits)
     metrics = compute_xl_edit_metrics(**records)
     summary = {"id": run_id, "dataset": "mlama", "editor": editor, "training": training, "mask": mask, "seed": seed,
-               "locality": locality, "episodes": 10, "n_facts": 10, "metrics": metrics}  # fmt: skip
+               "locality": locality, "variant": variant, "episodes": 10, "n_facts": 10,
+               "metrics": metrics}  # fmt: skip
     (folder / f"{run_id}.json").write_text(json.dumps(summary, default=float))
     with gzip.open(folder / f"{run_id}.records.json.gz", "wt", encoding="utf-8") as handle:
         json.dump(records, handle)
@@ -67,6 +68,7 @@ def test_claims_per_seed_and_pooled_and_protocols_apart(summarise_runs, tmp_path
         _write(runs, "mend-all-off", seed, multi)
     _write(runs, "mend-monolingual-off", 0, 5, locality="sequence")
     _write(runs, "mend-all-off", 0, 5, locality="sequence")
+    _write(runs, "mend-all-off", 0, 9, variant="cedit0.1")  # a recipe variant: paired only with its own variant
     text = summarise_runs.summarise(runs, tmp_path, bootstrap=200).read_text()
     claim = "(b) cross-lingual training raises transfer (MEND)"
     rows = [line for line in text.splitlines() if line.startswith(f"| {claim}") or line.startswith(f"| **{claim}")]
@@ -77,6 +79,7 @@ def test_claims_per_seed_and_pooled_and_protocols_apart(summarise_runs, tmp_path
     assert "+0.467" in rows[3] and "over seeds [+0.323, +0.610]" in rows[3] and rows[3].endswith("| holds |")
     assert "+0.000" in rows[4] and "not shown" in rows[4]
     assert "| mlama/seqloc | mend-all-off | 1 |" in text and "| mlama | mend-all-off | 3 |" in text
+    assert "| mlama/cedit0.1 | mend-all-off | 1 |" in text  # its own row; no claim pairs it (no cedit0.1 baseline)
 
 
 def test_a_pooled_claim_needs_the_seeds_to_agree(summarise_runs):
@@ -116,6 +119,11 @@ def test_sequence_runs_reuse_the_target_runs_best_editor(reproduce, tmp_path):
     assert reproduce.trained_editor(runs[1], args) is None  # fine-tuning has nothing to reuse
     args.locality = "target"
     assert [r["id"] for r in reproduce.grid(args)][0] == "mlama-mend-all-off-seed0"
+    args.variant = "cedit0.1"
+    assert [r["id"] for r in reproduce.grid(args)][0] == "mlama-mend-all-off-seed0-cedit0.1"
+    args.variant = "c edit/0.1"
+    with pytest.raises(ValueError, match="--variant"):
+        reproduce.grid(args)
 
 
 def test_configurations_parse_and_build_their_adapters(reproduce):
