@@ -8,7 +8,9 @@ its grouped bootstrap interval (`hf_lime.metrics.compare_xl_edit_metrics`) and t
 with several seeds, also the difference over the seeds pooled (their records concatenated, facts as groups: the
 interval over facts) and the 95 % t-interval of the per-seed differences (the interval over training runs). A pooled
 claim holds (or is reversed) only when both intervals exclude zero on the same side. Runs read with the sequence
-locality protocol (`reproduce.py --locality sequence`) are their own dataset, `<dataset>/seqloc`.
+locality protocol (`reproduce.py --locality sequence`) are their own dataset, `<dataset>/seqloc`, and a recipe
+variant's (`reproduce.py --variant NAME`) theirs, `<dataset>/NAME`. `claims.png` beside `summary.md` plots the
+headline claims (pooled where there are several seeds) with their intervals.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 
 from hf_lime.metrics import compare_xl_edit_metrics
 
+CLAIMS_FIGURE = "claims.png"  # beside summary.md
 KEYS = ("reliability", "transfer", "locality", "edit_success", "hmean", "language_gap")
 # (claim, metric, baseline configuration, candidate configuration, the sign the claim predicts)
 CLAIMS = [
@@ -133,11 +136,17 @@ def _row(claim: str, dataset: str, seed: str, metric: str, result: dict, sign: i
     low, high = result["ci"]
     values = f"{result['baseline']:.3f} | {result['candidate']:.3f} | {result['difference']:+.3f}"
     text = f"{values} [{low:+.3f}, {high:+.3f}]"
-    judged = verdict(low, high, sign)
     if seeds is not None:
         text += f"; over seeds [{seeds[0]:+.3f}, {seeds[1]:+.3f}]"
-        judged = judged if verdict(*seeds, sign) == judged else "not shown (the seeds disagree)"
-    return f"| {claim} | {dataset} | {seed} | {metric} | {text} | {judged} |"
+    return f"| {claim} | {dataset} | {seed} | {metric} | {text} | {judge(result, sign, seeds)} |"
+
+
+def judge(result: dict, sign: int, seeds: tuple[float, float] | None = None) -> str:
+    """The verdict of a claim's interval over facts and, pooled over seeds, of its interval over seeds as well."""
+    judged = verdict(*result["ci"], sign)
+    if seeds is not None and verdict(*seeds, sign) != judged:
+        return "not shown (the seeds disagree)"
+    return judged
 
 
 def _concat(parts: list[dict]) -> dict:
@@ -145,7 +154,9 @@ def _concat(parts: list[dict]) -> dict:
     return {key: [value for part in parts for value in part[key]] for key in parts[0]}
 
 
-def comparisons(runs: list[dict], runs_dir: Path, bootstrap: int) -> list[str]:
+def claim_results(runs: list[dict], runs_dir: Path, bootstrap: int) -> list[dict]:
+    """Every claim of `CLAIMS` that two runs of a group pair for: one entry per seed and, with several seeds, a pooled
+    one (`seeds`: the seed-level interval). Each entry: claim, dataset, seed (label), metric, result, sign, seeds."""
     by_key = {(dataset_of(r), config_of(r), r["seed"]): r for r in runs}
     loaded: dict[str, dict] = {}  # each run's records are read once, whatever the claims it enters
 
@@ -154,33 +165,83 @@ def comparisons(runs: list[dict], runs_dir: Path, bootstrap: int) -> list[str]:
             loaded[run["id"]] = _seed_records(runs_dir, run)
         return loaded[run["id"]]
 
-    lines = ["| claim | dataset | seed | metric | baseline | candidate | difference [95 % CI] | verdict |",
-             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    entries = []
     for claim, metric, base, cand, sign in CLAIMS:
         pairs: dict[str, list[tuple[dict, dict]]] = {}
         for (dataset, config, seed), run in sorted(by_key.items()):
             if config == base and (dataset, cand, seed) in by_key:
                 pairs.setdefault(dataset, []).append((run, by_key[(dataset, cand, seed)]))
+        common = {"claim": claim, "metric": metric, "sign": sign}
         for dataset, matched in pairs.items():
             per_seed = []
             for run_a, run_b in matched:
                 result = _compare(load(run_a), load(run_b), metric, bootstrap, run_a["seed"])
                 per_seed.append(result["difference"])
-                lines.append(_row(claim, dataset, str(run_a["seed"]), metric, result, sign))
+                entries.append({**common, "dataset": dataset, "seed": str(run_a["seed"]), "result": result,
+                                "seeds": None})  # fmt: skip
             if len(matched) > 1:
                 a = _concat([load(run_a) for run_a, _ in matched])
                 b = _concat([load(run_b) for _, run_b in matched])
-                result = _compare(a, b, metric, bootstrap, 0)
-                seeds = seed_interval(per_seed)
-                lines.append(_row(f"**{claim}**", dataset, f"pooled ({len(matched)})", metric, result, sign, seeds))
+                pooled = _compare(a, b, metric, bootstrap, 0)
+                entries.append({**common, "dataset": dataset, "seed": f"pooled ({len(matched)})", "result": pooled,
+                                "seeds": seed_interval(per_seed)})  # fmt: skip
+    return entries
+
+
+def comparisons(entries: list[dict]) -> list[str]:
+    lines = ["| claim | dataset | seed | metric | baseline | candidate | difference [95 % CI] | verdict |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for e in entries:
+        claim = f"**{e['claim']}**" if e["seeds"] is not None else e["claim"]
+        lines.append(_row(claim, e["dataset"], e["seed"], e["metric"], e["result"], e["sign"], e["seeds"]))
     return lines
+
+
+def headline(entries: list[dict]) -> list[dict]:
+    """One entry per claim and group: the pooled one where there are several seeds, else the single seed's."""
+    pooled = {(e["claim"], e["dataset"]) for e in entries if e["seeds"] is not None}
+    return [e for e in entries if e["seeds"] is not None or (e["claim"], e["dataset"]) not in pooled]
+
+
+def plot_claims(entries: list[dict], path: Path) -> Path:
+    """A forest plot of the headline claims: each paired difference with its interval over facts (thin) and, pooled
+    over seeds, over seeds (thick); the sign a claim predicts is to the right (a "lower is better" metric is
+    flipped), the colour is the verdict."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = headline(entries)
+    colours = {"holds": "tab:green", "reversed": "tab:red"}
+    fig = Figure(figsize=(9, 0.32 * len(rows) + 1.2))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for y, e in enumerate(reversed(rows)):
+        sign, result = e["sign"], e["result"]
+        low, high = sorted((sign * result["ci"][0], sign * result["ci"][1]))
+        colour = colours.get(judge(result, sign, e["seeds"]), "tab:gray")
+        ax.plot([low, high], [y, y], color=colour, linewidth=1.5)
+        if e["seeds"] is not None:
+            s_low, s_high = sorted((sign * e["seeds"][0], sign * e["seeds"][1]))
+            ax.plot([s_low, s_high], [y, y], color=colour, linewidth=5, alpha=0.35)
+        ax.plot([sign * result["difference"]], [y], "o", color=colour)
+    labels = [f"{e['claim']} [{e['dataset']}, {e['seed']}]" for e in reversed(rows)]
+    ax.set_yticks(range(len(rows)), labels, fontsize=7)
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_xlabel("paired difference, signed so that the claim predicts > 0 (95 % intervals)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
 
 
 def summarise(runs_dir: Path, out_dir: Path, bootstrap: int = 1000) -> Path:
     runs = load_runs(runs_dir)
+    entries = claim_results(runs, runs_dir, bootstrap)
+    if entries:
+        plot_claims(entries, out_dir / CLAIMS_FIGURE)
     text = ["# Grid summary (generated by benchmarks/summarise_runs.py from docs/results/runs/)", "",
             "## Configurations", "", *table(runs), "", "## Paired comparisons (same edits, grouped by fact)", "",
-            *comparisons(runs, runs_dir, bootstrap), ""]  # fmt: skip
+            f"![the claims, pooled over seeds where there are several]({CLAIMS_FIGURE})", "",
+            *comparisons(entries), ""]  # fmt: skip
     path = out_dir / "summary.md"
     path.write_text("\n".join(text))
     return path

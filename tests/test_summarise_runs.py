@@ -80,6 +80,12 @@ def test_claims_per_seed_and_pooled_and_protocols_apart(summarise_runs, tmp_path
     assert "+0.000" in rows[4] and "not shown" in rows[4]
     assert "| mlama/seqloc | mend-all-off | 1 |" in text and "| mlama | mend-all-off | 3 |" in text
     assert "| mlama/cedit0.1 | mend-all-off | 1 |" in text  # its own row; no claim pairs it (no cedit0.1 baseline)
+    # the figure beside summary.md shows one headline per claim and group: the pooled entry, and the single seed of
+    # a group with one seed
+    assert "![the claims" in text and (tmp_path / "claims.png").stat().st_size > 0
+    entries = summarise_runs.claim_results(summarise_runs.load_runs(runs), runs, bootstrap=50)
+    shown = [(e["dataset"], e["seed"]) for e in summarise_runs.headline(entries)]
+    assert shown == [("mlama", "pooled (3)"), ("mlama/seqloc", "0")]
 
 
 def test_a_pooled_claim_needs_the_seeds_to_agree(summarise_runs):
@@ -90,6 +96,8 @@ def test_a_pooled_claim_needs_the_seeds_to_agree(summarise_runs):
     assert summarise_runs._row("c", "d", "pooled (2)", "m", result, 1, (low, high)).endswith("| not shown (the seeds "
                                                                                             "disagree) |")  # fmt: skip
     assert summarise_runs._row("c", "d", "pooled (3)", "m", result, 1, (0.1, 0.7)).endswith("| holds |")
+    assert summarise_runs.judge(result, -1) == "reversed"  # a claim that predicts a decrease
+    assert summarise_runs.judge(result, 1, (-0.1, 0.7)) == "not shown (the seeds disagree)"
 
 
 @pytest.fixture(scope="module")
