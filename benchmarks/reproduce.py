@@ -20,6 +20,9 @@ paper's claims, each with its grouped interval.
     # item 6 of the editors issue: LiME-MEND all -> all and the monolingual editor, paired, on mLAMA
     python benchmarks/reproduce.py --configs mend-all-language mend-monolingual-off --seeds 0
     python benchmarks/reproduce.py --summary_only
+    # any two finished runs on the same edits, paired per seed and pooled (a variant against the default recipe, say)
+    python benchmarks/reproduce.py --compare 'mlama-mend-monolingual-off-seed{seed}' \
+        'mlama-mend-all-language-seed{seed}-cedit0.1' --seeds 0 1 2
 
 Protocols: `--datasets mlama` fills each language's template with that language's labels; `mlama_untranslated` is
 the LiME reference's protocol (translated templates, the first language's subject and object labels everywhere; its
@@ -119,6 +122,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--summary_only", action="store_true", help="Only write the summary from the finished runs.")
+    p.add_argument("--compare", nargs=2, metavar=("BASELINE", "CANDIDATE"), default=None,
+                   help="Print the paired differences of two finished runs (ids; '{seed}' is replaced by each of "
+                        "--seeds, and the seeds are pooled), e.g. mlama-mend-monolingual-off-seed{seed} "
+                        "mlama-mend-all-language-seed{seed}.")  # fmt: skip
     p.add_argument(
         "--prepare_only",
         action="store_true",
@@ -309,6 +316,12 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     runs_dir = Path(args.runs_dir)
+    if args.compare:
+        from summarise_runs import compare_runs
+
+        base, cand = ([name.format(seed=seed) for seed in args.seeds] for name in args.compare)
+        print("\n".join(compare_runs(runs_dir, base, cand, bootstrap=args.bootstrap)))
+        return
     runs_dir.mkdir(parents=True, exist_ok=True)
     if args.prepare_only:
         for dataset in args.datasets:

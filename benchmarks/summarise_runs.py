@@ -133,12 +133,17 @@ def seed_interval(differences: list[float]) -> tuple[float, float]:
 def _row(claim: str, dataset: str, seed: str, metric: str, result: dict, sign: int,
          seeds: tuple[float, float] | None = None) -> str:  # fmt: skip
     """One claim row; a pooled row also shows the seed-level interval, and its verdict needs both intervals."""
+    return f"| {claim} | {dataset} | {seed} | {metric} | {_cells(result, seeds)} | {judge(result, sign, seeds)} |"
+
+
+def _cells(result: dict, seeds: tuple[float, float] | None = None) -> str:
+    """`baseline | candidate | difference [interval over facts]` (and, pooled, `; over seeds [...]`)."""
     low, high = result["ci"]
     values = f"{result['baseline']:.3f} | {result['candidate']:.3f} | {result['difference']:+.3f}"
     text = f"{values} [{low:+.3f}, {high:+.3f}]"
     if seeds is not None:
         text += f"; over seeds [{seeds[0]:+.3f}, {seeds[1]:+.3f}]"
-    return f"| {claim} | {dataset} | {seed} | {metric} | {text} | {judge(result, sign, seeds)} |"
+    return text
 
 
 def judge(result: dict, sign: int, seeds: tuple[float, float] | None = None) -> str:
@@ -231,6 +236,45 @@ def plot_claims(entries: list[dict], path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return path
+
+
+def compare_runs(runs_dir: Path, base_ids: list[str], cand_ids: list[str], metrics: tuple[str, ...] = KEYS,
+                 bootstrap: int = 1000) -> list[str]:  # fmt: skip
+    """
+    Paired differences of two editors evaluated on the same edits, as markdown rows: `cand_ids[i] - base_ids[i]` per
+    metric and pair (one pair per seed), grouped bootstrap intervals over facts, and with several pairs the pooled
+    difference with its interval over facts and over seeds. Any two runs pair, whatever their configuration, variant
+    or protocol, as long as their edits are the same (`compare_xl_edit_metrics` refuses them otherwise).
+
+    Raises:
+        ValueError: When a run file is missing, the lists differ in length, or two runs were not made on the same
+            edits.
+    """
+    if not base_ids or len(base_ids) != len(cand_ids):
+        raise ValueError(f"compare needs as many candidate runs as baseline runs, got {base_ids} and {cand_ids}")
+    runs = {run["id"]: run for run in load_runs(runs_dir)}
+    missing = [run_id for run_id in [*base_ids, *cand_ids] if run_id not in runs]
+    if missing:
+        raise ValueError(f"no run file for {missing} in {runs_dir}; available: {sorted(runs)}")
+    ids = list(zip(base_ids, cand_ids, strict=True))
+    pairs = [(_seed_records(runs_dir, runs[a]), _seed_records(runs_dir, runs[b])) for a, b in ids]
+    words = {"holds": "candidate higher", "reversed": "candidate lower"}
+
+    def row(metric: str, label: str, result: dict, seeds=None) -> str:
+        verdict_text = judge(result, 1, seeds)
+        return f"| {metric} | {label} | {_cells(result, seeds)} | {words.get(verdict_text, verdict_text)} |"
+
+    lines = ["| metric | runs | baseline | candidate | difference [95 % CI] | verdict |", "|---|---|---|---|---|---|"]
+    for metric in metrics:
+        per_seed = []
+        for (a_id, b_id), (a, b) in zip(ids, pairs, strict=True):
+            result = _compare(a, b, metric, bootstrap, runs[a_id]["seed"])
+            per_seed.append(result["difference"])
+            lines.append(row(metric, f"{b_id} vs {a_id}", result))
+        if len(pairs) > 1:
+            pooled = _compare(_concat([a for a, _ in pairs]), _concat([b for _, b in pairs]), metric, bootstrap, 0)
+            lines.append(row(f"**{metric}**", f"pooled ({len(pairs)})", pooled, seed_interval(per_seed)))
+    return lines
 
 
 def summarise(runs_dir: Path, out_dir: Path, bootstrap: int = 1000) -> Path:

@@ -156,3 +156,24 @@ def test_an_interrupted_training_resumes_from_its_last_checkpoint(reproduce, tmp
         (run_dir / "checkpoints" / f"checkpoint-{step}").mkdir()
     (run_dir / "checkpoints" / "checkpoint-1000-partial").mkdir()  # not a checkpoint name
     assert reproduce.resume_point(run_dir) == str(run_dir / "checkpoints" / "checkpoint-300")
+
+
+def test_any_two_runs_on_the_same_edits_compare_per_seed_and_pooled(summarise_runs, tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for seed, (mono, multi) in enumerate([(2, 6), (3, 8)]):
+        _write(runs, "mend-monolingual-off", seed, mono)
+        _write(runs, "mend-all-off", seed, multi, variant="cedit0.1")  # another variant: pairs all the same
+    base = [f"mlama-mend-monolingual-off-seed{seed}" for seed in (0, 1)]
+    cand = [f"mlama-mend-all-off-seed{seed}-cedit0.1" for seed in (0, 1)]
+    rows = summarise_runs.compare_runs(runs, base, cand, metrics=("transfer",), bootstrap=200)[2:]
+    assert len(rows) == 3 and rows[0].startswith("| transfer | mlama-mend-all-off-seed0-cedit0.1 vs mlama-mend-mon")
+    assert "| 0.200 | 0.600 | +0.400 [" in rows[0] and rows[0].endswith("| candidate higher |")
+    assert "| 0.300 | 0.800 | +0.500 [" in rows[1]
+    assert rows[2].startswith("| **transfer** | pooled (2) | 0.250 | 0.700 | +0.450 [") and "over seeds [" in rows[2]
+    with pytest.raises(ValueError, match="no run file"):
+        summarise_runs.compare_runs(runs, ["mlama-mend-all-off-seed0"], cand[:1])
+    with pytest.raises(ValueError, match="as many"):
+        summarise_runs.compare_runs(runs, base, cand[:1])
+    with pytest.raises(ValueError, match="same edits"):  # seed 0's edits against seed 1's
+        summarise_runs.compare_runs(runs, base[:1], cand[1:], metrics=("transfer",), bootstrap=50)
