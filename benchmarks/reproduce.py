@@ -296,7 +296,7 @@ def trained_editor(run: dict, args) -> dict | None:
 
 
 def grid(args) -> list[dict]:
-    variant = getattr(args, "variant", None)
+    variant = args.variant
     if variant is not None and not re.fullmatch(r"[A-Za-z0-9_.]+", variant):
         raise ValueError(f"--variant must be letters, digits, '_' or '.', got {variant!r}")
     suffix = (f"-{variant}" if variant else "") + (SEQUENCE_SUFFIX if args.locality == "sequence" else "")

@@ -159,6 +159,16 @@ def _concat(parts: list[dict]) -> dict:
     return {key: [value for part in parts for value in part[key]] for key in parts[0]}
 
 
+def paired(pairs: list[tuple[dict, dict]], seeds: list[int], metric: str, bootstrap: int) -> list[tuple]:
+    """`(result, seed-level interval or None)` for each pair of runs' records (one pair per seed) and, with several
+    pairs, one more for the pooled records: the difference over facts and the t-interval of the per-seed ones."""
+    out = [(_compare(a, b, metric, bootstrap, seed), None) for (a, b), seed in zip(pairs, seeds, strict=True)]
+    if len(pairs) > 1:
+        pooled = _compare(_concat([a for a, _ in pairs]), _concat([b for _, b in pairs]), metric, bootstrap, 0)
+        out.append((pooled, seed_interval([result["difference"] for result, _ in out])))
+    return out
+
+
 def claim_results(runs: list[dict], runs_dir: Path, bootstrap: int) -> list[dict]:
     """Every claim of `CLAIMS` that two runs of a group pair for: one entry per seed and, with several seeds, a pooled
     one (`seeds`: the seed-level interval). Each entry: claim, dataset, seed (label), metric, result, sign, seeds."""
@@ -178,18 +188,11 @@ def claim_results(runs: list[dict], runs_dir: Path, bootstrap: int) -> list[dict
                 pairs.setdefault(dataset, []).append((run, by_key[(dataset, cand, seed)]))
         common = {"claim": claim, "metric": metric, "sign": sign}
         for dataset, matched in pairs.items():
-            per_seed = []
-            for run_a, run_b in matched:
-                result = _compare(load(run_a), load(run_b), metric, bootstrap, run_a["seed"])
-                per_seed.append(result["difference"])
-                entries.append({**common, "dataset": dataset, "seed": str(run_a["seed"]), "result": result,
-                                "seeds": None})  # fmt: skip
-            if len(matched) > 1:
-                a = _concat([load(run_a) for run_a, _ in matched])
-                b = _concat([load(run_b) for _, run_b in matched])
-                pooled = _compare(a, b, metric, bootstrap, 0)
-                entries.append({**common, "dataset": dataset, "seed": f"pooled ({len(matched)})", "result": pooled,
-                                "seeds": seed_interval(per_seed)})  # fmt: skip
+            labels = [str(run_a["seed"]) for run_a, _ in matched] + [f"pooled ({len(matched)})"] * (len(matched) > 1)
+            loaded_pairs = [(load(run_a), load(run_b)) for run_a, run_b in matched]
+            results = paired(loaded_pairs, [run_a["seed"] for run_a, _ in matched], metric, bootstrap)
+            entries += [{**common, "dataset": dataset, "seed": label, "result": result, "seeds": seeds}
+                        for label, (result, seeds) in zip(labels, results, strict=True)]  # fmt: skip
     return entries
 
 
@@ -264,16 +267,13 @@ def compare_runs(runs_dir: Path, base_ids: list[str], cand_ids: list[str], metri
         verdict_text = judge(result, 1, seeds)
         return f"| {metric} | {label} | {_cells(result, seeds)} | {words.get(verdict_text, verdict_text)} |"
 
+    labels = [("{}", f"{b_id} vs {a_id}") for a_id, b_id in ids]
+    labels += [("**{}**", f"pooled ({len(ids)})")] * (len(ids) > 1)
     lines = ["| metric | runs | baseline | candidate | difference [95 % CI] | verdict |", "|---|---|---|---|---|---|"]
     for metric in metrics:
-        per_seed = []
-        for (a_id, b_id), (a, b) in zip(ids, pairs, strict=True):
-            result = _compare(a, b, metric, bootstrap, runs[a_id]["seed"])
-            per_seed.append(result["difference"])
-            lines.append(row(metric, f"{b_id} vs {a_id}", result))
-        if len(pairs) > 1:
-            pooled = _compare(_concat([a for a, _ in pairs]), _concat([b for _, b in pairs]), metric, bootstrap, 0)
-            lines.append(row(f"**{metric}**", f"pooled ({len(pairs)})", pooled, seed_interval(per_seed)))
+        results = paired(pairs, [runs[a_id]["seed"] for a_id, _ in ids], metric, bootstrap)
+        for (name, label), (result, seeds) in zip(labels, results, strict=True):
+            lines.append(row(name.format(metric), label, result, seeds))
     return lines
 
 

@@ -109,7 +109,7 @@ def test_sequence_runs_reuse_the_target_runs_best_editor(reproduce, tmp_path):
     from types import SimpleNamespace
 
     configs = ["mend-all-off", "ft_tuned-untrained-off"]
-    args = SimpleNamespace(datasets=["mlama"], configs=configs, seeds=[0], locality="sequence",
+    args = SimpleNamespace(datasets=["mlama"], configs=configs, seeds=[0], locality="sequence", variant=None,
                            runs_dir=str(tmp_path / "runs"), output_dir=str(tmp_path / "out"))  # fmt: skip
     runs = reproduce.grid(args)
     assert [r["id"] for r in runs] == ["mlama-mend-all-off-seed0-seqloc", "mlama-ft_tuned-untrained-off-seed0-seqloc"]
