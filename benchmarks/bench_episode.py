@@ -6,7 +6,8 @@ edit) — with vocabulary logits only at the target positions, plus one backward
 layers (what any gradient-based editor needs). Both are timed on the same episodes, interleaved, in one process; the
 ratio *episode ÷ floor* is reported, never an absolute time. The episode is also split into its parts: the capture
 (the edit row's forward and backward, the retain row riding along in that forward for its base logits), the editor's
-networks, the edited forwards and the meta-backward. `--keep_freed_memory` sets the allocator as `LimeTrainer` does on
+networks, the edited forwards and the meta-backward; the editor's networks alone (forward and backward on the same
+captured edits) are also given as a share of the episode. `--keep_freed_memory` sets the allocator as `LimeTrainer` does on
 a CPU (`LimeTrainingArguments.keep_freed_memory`).
 
 Models: multilingual-e5-small with its fact-completion head (`hf-lime prepare-model me5-small-facts`, the demo's
@@ -141,16 +142,34 @@ def split_episode(model, episode) -> dict[str, float]:
     return times
 
 
+def time_networks(model, episode) -> tuple[float, float]:
+    """The editor's networks alone on one captured edit: `compute_deltas` (masks, normalisation, networks) and the
+    backward of a sum of the deltas' factors (every network weight gets a gradient, as in the meta-backward)."""
+    tuner = model.base_model
+    edit = {k: v for k, v in episode["edit"].items() if k != "lang_ids"}
+    ctx = EditContext(tuner.model, tuner.lime_layers, edit, episode["edit"]["lang_ids"], tuner.masks, tuner.edit_lrs,
+                      task="masked_lm")  # fmt: skip
+    ctx.capture()
+    start = time.perf_counter()
+    deltas = tuner.editor.compute_deltas(ctx).deltas
+    forward = time.perf_counter() - start
+    total = sum(delta.B.sum() + delta.A.sum() for delta in deltas.values())
+    backward = _timed(total.backward)
+    model.zero_grad(set_to_none=True)
+    return forward, backward
+
+
 def bench_model(name: str, args) -> dict:
     base, tokenizer = load_model(name, args.model_dir)
     model = get_peft_model(base, LimeConfig(languages=LANGUAGES, editor="mend", mend_rank=args.rank)).train()
     batches = episodes(tokenizer, args.episodes + 1, base.config.vocab_size)
     time_episode(model, batches[0]), time_floor(model, batches[0])  # warm-up
-    ep, floor, parts = [], [], []
+    ep, floor, parts, nets = [], [], [], []
     for episode in batches[1:]:
         ep.append(time_episode(model, episode))
         floor.append(time_floor(model, episode))
         parts.append(split_episode(model, episode))
+        nets.append(time_networks(model, episode))
     split = {key: statistics.median(p[key] for p in parts) for key in parts[0]}
     total = sum(split.values())
     return {
@@ -158,6 +177,9 @@ def bench_model(name: str, args) -> dict:
         "floor_s": statistics.median(floor),
         "episode_over_floor": statistics.median(e / f for e, f in zip(ep, floor, strict=True)),
         "split_share": {key: value / total for key, value in split.items()},
+        "networks_forward_s": statistics.median(f for f, _ in nets),
+        "networks_backward_s": statistics.median(b for _, b in nets),
+        "networks_over_episode": statistics.median((f + b) / e for (f, b), e in zip(nets, ep, strict=True)),
         "editor_parameters": sum(p.numel() for p in model.base_model.editor.parameters()),
     }
 
