@@ -7,8 +7,8 @@ layers (what any gradient-based editor needs). Both are timed on the same episod
 ratio *episode ÷ floor* is reported, never an absolute time. The episode is also split into its parts: the capture
 (the edit row's forward and backward, the retain row riding along in that forward for its base logits), the editor's
 networks, the edited forwards and the meta-backward; the editor's networks alone (forward and backward on the same
-captured edits) are also given as a share of the episode. `--keep_freed_memory` sets the allocator as `LimeTrainer` does on
-a CPU (`LimeTrainingArguments.keep_freed_memory`).
+captured edits) are also given as a share of the episode. `--keep_freed_memory` sets the allocator as `LimeTrainer`
+does on a CPU (`LimeTrainingArguments.keep_freed_memory`).
 
 Models: multilingual-e5-small with its fact-completion head (`hf-lime prepare-model me5-small-facts`, the demo's
 model) and a random-weight model of mBERT-base's shape (12 × 768, FFN 3072, 119,547-token vocabulary). Editor:
