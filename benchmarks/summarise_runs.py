@@ -149,9 +149,14 @@ def _cells(result: dict, seeds: tuple[float, float] | None = None) -> str:
 def judge(result: dict, sign: int, seeds: tuple[float, float] | None = None) -> str:
     """The verdict of a claim's interval over facts and, pooled over seeds, of its interval over seeds as well."""
     judged = verdict(*result["ci"], sign)
-    if seeds is not None and verdict(*seeds, sign) != judged:
-        return "not shown (the seeds disagree)"
-    return judged
+    if seeds is None or judged.startswith("not shown"):
+        return judged
+    over_seeds = verdict(*seeds, sign)
+    if over_seeds == judged:
+        return judged
+    if over_seeds.startswith("not shown"):  # too few seeds, or seeds of different signs
+        return "not shown (the interval over seeds contains 0)"
+    return f"not shown ({over_seeds} over seeds)"
 
 
 def _concat(parts: list[dict]) -> dict:

@@ -93,11 +93,14 @@ def test_a_pooled_claim_needs_the_seeds_to_agree(summarise_runs):
     low, high = summarise_runs.seed_interval([0.4, 0.5])  # two seeds: t(1) = 12.7, a wide interval
     assert low < 0 < high
     result = {"baseline": 0.2, "candidate": 0.6, "difference": 0.4, "ci": (0.3, 0.5)}
-    assert summarise_runs._row("c", "d", "pooled (2)", "m", result, 1, (low, high)).endswith("| not shown (the seeds "
-                                                                                            "disagree) |")  # fmt: skip
+    row = summarise_runs._row("c", "d", "pooled (2)", "m", result, 1, (low, high))
+    assert row.endswith("| not shown (the interval over seeds contains 0) |")
     assert summarise_runs._row("c", "d", "pooled (3)", "m", result, 1, (0.1, 0.7)).endswith("| holds |")
     assert summarise_runs.judge(result, -1) == "reversed"  # a claim that predicts a decrease
-    assert summarise_runs.judge(result, 1, (-0.1, 0.7)) == "not shown (the seeds disagree)"
+    assert summarise_runs.judge(result, 1, (-0.1, 0.7)) == "not shown (the interval over seeds contains 0)"
+    assert summarise_runs.judge(result, 1, (-0.7, -0.1)) == "not shown (reversed over seeds)"
+    unshown = {**result, "ci": (-0.1, 0.5)}  # not shown over facts: the seeds cannot make it hold
+    assert summarise_runs.judge(unshown, 1, (0.1, 0.7)) == "not shown (interval contains 0)"
 
 
 @pytest.fixture(scope="module")
