@@ -106,7 +106,7 @@ def time_episode(model, episode) -> float:
 
 def time_floor(model, episode) -> float:
     tuner = model.base_model
-    edit = {k: v for k, v in episode["edit"].items() if k != "lang_ids"}
+    edit = _inputs(episode["edit"])
 
     def run():
         capture_layer_grads(tuner.model, tuner.lime_layers, edit, None, "masked_lm")
@@ -117,14 +117,23 @@ def time_floor(model, episode) -> float:
     return _timed(run)
 
 
+def _inputs(part: dict) -> dict:
+    """An episode part's model inputs (without its `lang_ids`)."""
+    return {k: v for k, v in part.items() if k != "lang_ids"}
+
+
+def _edit_context(model, episode, passenger_batch: dict | None = None) -> EditContext:
+    """The `EditContext` that `run_episode` builds for the episode's edit (through `compute_edit`)."""
+    tuner = model.base_model
+    return EditContext(tuner.model, tuner.lime_layers, _inputs(episode["edit"]), episode["edit"]["lang_ids"],
+                       tuner.masks, tuner.edit_lrs, task="masked_lm", passenger_batch=passenger_batch)  # fmt: skip
+
+
 def split_episode(model, episode) -> dict[str, float]:
     """The episode's parts, timed one after the other (the same computation as `run_episode`)."""
     tuner, times = model.base_model, {}
-    edit = {k: v for k, v in episode["edit"].items() if k != "lang_ids"}
     lang_ids = episode["edit"]["lang_ids"]
-    retain = {k: v for k, v in episode["retain"].items() if k != "lang_ids"}
-    ctx = EditContext(tuner.model, tuner.lime_layers, edit, lang_ids, tuner.masks, tuner.edit_lrs, task="masked_lm",
-                      passenger_batch=retain)  # fmt: skip
+    ctx = _edit_context(model, episode, passenger_batch=_inputs(episode["retain"]))
     start = time.perf_counter()
     ctx.capture()  # the edit row's forward and backward, the retain row riding along in the forward
     base = ctx.passenger_logits
@@ -145,13 +154,10 @@ def split_episode(model, episode) -> dict[str, float]:
 def time_networks(model, episode) -> tuple[float, float]:
     """The editor's networks alone on one captured edit: `compute_deltas` (masks, normalisation, networks) and the
     backward of a sum of the deltas' factors (every network weight gets a gradient, as in the meta-backward)."""
-    tuner = model.base_model
-    edit = {k: v for k, v in episode["edit"].items() if k != "lang_ids"}
-    ctx = EditContext(tuner.model, tuner.lime_layers, edit, episode["edit"]["lang_ids"], tuner.masks, tuner.edit_lrs,
-                      task="masked_lm")  # fmt: skip
+    ctx = _edit_context(model, episode)
     ctx.capture()
     start = time.perf_counter()
-    deltas = tuner.editor.compute_deltas(ctx).deltas
+    deltas = model.base_model.editor.compute_deltas(ctx).deltas
     forward = time.perf_counter() - start
     total = sum(delta.B.sum() + delta.A.sum() for delta in deltas.values())
     backward = _timed(total.backward)
