@@ -184,7 +184,13 @@ def report_editor_facts(folder: Path, splits: dict, languages: list[str], per_la
 
 
 def parse_config(name: str) -> dict:
-    editor, training, mask = name.split("-")
+    parts = name.split("-")
+    if len(parts) != 3:
+        raise ValueError(
+            f"A configuration is <editor>-<training>-<mask> (e.g. mend-all-language, ft_reference-untrained-off), "
+            f"got {name!r}."
+        )
+    editor, training, mask = parts
     if editor not in ("mend", "ke", "ke_ref", *FT_SETTINGS) or training not in ("all", "monolingual", "untrained"):
         raise ValueError(f"Unknown configuration {name!r}: <mend|ke|ke_ref|ft_*>-<all|monolingual|untrained>-<mask>.")
     if mask not in ("off", "language", "shared"):

@@ -148,6 +148,8 @@ def test_configurations_parse_and_build_their_adapters(reproduce):
     assert shared.mask_scope == "shared" and shared.mend_center
     with pytest.raises(ValueError, match="Unknown configuration"):
         reproduce.parse_config("rome-all-off")
+    with pytest.raises(ValueError, match="<editor>-<training>-<mask>"):
+        reproduce.parse_config("ft_reference")  # the editor alone: a clear error, not a failed unpacking
 
 
 def test_an_interrupted_training_resumes_from_its_last_checkpoint(reproduce, tmp_path):
