@@ -110,6 +110,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--split_sizes", nargs=3, type=float, default=[0.6, 0.1, 0.3],
                    help="Train / validation / test shares of the subjects (the test split must hold n_edits distinct "
                         "facts per editing language).")  # fmt: skip
+    p.add_argument("--xnli_split_sizes", nargs=3, type=float, default=[0.6, 0.05, 0.35],
+                   help="Train / validation / test shares of the XNLI premises, for the classifier and the editor "
+                        "alike (the test share must hold n_edits items the classifier gets wrong per editing "
+                        "language, each language its own items: 0.35 holds ~700 parallel items for ~200 "
+                        "edits).")  # fmt: skip
     p.add_argument("--n_edits", type=int, default=25, help="Test edits (distinct facts) per editing language.")
     p.add_argument("--n_retain", type=int, default=5)
     p.add_argument("--locality", choices=["target", "sequence"], default="target",
@@ -159,8 +164,9 @@ def load_task(dataset: str, args) -> dict:
         return {"task": "masked_lm", "languages": languages, "splits": splits, "folder": folder,
                 "auto": AutoModelForMaskedLM, "new_target": "alternative", "scoring": "candidates"}  # fmt: skip
     languages = list(args.xnli_languages)
-    splits = load_xnli(args.data_dir, languages, seed=0)
-    folder = prepare_model("me5-small-xnli", models / "me5-small-xnli", data_dir=args.data_dir, languages=languages)
+    splits = load_xnli(args.data_dir, languages, seed=0, split_sizes=args.xnli_split_sizes)
+    folder = prepare_model("me5-small-xnli", models / "me5-small-xnli", data_dir=args.data_dir, languages=languages,
+                           split_sizes=args.xnli_split_sizes)  # fmt: skip
     return {"task": "seq_cls", "languages": languages, "splits": splits, "folder": folder,
             "auto": AutoModelForSequenceClassification, "new_target": "gold", "scoring": "open"}  # fmt: skip
 
@@ -276,6 +282,7 @@ def run_one(run: dict, task: dict, args) -> tuple[dict, dict]:
         **{k: run[k] for k in ("id", "dataset", "variant", "editor", "training", "mask", "seed", "locality")},
         "episodes": episodes, "best_checkpoint": best and Path(best).name, "n_facts": result.settings["n_facts"],
         "n_edits": result.metrics["n_edits"], "metrics": result.metrics, "settings": result.settings,
+        "split_sizes": list(args.xnli_split_sizes if run["dataset"] == "xnli" else args.split_sizes),
         "training_args": {k: getattr(args, k) for k in ("max_steps", "eval_steps", "patience", "learning_rate",
                                                          "edit_lr_init", "c_edit")},
         "adapter": {k: getattr(model.peft_config["default"], k) for k in ("editor", "ke_conditioner", "ke_hidden_dim",

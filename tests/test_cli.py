@@ -88,6 +88,13 @@ def test_parser_rejects_unknown_model_names():
         main(["prepare-model", "gpt-5", "--output", "x"])
 
 
+def test_prepare_model_refuses_an_xnli_split_for_another_model(tmp_path, capsys):
+    # refused before any model is built: the split belongs to the XNLI classifier only
+    split = ["--split_sizes", "0.6", "0.05", "0.35"]
+    code = main(["prepare-model", "me5-small-facts", "--output", str(tmp_path), *split])
+    assert code == 2 and "'me5-small-xnli' only" in capsys.readouterr().err
+
+
 def test_push_takes_a_token_and_a_license_and_reaches_the_hub(editor_dir, tmp_path, capsys):
     from hub_server import running_hub
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 from helpers_tokenizers import build_sentencepiece_tokenizer
 
+from hf_lime.data import load_xnli
 from hf_lime.real_models import e5_format, me5, prepare
 from hf_lime.real_models.e5_format import dequantize_q4_0, parse_e5_header
 from hf_lime.real_models.finetune_facts import finetune_facts, load_masked_lm, sampled_softmax_loss
@@ -248,11 +249,15 @@ def test_finetune_xnli_smoke(tiny_base, tmp_path):
         steps=3,
         batch_size=4,
         frozen_layers=1,
+        split_sizes=(0.5, 0.0, 0.5),
         device="cpu",
         num_threads=1,
         progress=False,
     )
     saved = json.loads((out / "eval_results.json").read_text())
+    test_items = load_xnli(data_dir, ["en", "fr"], split_sizes=(0.5, 0.0, 0.5))["test"]
+    assert saved["num_eval_rows"] == 2 * len(test_items) >= 2 * 3 * 5  # the chosen test share, in both languages
+    assert saved["recipe"]["split_sizes"] == [0.5, 0.0, 0.5]
     assert saved["accuracy"] == results["accuracy"] and set(saved["accuracy"]) == {"en", "fr"}
     assert all(0.0 <= v <= 1.0 for v in saved["accuracy"].values()) and saved["recipe"]["steps"] == 3
     model = AutoModelForSequenceClassification.from_pretrained(out)
@@ -382,6 +387,10 @@ def test_prepare_model_rejects_unknown_name(tmp_path):
         prepare.prepare_model("me5-large", tmp_path)
     with pytest.raises(ValueError, match="steps"):
         prepare.prepare_model("me5-small-facts", tmp_path, steps=0)
+    with pytest.raises(ValueError, match="'me5-small-xnli' only"):
+        prepare.prepare_model("me5-small-facts", tmp_path, split_sizes=(0.6, 0.05, 0.35))
+    with pytest.raises(ValueError, match="sum to 1"):
+        prepare.prepare_model("me5-small-xnli", tmp_path, split_sizes=(0.6, 0.05, 0.5))
 
 
 def test_prepare_model_caches_facts(tiny_base, tmp_path, monkeypatch):

@@ -61,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     prepare.add_argument("--data_dir", default=None, help="Folder of mLAMA/XNLI (../shared/data layout).")
     prepare.add_argument("--facts_source", choices=("cldr", "mlama"), default="cldr", help="Facts to learn.")
     prepare.add_argument("--seed", type=int, default=0, help="Training seed.")
+    prepare.add_argument("--split_sizes", nargs=3, type=float, default=None,
+                         help="me5-small-xnli: train / validation / test shares of the premises "
+                              "(default 0.8 0.1 0.1).")  # fmt: skip
     return parser
 
 
@@ -168,7 +171,8 @@ def cmd_prepare(args) -> int:
     from .real_models.prepare import prepare_model
 
     folder = prepare_model(args.name, args.output, data_dir=args.data_dir, steps=args.steps, seed=args.seed,
-                           languages=args.languages, facts_source=args.facts_source)  # fmt: skip
+                           languages=args.languages, facts_source=args.facts_source,
+                           split_sizes=args.split_sizes)  # fmt: skip
     print(folder)
     return 0
 

@@ -164,6 +164,7 @@ def finetune_xnli(
     max_length: int = 128,
     seed: int = 0,
     eval_split: str = "test",
+    split_sizes: Sequence[float] = (0.8, 0.1, 0.1),
     device: str | None = None,
     num_threads: int | None = None,
     progress: bool = True,
@@ -183,6 +184,9 @@ def finetune_xnli(
         max_length (`int`, *optional*, defaults to 128): truncation length of premise + hypothesis.
         seed (`int`, *optional*, defaults to 0): seed of the premise split, batch order and initialisation.
         eval_split (`str`, *optional*, defaults to `"test"`): held-back split to report (``"validation"``/``"test"``).
+        split_sizes (`Sequence[float]`, *optional*, defaults to `(0.8, 0.1, 0.1)`): train / validation / test shares
+            of the premises (`load_xnli`); the classifier learns the train share only, so an editor evaluated on
+            the test share of the same split edits items the classifier never saw.
         device (`str`, *optional*): ``"cpu"``/``"cuda"``; defaults to CUDA when available.
         num_threads (`int`, *optional*): torch CPU threads; defaults to torch's current setting.
         progress (`bool`, *optional*, defaults to `True`): show progress bars.
@@ -199,7 +203,7 @@ def finetune_xnli(
     threads = configure_threads(num_threads)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     start = time.perf_counter()
-    splits = load_xnli(data_dir, languages, seed=seed, split_sizes=(0.8, 0.1, 0.1))
+    splits = load_xnli(data_dir, languages, seed=seed, split_sizes=split_sizes)
     train_rows, eval_rows = flatten_xnli(splits["train"], languages), flatten_xnli(splits[eval_split], languages)
     torch.manual_seed(seed)
     model, tokenizer = _load_classifier(base_dir)
@@ -235,6 +239,7 @@ def finetune_xnli(
             "frozen_layers": frozen_layers,
             "max_length": max_length,
             "seed": seed,
+            "split_sizes": list(split_sizes),
             "languages": languages,
             "device": str(device),
             "num_threads": threads,

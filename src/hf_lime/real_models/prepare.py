@@ -22,6 +22,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from ..data.splits import check_split_sizes
 from .me5 import build_me5_small, default_cache_dir, is_prepared, write_marker
 
 logger = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ logger = logging.getLogger(__name__)
 MODEL_NAMES = ("me5-small", "me5-small-xnli", "me5-small-facts")
 FACT_SOURCES = ("cldr", "mlama")
 FACT_SPLITS = ("train", "all")
+XNLI_SPLIT_SIZES = (0.8, 0.1, 0.1)
 DEFAULT_STEPS = {"me5-small-xnli": 1000, "me5-small-facts": 300}
 MLAMA_MAX_PER_RELATION = 300
 
@@ -71,6 +73,7 @@ def _finetune(name: str, base: Path, output_dir: Path, recipe: dict, data, optio
             languages=recipe["languages"],
             steps=recipe["steps"],
             seed=recipe["seed"],
+            split_sizes=recipe.get("split_sizes", XNLI_SPLIT_SIZES),
             device=options["device"],
             num_threads=options["num_threads"],
             progress=options["progress"],
@@ -112,6 +115,7 @@ def prepare_model(
     fact_split: str = "train",
     learning_rate: float | None = None,
     train_layers: int | None = None,
+    split_sizes: Sequence[float] | None = None,
 ) -> Path:
     """Build ``name`` into ``output_dir`` (a normal ``transformers`` folder), or reuse it when already built.
 
@@ -141,6 +145,8 @@ def prepare_model(
             (default 1e-4).
         train_layers (`int`, *optional*): ``me5-small-facts`` only: how many top encoder layers train with the head
             (default 2).
+        split_sizes (`Sequence[float]`, *optional*): ``me5-small-xnli`` only: train / validation / test shares of
+            the XNLI premises (default ``(0.8, 0.1, 0.1)``); the classifier learns the train share.
 
     Returns:
         `Path`: ``output_dir``.
@@ -160,6 +166,10 @@ def prepare_model(
         raise ValueError(f"steps must be a positive int, got {steps!r}.")
     if isinstance(languages, str):
         raise TypeError(f"languages must be a list of language codes, not the string {languages!r}.")
+    if split_sizes is not None:
+        if name != "me5-small-xnli":
+            raise ValueError(f"split_sizes applies to 'me5-small-xnli' only, not to {name!r}.")
+        check_split_sizes(split_sizes)
     output_dir = Path(output_dir)
     start = time.perf_counter()
     if name == "me5-small":
@@ -184,6 +194,8 @@ def prepare_model(
             recipe["learning_rate"] = float(learning_rate)
         if train_layers is not None:
             recipe["train_layers"] = int(train_layers)
+    if split_sizes is not None and tuple(map(float, split_sizes)) != XNLI_SPLIT_SIZES:
+        recipe["split_sizes"] = [float(share) for share in split_sizes]  # the default stays out: old folders reuse
     if is_prepared(output_dir, name=name, recipe=recipe):
         logger.info("Reusing %s in %s (same recipe)", name, output_dir)
         return output_dir
