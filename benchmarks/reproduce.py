@@ -70,12 +70,16 @@ RELATIONS = ["P17", "P19", "P20", "P27", "P36", "P37", "P106", "P138", "P176", "
 # `mlama_disjoint`: the base fact model learns these other relations (also in all eight languages) and never a fact
 # the editor trains or is tested on.
 BASE_RELATIONS = ["P31", "P131", "P159", "P276", "P279", "P361", "P463", "P47", "P1001", "P101", "P127", "P937"]
-# ft_tuned: the best hmean with reliability >= 0.9 in benchmarks/ft_search.py (validation split; ft_search.json)
+# ft_tuned: the best hmean with reliability >= 0.9 in benchmarks/step_search.py (validation split; ft_search.json)
 FT_SETTINGS = {
     "ft_reference": {"ft_optimizer": "rmsprop", "ft_lr": 5e-6, "ft_steps": 100},
     "ft_tuned": {"ft_optimizer": "adam", "ft_lr": 5e-4, "ft_steps": 10},
     "ft_loc": {"ft_optimizer": "adam", "ft_lr": 5e-4, "ft_steps": 10, "ft_loc_coef": 1.0},
 }
+# hf_lime's own KE starts from one raw gradient step of this size: the best hmean with reliability >= 0.9 of the
+# untrained editor in `step_search.py --editor ke` (validation split; ke_search.json). MEND's normalised factors take
+# --edit_lr_init (3e-4); the reference's KE its own 1.0.
+KE_EDIT_LR_INIT = 3e-2
 SEQUENCE_SUFFIX = "-seqloc"  # run ids of `--locality sequence`
 DEFAULT_CONFIGS = [
     *(f"mend-{t}-{m}" for t in ("monolingual", "all") for m in ("off", "language", "shared")),
@@ -100,7 +104,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--eval_steps", type=int, default=100, help="Validate (and checkpoint) every this many steps.")
     p.add_argument("--patience", type=int, default=4, help="Validations without improvement before stopping.")
     p.add_argument("--learning_rate", type=float, default=1e-5)
-    p.add_argument("--edit_lr_init", type=float, default=3e-4)
+    p.add_argument("--edit_lr_init", type=float, default=3e-4, help="MEND's initial step size (KE: KE_EDIT_LR_INIT).")
     p.add_argument("--c_edit", type=float, default=1.0)
     p.add_argument("--model_steps", type=int, default=2000, help="Steps of the base fact model.")
     p.add_argument("--mlama_languages", nargs="+", default=MLAMA_LANGUAGES)
@@ -210,9 +214,10 @@ def lime_config(run: dict, languages: list[str], args) -> LimeConfig:
     if run["editor"] == "ke_ref":  # the LiME reference's KE: bi-LSTM conditioner, hidden 512, max_scale 1
         return LimeConfig(languages=languages, editor="ke", ke_conditioner="lstm", ke_hidden_dim=512,
                           use_lime_mask=run["mask"] != "off", edit_lr_init=1.0)  # fmt: skip
+    edit_lr_init = KE_EDIT_LR_INIT if run["editor"] == "ke" else args.edit_lr_init
     return LimeConfig(languages=languages, editor=run["editor"], use_lime_mask=run["mask"] != "off",
                       mask_scope="shared" if run["mask"] == "shared" else "language",
-                      mend_center=True, edit_lr_init=args.edit_lr_init)  # fmt: skip
+                      mend_center=True, edit_lr_init=edit_lr_init)  # fmt: skip
 
 
 def train(model, tokenizer, task: dict, run: dict, args, run_dir: Path) -> LimeTrainer:

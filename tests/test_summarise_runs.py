@@ -145,7 +145,9 @@ def test_configurations_parse_and_build_their_adapters(reproduce):
     assert (ke_ref.editor, ke_ref.ke_conditioner, ke_ref.ke_hidden_dim) == ("ke", "lstm", 512)
     assert ke_ref.use_lime_mask
     shared = reproduce.lime_config(reproduce.parse_config("mend-all-shared"), ["en", "fr"], args)
-    assert shared.mask_scope == "shared" and shared.mend_center
+    assert shared.mask_scope == "shared" and shared.mend_center and shared.edit_lr_init == 3e-4
+    ke = reproduce.lime_config(reproduce.parse_config("ke-all-off"), ["en", "fr"], args)
+    assert (ke.editor, ke.ke_conditioner, ke.edit_lr_init) == ("ke", "pooled", reproduce.KE_EDIT_LR_INIT)
     with pytest.raises(ValueError, match="Unknown configuration"):
         reproduce.parse_config("rome-all-off")
     with pytest.raises(ValueError, match="<editor>-<training>-<mask>"):

@@ -1,12 +1,21 @@
-"""The search behind the tuned fine-tuning baseline (`ft_tuned` in reproduce.py): a fair chance for FT.
+"""The step-size searches behind two baselines, on the validation split: a fair chance before the test split.
 
-Fine-tuning edits the same layers as the learned editors (the top three FFN blocks), one edit at a time, and stops
-as soon as the whole target is right. This grid tries its optimiser, step size and step budget on the **validation**
-split of the mLAMA task of reproduce.py (never the test split), with distinct facts per editing language, and keeps
-the setting with the best harmonic mean of edit success and locality among those whose reliability (the edit in its
-own language) is at least 0.9. The reference's FT (RMSprop 5e-6, up to 100 steps) is one row.
+`--editor ft` (default): the tuned fine-tuning baseline (`ft_tuned` in reproduce.py). Fine-tuning edits the same layers
+as the learned editors (the top three FFN blocks), one edit at a time, and stops as soon as the whole target is right.
+The grid tries its optimiser, step size and step budget; the reference's FT (RMSprop 5e-6, up to 100 steps) is one
+row.
 
-    OMP_NUM_THREADS=1 python benchmarks/ft_search.py --threads 1       # docs/results/ft_search.json + a table
+`--editor ke`: the initial step size of hf_lime's own KnowledgeEditor (`ke-*` in reproduce.py; `edit_lr_init`).
+Untrained, that editor is exactly one gradient step of that size (its scales start at 1, its shift at 0), and training
+moves the log-space step size slowly, so the start decides where the editor trains from; MEND's 3e-4 suits MEND's
+normalised factors, not a raw gradient. The grid tries the untrained editor at several sizes.
+
+Each search runs on the **validation** split of the mLAMA task of reproduce.py (never the test split), with distinct
+facts per editing language, and keeps the setting with the best harmonic mean of edit success and locality among those
+whose reliability (the edit in its own language) is at least 0.9 (the best harmonic mean when none is).
+
+    OMP_NUM_THREADS=1 python benchmarks/step_search.py --threads 1               # docs/results/ft_search.json
+    OMP_NUM_THREADS=1 python benchmarks/step_search.py --editor ke --threads 1   # docs/results/ke_search.json
 
 Evaluation: 5 facts per editing language (40 edits), 5 unrelated facts per edit, answers ranked among the relation's
 objects, no bootstrap (a search, not a result).
@@ -28,8 +37,8 @@ from transformers import AutoTokenizer, set_seed
 from hf_lime import LimeConfig
 from hf_lime.evaluation import evaluate_editor
 
-logger = logging.getLogger("ft_search")
-GRID = [
+logger = logging.getLogger("step_search")
+FT_GRID = [
     {"ft_optimizer": "rmsprop", "ft_lr": 5e-6, "ft_steps": 100},  # the reference's FT
     *({"ft_optimizer": "adam", "ft_lr": lr, "ft_steps": n} for lr in (1e-4, 3e-4, 1e-3, 3e-3) for n in (10, 40)),
     *({"ft_optimizer": "sgd", "ft_lr": lr, "ft_steps": 40} for lr in (1e-2, 1e-1)),
@@ -37,12 +46,15 @@ GRID = [
     {"ft_optimizer": "adam", "ft_lr": 5e-4, "ft_steps": 10},
     *({"ft_optimizer": "sgd", "ft_lr": lr, "ft_steps": 40} for lr in (3e-3, 3e-2)),
 ]
+KE_GRID = [{"edit_lr_init": lr} for lr in (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)]
+GRIDS = {"ft": FT_GRID, "ke": KE_GRID}
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output_dir", default="outputs/reproduce", help="Where reproduce.py keeps its models.")
-    p.add_argument("--output", default="docs/results/ft_search.json")
+    p.add_argument("--editor", choices=sorted(GRIDS), default="ft", help="Whose step size to search.")
+    p.add_argument("--output", default=None, help="Default: docs/results/<editor>_search.json.")
     p.add_argument("--data_dir", default="../shared/data")
     p.add_argument("--n_edits", type=int, default=5, help="Validation facts per editing language.")
     p.add_argument("--n_retain", type=int, default=5)
@@ -52,14 +64,22 @@ def parse_args() -> argparse.Namespace:
     # the task exactly as reproduce.py builds it (same data, split and base model)
     args.mlama_languages, args.relations, args.max_per_relation = MLAMA_LANGUAGES, RELATIONS, 150
     args.split_sizes, args.model_steps = [0.6, 0.1, 0.3], 2000
+    args.output = args.output or f"docs/results/{args.editor}_search.json"
     return args
+
+
+def editor_config(setting: dict, languages: list[str], editor: str) -> LimeConfig:
+    """The adapter of one grid row: FT with its optimiser settings, or the untrained KE with its step size."""
+    if editor == "ke":  # as reproduce.py builds `ke-*-off`
+        return LimeConfig(languages=languages, editor="ke", use_lime_mask=False, mend_center=True, **setting)
+    return LimeConfig(languages=languages, editor="ft", use_lime_mask=False, **setting)
 
 
 def evaluate_setting(setting: dict, task: dict, args) -> dict:
     set_seed(args.seed)
     tokenizer = AutoTokenizer.from_pretrained(task["folder"])
     base = task["auto"].from_pretrained(task["folder"], attn_implementation="eager")
-    config = LimeConfig(languages=task["languages"], editor="ft", use_lime_mask=False, **setting)
+    config = editor_config(setting, task["languages"], args.editor)
     model = get_peft_model(base, config).eval()
     start = time.time()
     result = evaluate_editor(
@@ -79,24 +99,32 @@ def main() -> None:
     task = load_task("mlama", args)
     output = Path(args.output)
     rows = json.loads(output.read_text())["rows"] if output.exists() else []  # resumable
-    done = {(r["ft_optimizer"], r["ft_lr"], r["ft_steps"]) for r in rows}
-    for setting in GRID:
-        if (setting["ft_optimizer"], setting["ft_lr"], setting["ft_steps"]) in done:
+    grid = GRIDS[args.editor]
+    done = [{k: r[k] for k in grid[0]} for r in rows]
+    for setting in grid:
+        if setting in done:
             continue
         rows.append(evaluate_setting(setting, task, args))
         logger.info("%s", rows[-1])
         output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps({"split": "validation", "n_edits_per_language": args.n_edits, "rows": rows},
-                                     indent=2))  # fmt: skip
-    eligible = [r for r in rows if r["reliability"] >= 0.9]
-    best = max(eligible, key=lambda r: r["hmean"]) if eligible else None
-    print("| optimizer | lr | max steps | reliability | transfer | locality | hmean | s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        output.write_text(json.dumps({"split": "validation", "editor": args.editor,
+                                      "n_edits_per_language": args.n_edits, "rows": rows}, indent=2))  # fmt: skip
+    best = choose(rows)
+    keys = list(grid[0])
+    print("| " + " | ".join(keys) + " | reliability | transfer | locality | hmean | s |")
+    print("|" + " --- |" * (len(keys) + 5))
     for r in rows:
         mark = " **(chosen)**" if r is best else ""
         scores = " | ".join(f"{r[k]:.3f}" for k in ("reliability", "transfer", "locality", "hmean"))
-        print(f"| {r['ft_optimizer']} | {r['ft_lr']:g} | {r['ft_steps']} | {scores}{mark} | {r['seconds']:.0f} |")
-    print("chosen:", best and {k: best[k] for k in ("ft_optimizer", "ft_lr", "ft_steps")})
+        print(f"| {' | '.join(f'{r[k]:g}' if isinstance(r[k], float) else str(r[k]) for k in keys)} | {scores}{mark}"
+              f" | {r['seconds']:.0f} |")  # fmt: skip
+    print("chosen:", {k: best[k] for k in keys})
+
+
+def choose(rows: list[dict]) -> dict:
+    """The best harmonic mean among the rows with reliability >= 0.9, or over all rows when none has it."""
+    eligible = [r for r in rows if r["reliability"] >= 0.9] or rows
+    return max(eligible, key=lambda r: r["hmean"])
 
 
 if __name__ == "__main__":
