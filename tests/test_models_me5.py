@@ -3,6 +3,8 @@ recipes on tiny models, `prepare_model` caching, and (integration) the real mult
 
 from __future__ import annotations
 
+import functools
+import importlib
 import importlib.util
 import json
 import struct
@@ -422,6 +424,28 @@ def test_prepare_model_caches_facts(tiny_base, tmp_path, monkeypatch):
     prepare.prepare_model("me5-small-facts", out, steps=3, dataset=data, device="cpu", num_threads=1, progress=False)
     assert calls == ["me5-small-facts"] * 2  # a new recipe retrains
     assert json.loads((out / me5.MARKER_FILE).read_text())["recipe"]["steps"] == 3
+
+
+def test_prepare_model_rebuilds_the_xnli_classifier_for_another_split_only(tiny_base, tmp_path, monkeypatch):
+    monkeypatch.setattr(prepare, "build_me5_small", lambda folder, progress=True: tiny_base)
+    data_dir = _write_tiny_xnli(tmp_path / "data")
+    splits = []
+    real = prepare._finetune
+
+    def recording(name, base, output_dir, recipe, data, options):
+        splits.append(recipe.get("split_sizes"))
+        return real(name, base, output_dir, recipe, data, options)
+
+    monkeypatch.setattr(prepare, "_finetune", recording)
+    module = importlib.import_module("hf_lime.real_models.finetune_xnli")  # the package re-exports the function
+    monkeypatch.setattr(module, "finetune_xnli", functools.partial(module.finetune_xnli, frozen_layers=1))  # 3 layers
+    out, kwargs = tmp_path / "xnli", {"data_dir": data_dir, "languages": ["en", "fr"], "steps": 1, "progress": False}
+    prepare.prepare_model("me5-small-xnli", out, device="cpu", num_threads=1, **kwargs)
+    prepare.prepare_model("me5-small-xnli", out, split_sizes=(0.8, 0.1, 0.1), **kwargs)  # the default: reused
+    assert splits == [None]
+    prepare.prepare_model("me5-small-xnli", out, split_sizes=(0.5, 0.0, 0.5), device="cpu", num_threads=1, **kwargs)
+    assert splits == [None, [0.5, 0.0, 0.5]]  # another split: the classifier learns again, on its train share
+    assert json.loads((out / "eval_results.json").read_text())["recipe"]["split_sizes"] == [0.5, 0.0, 0.5]
 
 
 # ---------------------------------------------------------------- the real model (integration)
