@@ -25,6 +25,7 @@ objects, no bootstrap (a search, not a result).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import time
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import torch
 from peft import get_peft_model
-from reproduce import MLAMA_LANGUAGES, RELATIONS, load_task
+from reproduce import MLAMA_LANGUAGES, RELATIONS, lime_config, load_task
 from transformers import AutoTokenizer, set_seed
 
 from hf_lime import LimeConfig
@@ -49,6 +50,7 @@ FT_GRID = [
 ]
 KE_GRID = [{"edit_lr_init": lr} for lr in (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)]
 GRIDS = {"ft": FT_GRID, "ke": KE_GRID}
+SEARCHED = {"ft": "ft_tuned", "ke": "ke"}  # the reproduce.py editor whose settings each search chooses
 
 
 def parse_args() -> argparse.Namespace:
@@ -69,18 +71,18 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def editor_config(setting: dict, languages: list[str], editor: str) -> LimeConfig:
-    """The adapter of one grid row: FT with its optimiser settings, or the untrained KE with its step size."""
-    if editor == "ke":  # as reproduce.py builds `ke-*-off`
-        return LimeConfig(languages=languages, editor="ke", use_lime_mask=False, mend_center=True, **setting)
-    return LimeConfig(languages=languages, editor="ft", use_lime_mask=False, **setting)
+def editor_config(setting: dict, languages: list[str], args) -> LimeConfig:
+    """The adapter of one grid row: the configuration reproduce.py runs (`ft_tuned`, or `ke` untrained without masks)
+    with the row's settings in place of the chosen ones."""
+    run = {"editor": SEARCHED[args.editor], "training": "untrained", "mask": "off"}
+    return dataclasses.replace(lime_config(run, languages, args), **setting)
 
 
 def evaluate_setting(setting: dict, task: dict, args) -> dict:
     set_seed(args.seed)
     tokenizer = AutoTokenizer.from_pretrained(task["folder"])
     base = task["auto"].from_pretrained(task["folder"], attn_implementation="eager")
-    config = editor_config(setting, task["languages"], args.editor)
+    config = editor_config(setting, task["languages"], args)
     model = get_peft_model(base, config).eval()
     start = time.time()
     result = evaluate_editor(

@@ -27,6 +27,7 @@ from ._training import (
 )
 
 logger = logging.getLogger(__name__)
+DEFAULT_SPLIT_SIZES = (0.8, 0.1, 0.1)  # train / validation / test shares of the premises
 
 
 def flatten_xnli(items: Iterable[Mapping], languages: Sequence[str]) -> list[dict]:
@@ -164,7 +165,7 @@ def finetune_xnli(
     max_length: int = 128,
     seed: int = 0,
     eval_split: str = "test",
-    split_sizes: Sequence[float] = (0.8, 0.1, 0.1),
+    split_sizes: Sequence[float] = DEFAULT_SPLIT_SIZES,
     device: str | None = None,
     num_threads: int | None = None,
     progress: bool = True,

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..data.splits import check_split_sizes
+from .finetune_xnli import DEFAULT_SPLIT_SIZES as XNLI_SPLIT_SIZES
 from .me5 import build_me5_small, default_cache_dir, is_prepared, write_marker
 
 logger = logging.getLogger(__name__)
@@ -30,7 +31,6 @@ logger = logging.getLogger(__name__)
 MODEL_NAMES = ("me5-small", "me5-small-xnli", "me5-small-facts")
 FACT_SOURCES = ("cldr", "mlama")
 FACT_SPLITS = ("train", "all")
-XNLI_SPLIT_SIZES = (0.8, 0.1, 0.1)
 DEFAULT_STEPS = {"me5-small-xnli": 1000, "me5-small-facts": 300}
 MLAMA_MAX_PER_RELATION = 300
 
@@ -73,7 +73,7 @@ def _finetune(name: str, base: Path, output_dir: Path, recipe: dict, data, optio
             languages=recipe["languages"],
             steps=recipe["steps"],
             seed=recipe["seed"],
-            split_sizes=recipe.get("split_sizes", XNLI_SPLIT_SIZES),
+            split_sizes=recipe.get("split_sizes", XNLI_SPLIT_SIZES),  # absent: the classifier's default
             device=options["device"],
             num_threads=options["num_threads"],
             progress=options["progress"],
