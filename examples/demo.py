@@ -45,7 +45,11 @@ logger = logging.getLogger("demo")
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="outputs/demo")
-    parser.add_argument("--model_dir", default="outputs/models/me5-small-cldr")
+    parser.add_argument(
+        "--model_dir",
+        default=None,
+        help="Fact model folder (default: outputs/models/me5-small-cldr, with -<label_language>-names appended).",
+    )
     parser.add_argument("--languages", nargs="+", default=DEMO_LANGUAGES)
     parser.add_argument("--fact_steps", type=int, default=1200, help="Training steps of the fact model.")
     parser.add_argument(
@@ -65,7 +69,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--c_edit", type=float, default=None, help="Weight of the post-edit NLL (default: recipe).")
     parser.add_argument("--n_edits", type=int, default=20, help="Test edits per editing language.")
     parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args()
+    parser.add_argument(
+        "--label_language",
+        default=None,
+        help="The LiME reference's mLAMA protocol on CLDR: this language's country and object names in every "
+        "language's template (the answer is the same string everywhere; its own fact model). Default: translated.",
+    )
+    args = parser.parse_args()
+    if args.model_dir is None:
+        suffix = f"-{args.label_language}-names" if args.label_language else ""
+        args.model_dir = f"outputs/models/me5-small-cldr{suffix}"
+    return args
 
 
 def train_editor(model, tokenizer, splits, languages, args) -> LimeTrainer:
@@ -103,10 +117,10 @@ def train_editor(model, tokenizer, splits, languages, args) -> LimeTrainer:
     return trainer
 
 
-def show_text_edit(output_dir: Path, languages: list[str], seed: int) -> None:
+def show_text_edit(output_dir: Path, languages: list[str], seed: int, label_language: str | None = None) -> None:
     """Reload the saved editor like a user would, edit one held-out capital in English, print every language."""
     editor = LimeEditor.from_pretrained(output_dir)
-    test = load_cldr_facts(languages, relations=("capital",), seed=seed)["test"]
+    test = load_cldr_facts(languages, relations=("capital",), seed=seed, label_language=label_language)["test"]
     capitals = {lang: sorted({row["targets"][row["languages"].index(lang)] for row in test}) for lang in languages}
     item, other = pick_showcase(editor, test, capitals["en"])
 
@@ -149,10 +163,11 @@ def main() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     start, output_dir, languages = time.time(), Path(args.output_dir), list(args.languages)
-    folder = prepare_model("me5-small-facts", args.model_dir, steps=args.fact_steps, seed=args.seed,
+    splits = load_cldr_facts(languages, seed=args.seed, label_language=args.label_language)
+    facts = None if args.label_language is None else splits  # the default: prepare_model's own CLDR facts (cached)
+    folder = prepare_model("me5-small-facts", args.model_dir, steps=args.fact_steps, seed=args.seed, dataset=facts,
                            languages=languages, fact_split="all", learning_rate=3e-4, train_layers=4)  # fmt: skip
     logger.info("fact model ready after %.0f s", time.time() - start)
-    splits = load_cldr_facts(languages, seed=args.seed)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     base = AutoModelForMaskedLM.from_pretrained(folder, attn_implementation="eager")
     config = LimeConfig(languages=languages, editor="mend", mend_center=True, edit_lr_init=args.edit_lr_init)
@@ -168,13 +183,13 @@ def main() -> None:
     print(format_table(result))
     save_report(result, output_dir)
     info = {"base_model": str(Path(folder).resolve()), "dataset": "CLDR facts (babel)", "languages": languages,
-            "setting": "all -> all", "recipe": args.recipe, "max_steps": trainer.args.max_steps,
-            "global_step": trainer.state.global_step,
+            "setting": "all -> all", "recipe": args.recipe, "label_language": args.label_language,
+            "max_steps": trainer.args.max_steps, "global_step": trainer.state.global_step,
             "best_checkpoint": trainer.state.best_model_checkpoint, "scoring": "candidates"}  # fmt: skip
     editor = LimeEditor(model, tokenizer, task="masked_lm", training_info=info, metrics=result.metrics)
     editor.save_pretrained(output_dir, base_model_name_or_path=info["base_model"])
     (output_dir / "training_info.json").write_text(json.dumps(info, indent=2))
-    show_text_edit(output_dir, languages, args.seed)
+    show_text_edit(output_dir, languages, args.seed, args.label_language)
     print(f"\nDone in {time.time() - start:.0f} s. Editor, metrics.json, heatmaps and curves are in {output_dir}/")
 
 

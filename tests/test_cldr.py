@@ -144,6 +144,19 @@ def test_custom_templates_add_a_language():
     assert items["cldr:capital:BE"]["targets"] == ["Brussel", "Brussels"]
 
 
+def test_label_language_puts_one_languages_names_in_every_template():
+    """The reference's protocol: translated templates, one language's country and object names everywhere; the same
+    facts (and so the same splits) as the translated protocol."""
+    translated = load_cldr_facts(["en", "zh"], relations=["capital"])
+    untranslated = load_cldr_facts(["en", "zh"], relations=["capital"], label_language="en")
+    assert untranslated["test"]["id"] == translated["test"]["id"]
+    row = next(r for s in untranslated.values() for r in s if r["id"] == "cldr:capital:FR")
+    assert row["prompts"] == ["The capital of France is [Y].", "France的首都是[Y]。"]
+    assert row["targets"] == ["Paris", "Paris"]
+    with pytest.raises(ValueError, match=r"`label_language` 'fr' must be one of the languages \['en', 'zh'\]"):
+        load_cldr_facts(["en", "zh"], label_language="fr")
+
+
 def test_errors_name_the_problem():
     with pytest.raises(ValueError, match=r"No CLDR template for language 'nl'.*languages with templates: \['ar'"):
         build_cldr_items(["en", "nl"])

@@ -277,6 +277,7 @@ def build_cldr_items(
     languages: Sequence[str] | None = None,
     relations: Sequence[str] = CLDR_RELATIONS,
     templates: Mapping[str, Mapping[str, str]] | None = None,
+    label_language: str | None = None,
 ) -> list[ParallelItem]:
     """Generate the CLDR facts as parallel items (no split). Arguments as in `load_cldr_facts`.
 
@@ -285,6 +286,8 @@ def build_cldr_items(
     """
     languages = check_languages(DEFAULT_CLDR_LANGUAGES if languages is None else languages)
     relations = _check_relations(relations)
+    if label_language is not None and label_language not in languages:
+        raise ValueError(f"`label_language` {label_language!r} must be one of the languages {languages}.")
     merged = _merge_templates(templates)
     for lang in languages:
         missing = [r for r in relations if r not in merged.get(lang, {})]
@@ -305,6 +308,9 @@ def build_cldr_items(
             if any(not label for label in labels):
                 continue
             subjects = [cldr.locales[lang].territories[country] for lang in languages]
+            if label_language is not None:  # the LiME reference's protocol: one language's names everywhere
+                position = languages.index(label_language)
+                labels, subjects = [labels[position]] * len(languages), [subjects[position]] * len(languages)
             items.append(_item(relation, country, object_id, languages, subjects, labels, merged))
     return items
 
@@ -332,6 +338,7 @@ def load_cldr_facts(
     seed: int = 0,
     split_sizes: Sequence[float] = (0.8, 0.1, 0.1),
     templates: Mapping[str, Mapping[str, str]] | None = None,
+    label_language: str | None = None,
 ) -> datasets.DatasetDict:
     """Generate parallel facts from CLDR (via `babel`) and split them by country.
 
@@ -344,6 +351,9 @@ def load_cldr_facts(
         split_sizes (`Sequence[float]`, *optional*, defaults to `(0.8, 0.1, 0.1)`): fractions of the countries.
         templates (`Mapping[str, Mapping[str, str]]`, *optional*): extra or replacement templates,
             language -> relation -> text with ``[X]`` (country) and ``[Y]`` (object).
+        label_language (`str`, *optional*): one of `languages`. When given, that language's country and object
+            names fill every language's template (translated templates, untranslated names: the LiME reference's
+            mLAMA protocol, as `load_mlama(label_language=...)`); the answer is then the same string everywhere.
 
     Returns:
         `datasets.DatasetDict`: ``train``, ``validation``, ``test`` in the common schema; a country is in one
@@ -361,5 +371,5 @@ def load_cldr_facts(
     ```
     """
     check_split_sizes(split_sizes)
-    items = build_cldr_items(languages, relations, templates)
+    items = build_cldr_items(languages, relations, templates, label_language)
     return split_by_group(items_to_dataset(items), split_sizes, seed)
