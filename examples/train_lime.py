@@ -86,6 +86,14 @@ class DataArguments:
     data_dir: str = field(default="../shared/data", metadata={"help": "Folder holding mlama1.1/ or xnli/."})
     relations: list[str] | None = field(default=None, metadata={"help": "mLAMA relations (default: all)."})
     max_per_relation: int | None = field(default=200, metadata={"help": "Cap on facts per relation."})
+    label_language: str | None = field(
+        default=None,
+        metadata={
+            "help": "mlama/cldr: this language's subject and object names in every language's template (the LiME "
+            "reference's protocol; the fact model of `make demo` knows its facts this way with 'en'). Default: each "
+            "language's own names."
+        },
+    )
     max_length: int = field(default=64, metadata={"help": "Maximum tokens per example."})
     n_test_edits: int = field(default=20, metadata={"help": "Test edits per editing language."})
     n_test_retain: int = field(default=8, metadata={"help": "Retain items scored per test edit."})
@@ -102,9 +110,10 @@ def load_data(data_args: DataArguments, languages: list[str], seed: int):
             relations=data_args.relations,
             max_per_relation=data_args.max_per_relation,
             seed=seed,
+            label_language=data_args.label_language,
         )
     if data_args.dataset == "cldr":
-        return load_cldr_facts(languages, seed=seed)
+        return load_cldr_facts(languages, seed=seed, label_language=data_args.label_language)
     if data_args.dataset == "xnli":
         return load_xnli(data_args.data_dir, languages, seed=seed)
     raise ValueError(f"--dataset must be 'mlama', 'cldr' or 'xnli', got {data_args.dataset!r}.")
