@@ -9,9 +9,11 @@ LiME-MEND on the demo's task, untrained at several step sizes (`sweep`) or after
     # the reference recipe on the same number of episodes (10 per optimizer step)
     python benchmarks/demo_study.py train --model outputs/models/me5-small-cldr --steps 30 --center --recipe reference
 
-Task: CLDR facts in en fr de es ru zh, the model of `make demo` (it knows every fact), held-out countries edited to
-another object of their relation, answers ranked among the relation's objects (`scoring="candidates"`). `--n_edits`
-per editing language, the same facts in every editing language (as the demo), 5 retain facts per edit.
+Task: CLDR facts in en fr de es ru zh with each language's own names, the fact model of `python examples/demo.py
+--label_language none` (it knows every fact; `make demo` itself now runs the paper's English-names protocol),
+held-out countries edited to another object of their relation, answers ranked among the relation's objects
+(`scoring="candidates"`). `--n_edits` per editing language, the same facts in every editing language (as the demo), 5
+retain facts per edit.
 """
 
 from __future__ import annotations
