@@ -158,15 +158,16 @@ def heatmap(prompts: dict[str, str], before: dict, after: dict):
 
 
 # ------------------------------------------------------------------------------------------------ examples
-def cldr_examples(languages: Sequence[str], n: int = 3, seed: int = EXAMPLES_SEED):
+def cldr_examples(languages: Sequence[str], n: int = 3, seed: int = EXAMPLES_SEED, label_language: str | None = None):
     """Held-out CLDR capitals as app examples (each edited to the next country's capital, in the first language),
-    and every language's held-out capitals as the answers to rank. `None, None` when a language has no template."""
+    and every language's held-out capitals as the answers to rank. `None, None` when a language has no template.
+    `label_language`: the names the editor's fact model knows (`make demo`'s: English everywhere)."""
     from hf_lime.data import load_cldr_facts
     from hf_lime.data.cldr import cldr_languages
 
     if not set(languages) <= set(cldr_languages()):
         return None, None
-    test = load_cldr_facts(list(languages), relations=("capital",), seed=seed)["test"]
+    test = load_cldr_facts(list(languages), relations=("capital",), seed=seed, label_language=label_language)["test"]
     rows = [dict(zip(row["languages"], zip(row["prompts"], row["targets"], strict=True), strict=True)) for row in test]
     candidates = {lang: sorted({row[lang][1] for row in rows}) for lang in languages}
     examples = []
@@ -226,7 +227,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=int(os.getenv("GRADIO_SERVER_PORT", "7860")))
     args = parser.parse_args()
     editor = LimeEditor.from_pretrained(args.editor)
-    examples, candidates = cldr_examples(editor.languages) if args.candidates == "cldr" else (None, None)
+    label_language = (editor.training_info or {}).get("label_language")  # as the editor's data named things
+    examples, candidates = (None, None)
+    if args.candidates == "cldr":
+        examples, candidates = cldr_examples(editor.languages, label_language=label_language)
     build_app(EditDemo(editor, candidates), examples).launch(server_name=args.host, server_port=args.port)
 
 

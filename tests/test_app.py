@@ -52,6 +52,16 @@ def test_parsing(app_module):
         app_module.parse_answers("en: a | zz: b", langs)
 
 
+def test_cldr_examples_name_things_as_the_editors_data_did(app_module):
+    """`make demo`'s editor knows its facts with English names in every template: the app's examples follow it."""
+    own, own_candidates = app_module.cldr_examples(["en", "zh"], n=1)
+    english, english_candidates = app_module.cldr_examples(["en", "zh"], n=1, label_language="en")
+    assert own[0][0].splitlines()[0] == english[0][0].splitlines()[0]  # the same English prompt
+    assert own_candidates["en"] == english_candidates["zh"] != own_candidates["zh"]
+    zh_prompt = english[0][0].splitlines()[1]
+    assert zh_prompt.startswith("zh: ") and any(c.isascii() and c.isalpha() for c in zh_prompt)
+
+
 def test_edit_then_revert_restores_the_base_model(app_module, tmp_path):
     editor = mlm_editor(tmp_path, edit_lr_init=1.0)
     original = _outputs(editor)
