@@ -169,8 +169,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     start, output_dir, languages = time.time(), Path(args.output_dir), list(args.languages)
     splits = load_cldr_facts(languages, seed=args.seed, label_language=args.label_language)
-    facts = None if args.label_language is None else splits  # the default: prepare_model's own CLDR facts (cached)
-    folder = prepare_model("me5-small-facts", args.model_dir, steps=args.fact_steps, seed=args.seed, dataset=facts,
+    folder = prepare_model("me5-small-facts", args.model_dir, steps=args.fact_steps, seed=args.seed, dataset=splits,
                            languages=languages, fact_split="all", learning_rate=3e-4, train_layers=4)  # fmt: skip
     logger.info("fact model ready after %.0f s", time.time() - start)
     tokenizer = AutoTokenizer.from_pretrained(folder)
