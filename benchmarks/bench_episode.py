@@ -51,6 +51,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--models", nargs="+", default=["me5-small-facts", "mbert-base-shaped"])
     parser.add_argument("--episodes", type=int, default=10, help="Timed episodes per model.")
     parser.add_argument("--rank", type=int, default=1920)
+    parser.add_argument(
+        "--compute_dtypes",
+        nargs="+",
+        default=["float32", "bfloat16"],
+        choices=["float32", "bfloat16"],
+        help="`LimeConfig.mend_compute_dtype` values to time, one editor each, on the same episodes and model.",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--processes", action="store_true", help="Also time 1 vs 2 training processes.")
     parser.add_argument("--steps", type=int, default=30, help="Training steps per process count (--processes).")
@@ -165,10 +172,9 @@ def time_networks(model, episode) -> tuple[float, float]:
     return forward, backward
 
 
-def bench_model(name: str, args) -> dict:
-    base, tokenizer = load_model(name, args.model_dir)
-    model = get_peft_model(base, LimeConfig(languages=LANGUAGES, editor="mend", mend_rank=args.rank)).train()
-    batches = episodes(tokenizer, args.episodes + 1, base.config.vocab_size)
+def bench_model(base, batches: list[dict], args, compute_dtype: str) -> dict:
+    config = LimeConfig(languages=LANGUAGES, editor="mend", mend_rank=args.rank, mend_compute_dtype=compute_dtype)
+    model = get_peft_model(base, config).train()
     time_episode(model, batches[0]), time_floor(model, batches[0])  # warm-up
     ep, floor, parts, nets = [], [], [], []
     for episode in batches[1:]:
@@ -188,6 +194,19 @@ def bench_model(name: str, args) -> dict:
         "networks_over_episode": statistics.median((f + b) / e for (f, b), e in zip(nets, ep, strict=True)),
         "editor_parameters": sum(p.numel() for p in model.base_model.editor.parameters()),
     }
+
+
+def bench_models(args) -> dict:
+    """`{model name: {compute dtype: results}}`: each dtype on a freshly loaded model, on the same episodes, with its
+    own floor timed interleaved with its episodes."""
+    results: dict = {}
+    for name in args.models:
+        for dtype in args.compute_dtypes:
+            base, tokenizer = load_model(name, args.model_dir)
+            batches = episodes(tokenizer, args.episodes + 1, base.config.vocab_size)
+            results.setdefault(name, {})[dtype] = bench_model(base, batches, args, dtype)
+            print(name, dtype, json.dumps(results[name][dtype], indent=2), flush=True)
+    return results
 
 
 def throughput(processes: int, steps: int, threads: int) -> float:
@@ -218,9 +237,7 @@ def main() -> None:
 
         print("keep_freed_memory applied:", keep_freed_memory())
     result: dict = {"threads": torch.get_num_threads(), "rank": args.rank, "episodes": args.episodes}
-    for name in args.models:
-        result[name] = bench_model(name, args)
-        print(name, json.dumps(result[name], indent=2), flush=True)
+    result.update(bench_models(args))
     if args.processes:
         one = throughput(1, args.steps, threads=2)
         two = throughput(2, args.steps, threads=1)

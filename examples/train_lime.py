@@ -78,6 +78,9 @@ class ModelArguments:
     num_top_layers: int = field(default=3, metadata={"help": "Edit the FFN linears of the top N blocks."})
     mend_center: bool = field(default=False, metadata={"help": "Centre MEND's inputs on their training mean."})
     mask_scope: str = field(default="language", metadata={"help": "'language' (LiME) or 'shared' (one mask)."})
+    mend_compute_dtype: str = field(
+        default="float32", metadata={"help": "MEND's matrix products: 'float32' or 'bfloat16' (faster with AMX)."}
+    )
 
 
 @dataclass
@@ -171,6 +174,7 @@ def main() -> None:
         num_top_layers=model_args.num_top_layers,
         mend_center=model_args.mend_center,
         mask_scope=model_args.mask_scope,
+        mend_compute_dtype=model_args.mend_compute_dtype,
     )
     model = get_peft_model(base, config)
     label2id = model_label2id(base, task)

@@ -48,6 +48,7 @@ def test_every_field_has_help_and_is_documented():
         ({"languages": ["en"], "mask_stretch": (-0.1,)}, "mask_stretch"),
         ({"languages": ["en"], "ft_optimizer": "lbfgs"}, "ft_optimizer"),
         ({"languages": ["en"], "ke_conditioner": "gru"}, "ke_conditioner"),
+        ({"languages": ["en"], "mend_compute_dtype": "float16"}, r"mend_compute_dtype` must be one of \['float32', "),
         ({"languages": ["en"], "ft_loc_coef": -1.0}, "ft_loc_coef"),
         ({"languages": ["en"], "layers_pattern": "layer"}, "layers_to_transform"),
         ({"languages": ["en"], "num_top_layers": 0}, "num_top_layers"),

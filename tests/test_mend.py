@@ -268,3 +268,52 @@ def test_centering_uses_the_running_mean_of_training_inputs(tmp_path):
     reloaded = PeftModel.from_pretrained(build_model("bert-mlm"), tmp_path).base_model.editor
     for name, buf in reloaded.named_buffers():
         torch.testing.assert_close(buf, means[name])
+
+
+# ----------------------------------------------------------------------------------------- mend_compute_dtype
+DTYPES = ("float32", "bfloat16")
+
+
+def _random_blocks(model) -> None:
+    """Give every block a non-zero `up`, so the networks' products matter (an untrained `up` is zero)."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for net in model.base_model.editor.nets.values():
+            for block in net.stacks["xd"]:
+                block.up.normal_(0.0, 0.05)
+
+
+def test_bfloat16_products_keep_an_untrained_edit_exactly_and_a_trained_one_closely():
+    batch = make_batch("masked_lm")
+    exact, lowered = (lime_model("bert-mlm", mend_rank=16, mend_compute_dtype=dt).eval() for dt in DTYPES)
+    lowered.base_model.load_state_dict(exact.base_model.state_dict())  # the same editor, masks and base weights
+    fresh = (exact.base_model.compute_edit(batch, "en").deltas, lowered.base_model.compute_edit(batch, "en").deltas)
+    for key in fresh[0]:  # `up` = 0: the blocks add exactly their bias, whatever the products' precision
+        torch.testing.assert_close(fresh[1][key].dense(), fresh[0][key].dense(), rtol=0, atol=0)
+    for model in (exact, lowered):
+        _random_blocks(model)
+    trained = (exact.base_model.compute_edit(batch, "en").deltas, lowered.base_model.compute_edit(batch, "en").deltas)
+    for key in trained[0]:
+        full, low = trained[0][key].dense(), trained[1][key].dense()
+        assert low.dtype == torch.float32 and not torch.equal(low, full)  # the products were lowered...
+        assert (low - full).norm() <= 0.02 * full.norm()  # ...and the edit is the same to within bfloat16's precision
+
+
+def test_bfloat16_networks_train_float32_weights_and_are_saved(tmp_path):
+    model = lime_model("bert-mlm", mend_rank=16, mend_compute_dtype="bfloat16").train()
+    _random_blocks(model)
+    lang_ids = torch.tensor([0, 1])
+    episode = {part: {**make_batch("masked_lm", seed=seed), "lang_ids": lang_ids}
+               for seed, part in enumerate(("edit", "update", "retain"))}  # fmt: skip
+    run_episode(model, episode, "masked_lm", c_edit=1.0, c_loc=1.0, c_l0=1.0).loss.backward()
+    params = dict(model.base_model.editor.named_parameters())
+    assert all(p.dtype == torch.float32 for p in params.values())
+    products = [name for name in params if name.endswith((".up", ".down"))]
+    assert products
+    for name in products:
+        grad = params[name].grad
+        assert grad is not None and grad.dtype == torch.float32 and torch.isfinite(grad).all() and grad.abs().sum() > 0
+    model.save_pretrained(tmp_path)
+    reloaded = PeftModel.from_pretrained(build_model("bert-mlm"), tmp_path)
+    assert reloaded.peft_config["default"].mend_compute_dtype == "bfloat16"
+    assert all(net.compute_dtype == "bfloat16" for net in reloaded.base_model.editor.nets.values())

@@ -27,6 +27,9 @@ from torch import nn
 
 from ..deltas import EditInfo, LayerDelta
 from .base import BaseEditor, EditorOutput, LayerSpec
+from .lowered import LoweredWeights, lowered_low_rank
+
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 class LowRankBlock(nn.Module):
@@ -41,10 +44,18 @@ class LowRankBlock(nn.Module):
         rank (`int`): Bottleneck width (capped at `width`).
         num_layers (`int`): Layers sharing the block (rows of `scale` and `shift`).
         init (`str`): `"id"` or `"random"`.
+        compute_dtype (`str`): `"float32"`, or `"bfloat16"`: the products `U V h` (and their gradients) in bfloat16
+            from float32 weights (`editors/lowered.py`); the bias, scale, shift and residual stay float32.
     """
 
-    def __init__(self, width: int, rank: int, num_layers: int, init: str = "id") -> None:
+    def __init__(
+        self, width: int, rank: int, num_layers: int, init: str = "id", compute_dtype: str = "float32"
+    ) -> None:
         super().__init__()
+        if compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"`compute_dtype` must be one of {list(COMPUTE_DTYPES)}, got {compute_dtype!r}.")
+        self.compute_dtype = compute_dtype
+        self._lowered = LoweredWeights()
         rank = min(rank, width)
         self.down = nn.Parameter(torch.randn(rank, width))
         self.up = nn.Parameter(torch.zeros(width, rank) if init == "id" else torch.randn(width, rank) * 1e-3)
@@ -54,7 +65,10 @@ class LowRankBlock(nn.Module):
 
     def forward(self, h: torch.Tensor, layer_index: int | torch.Tensor) -> torch.Tensor:
         """`layer_index`: the layer of every row (an `int`, or one index per row of `h`)."""
-        pre = (h @ self.down.T) @ self.up.T + self.bias
+        if self.compute_dtype == "bfloat16":
+            pre = lowered_low_rank(h, self.down, self.up, self._lowered) + self.bias
+        else:
+            pre = (h @ self.down.T) @ self.up.T + self.bias
         pre = pre * self.layer_scale[layer_index] + self.layer_shift[layer_index]
         # clamp, not relu: its gradient at exactly 0 is 1, so the zero-initialised `up` learns from the first step
         return h + pre.clamp(min=0)
@@ -76,6 +90,7 @@ class GradientTransform(nn.Module):
         combine (`bool`): One stack over the concatenation `[x̂, δ̂]` instead of one stack each.
         norm_eps (`float`): The LayerNorms' epsilon.
         center (`bool`): Subtract from each layer's `x` the running mean of the `x` seen in training (per feature).
+        compute_dtype (`str`): The blocks' products: `"float32"` or `"bfloat16"` (see [`LowRankBlock`]).
     """
 
     def __init__(
@@ -90,9 +105,10 @@ class GradientTransform(nn.Module):
         combine: bool = True,
         norm_eps: float = 1e-5,
         center: bool = False,
+        compute_dtype: str = "float32",
     ) -> None:
         super().__init__()
-        self.d_in, self.combine, self.center = d_in, combine, center
+        self.d_in, self.combine, self.center, self.compute_dtype = d_in, combine, center, compute_dtype
         if center:
             self.register_buffer("x_mean", torch.zeros(num_layers, d_in))
             self.register_buffer("x_count", torch.zeros(num_layers, dtype=torch.float64))
@@ -101,7 +117,9 @@ class GradientTransform(nn.Module):
         widths = {"xd": d_in + d_out} if combine else {"x": d_in, "d": d_out}
         self.stacks = nn.ModuleDict(
             {
-                part: nn.ModuleList([LowRankBlock(w, rank, num_layers, init) for _ in range(n_hidden + 1)])
+                part: nn.ModuleList(
+                    [LowRankBlock(w, rank, num_layers, init, compute_dtype) for _ in range(n_hidden + 1)]
+                )
                 for part, w in widths.items()
             }
         )
@@ -155,6 +173,8 @@ class MendEditor(BaseEditor):
         norm_eps (`float`, *optional*, defaults to `1e-5`): Epsilon of the LayerNorms.
         center (`bool`, *optional*, defaults to `False`): Centre each layer's inputs `x` on their running training
             mean before the normalisation (not in the reference; see `docs/editors.md`).
+        compute_dtype (`str`, *optional*, defaults to `"float32"`): `"bfloat16"` runs the blocks' matrix products in
+            bfloat16 from float32 weights (faster on CPUs with AMX and on GPUs; see `LimeConfig.mend_compute_dtype`).
 
     Example:
 
@@ -181,6 +201,7 @@ class MendEditor(BaseEditor):
         shared: bool = True,
         norm_eps: float = 1e-5,
         center: bool = False,
+        compute_dtype: str = "float32",
     ) -> None:
         super().__init__(layers)
         self._group: dict[str, tuple[str, int]] = {}
@@ -189,11 +210,11 @@ class MendEditor(BaseEditor):
             group = f"{spec.d_in}x{spec.d_out}" if shared else spec.key
             self._group[spec.key] = (group, len(groups.setdefault(group, [])))
             groups[group].append(spec)
+        options = {"init": init, "norm": norm, "combine": combine, "norm_eps": norm_eps, "center": center,
+                   "compute_dtype": compute_dtype}  # fmt: skip
         self.nets = nn.ModuleDict(
             {
-                group: GradientTransform(
-                    specs[0].d_in, specs[0].d_out, rank, n_hidden, len(specs), init, norm, combine, norm_eps, center
-                )
+                group: GradientTransform(specs[0].d_in, specs[0].d_out, rank, n_hidden, len(specs), **options)
                 for group, specs in groups.items()
             }
         )
@@ -252,4 +273,5 @@ def mend_kwargs(config) -> dict:
         "shared": config.mend_shared,
         "norm_eps": config.mend_norm_eps,
         "center": config.mend_center,
+        "compute_dtype": config.mend_compute_dtype,
     }

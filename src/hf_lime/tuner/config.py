@@ -12,6 +12,7 @@ from peft.config import PeftConfig
 
 from ..editors.ft import OPTIMIZERS as FT_OPTIMIZERS
 from ..editors.ke import KE_CONDITIONERS
+from ..editors.mend import COMPUTE_DTYPES as MEND_COMPUTE_DTYPES
 from ..languages import check_languages
 from ..masks import MASK_SCOPES
 
@@ -100,6 +101,12 @@ class LimeConfig(PeftConfig):
             One network over the concatenated layer input and output gradient (`True`) or one network each.
         mend_shared (`bool`, *optional*, defaults to `True`):
             Share networks between edited layers of the same shape, with a learned per-layer scale and shift.
+        mend_compute_dtype (`str`, *optional*, defaults to `"float32"`):
+            Precision of the matrix products inside MEND's networks. `"bfloat16"` runs them under autocast (the
+            weights, the LayerNorms and the residual stream stay in float32; only the low-rank products are
+            bfloat16): on a CPU with AMX or a GPU the editor's networks then take a fraction of their float32 time
+            (measured in `docs/benchmarks.md`); on a CPU without bfloat16 units it is slower. The base model is never
+            affected.
         ke_hidden_dim (`int`, *optional*, defaults to `128`):
             Width of KnowledgeEditor's conditioning network.
         ke_rank (`int`, *optional*, defaults to `1`):
@@ -179,6 +186,9 @@ class LimeConfig(PeftConfig):
     mend_shared: bool = field(
         default=True, metadata={"help": "Share MEND networks across same-shape layers with per-layer scale/shift."}
     )
+    mend_compute_dtype: Literal["float32", "bfloat16"] = field(
+        default="float32", metadata={"help": "MEND's matrix products: 'float32' or 'bfloat16' (autocast)."}
+    )
     ke_hidden_dim: int = field(default=128, metadata={"help": "Width of KnowledgeEditor's conditioning network."})
     ke_rank: int = field(default=1, metadata={"help": "Rank of KnowledgeEditor's additive shift term."})
     ke_conditioner: Literal["pooled", "lstm"] = field(
@@ -220,6 +230,7 @@ class LimeConfig(PeftConfig):
         _check_choice("mend_init", self.mend_init, ("id", "random"))
         _check_choice("ft_optimizer", self.ft_optimizer, FT_OPTIMIZERS)
         _check_choice("mask_scope", self.mask_scope, MASK_SCOPES)
+        _check_choice("mend_compute_dtype", self.mend_compute_dtype, MEND_COMPUTE_DTYPES)
         _check_choice("ke_conditioner", self.ke_conditioner, KE_CONDITIONERS)
         _check_languages(self.languages, required=self.use_lime_mask and self.editor != "ft")
         for name in ("num_top_layers", "mend_rank", "ke_hidden_dim", "ke_rank", "ft_steps"):
