@@ -317,3 +317,18 @@ def test_bfloat16_networks_train_float32_weights_and_are_saved(tmp_path):
     reloaded = PeftModel.from_pretrained(build_model("bert-mlm"), tmp_path)
     assert reloaded.peft_config["default"].mend_compute_dtype == "bfloat16"
     assert all(net.compute_dtype == "bfloat16" for net in reloaded.base_model.editor.nets.values())
+
+
+def test_bfloat16_weight_copies_follow_every_change_of_the_weights():
+    from hf_lime.editors.lowered import LoweredWeights
+
+    down, up, cache = torch.nn.Parameter(torch.randn(4, 6)), torch.nn.Parameter(torch.randn(6, 4)), LoweredWeights()
+    first = cache.get(down, up)
+    assert cache.get(down, up)[0] is first[0]  # unchanged weights: the same copies
+    with torch.no_grad():
+        up.add_(1.0)  # as an optimizer step does
+    second = cache.get(down, up)
+    torch.testing.assert_close(second[1].float(), up.detach(), atol=0.05, rtol=0.01)
+    assert not torch.equal(second[1], first[1])
+    up.data = torch.zeros(6, 4)  # new storage
+    assert cache.get(down, up)[1].abs().sum() == 0

@@ -4,7 +4,8 @@
 only as long as its context) and returns the weights' gradients through a cast of its own; on a CPU those casts of
 the 1920 × 1920 matrices cost more than the bfloat16 products save. Here the bfloat16 copies of the weights are
 kept until the weights change (their version counter moves at every optimizer step or load), and the backward
-computes all three gradients from the saved bfloat16 factors in one place.
+computes all three gradients from the saved bfloat16 factors in one place. (A weight changed through `.data`
+bypasses the version counter; the storage check still catches `param.data = ...`, not in-place writes to `.data`.)
 """
 
 from __future__ import annotations
