@@ -316,7 +316,9 @@ def test_bfloat16_networks_train_float32_weights_and_are_saved(tmp_path):
     model.save_pretrained(tmp_path)
     reloaded = PeftModel.from_pretrained(build_model("bert-mlm"), tmp_path)
     assert reloaded.peft_config["default"].mend_compute_dtype == "bfloat16"
-    assert all(net.compute_dtype == "bfloat16" for net in reloaded.base_model.editor.nets.values())
+    nets = reloaded.base_model.editor.nets.values()
+    blocks = [block for net in nets for stack in net.stacks.values() for block in stack]
+    assert blocks and all(block.compute_dtype == "bfloat16" for block in blocks)
 
 
 def test_bfloat16_weight_copies_follow_every_change_of_the_weights():

@@ -44,11 +44,11 @@ class LoweredWeights:
 
     def __init__(self) -> None:
         self._key: tuple | None = None
-        self._copies: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._copies: tuple[torch.Tensor, ...] = ()  # made with the first key
 
-    def get(self, down: nn.Parameter, up: nn.Parameter) -> tuple[torch.Tensor, torch.Tensor]:
+    def get(self, down: nn.Parameter, up: nn.Parameter) -> tuple[torch.Tensor, ...]:
         key = (down._version, up._version, down.data_ptr(), up.data_ptr(), down.device, up.device)
-        if key != self._key or self._copies is None:
+        if key != self._key:  # the first call too: no key yet
             self._copies = (down.detach().to(LOW), up.detach().to(LOW))
             self._key = key
         return self._copies

@@ -108,7 +108,7 @@ class GradientTransform(nn.Module):
         compute_dtype: str = "float32",
     ) -> None:
         super().__init__()
-        self.d_in, self.combine, self.center, self.compute_dtype = d_in, combine, center, compute_dtype
+        self.d_in, self.combine, self.center = d_in, combine, center
         if center:
             self.register_buffer("x_mean", torch.zeros(num_layers, d_in))
             self.register_buffer("x_count", torch.zeros(num_layers, dtype=torch.float64))

@@ -102,11 +102,11 @@ class LimeConfig(PeftConfig):
         mend_shared (`bool`, *optional*, defaults to `True`):
             Share networks between edited layers of the same shape, with a learned per-layer scale and shift.
         mend_compute_dtype (`str`, *optional*, defaults to `"float32"`):
-            Precision of the matrix products inside MEND's networks. `"bfloat16"` runs them under autocast (the
-            weights, the LayerNorms and the residual stream stay in float32; only the low-rank products are
-            bfloat16): on a CPU with AMX or a GPU the editor's networks then take a fraction of their float32 time
-            (measured in `docs/benchmarks.md`); on a CPU without bfloat16 units it is slower. The base model is never
-            affected.
+            Precision of the matrix products inside MEND's networks. `"bfloat16"` runs the low-rank products and
+            their gradient products in bfloat16 from float32 weights (`editors/lowered.py`; the weights, their
+            gradients, the LayerNorms and the residual stream stay float32). Measured in `docs/benchmarks.md`: on a
+            CPU with AMX the networks' forward halves, their backward does not; on a CPU without bfloat16 units it is
+            slower. The base model is never affected.
         ke_hidden_dim (`int`, *optional*, defaults to `128`):
             Width of KnowledgeEditor's conditioning network.
         ke_rank (`int`, *optional*, defaults to `1`):
@@ -187,7 +187,7 @@ class LimeConfig(PeftConfig):
         default=True, metadata={"help": "Share MEND networks across same-shape layers with per-layer scale/shift."}
     )
     mend_compute_dtype: Literal["float32", "bfloat16"] = field(
-        default="float32", metadata={"help": "MEND's matrix products: 'float32' or 'bfloat16' (autocast)."}
+        default="float32", metadata={"help": "MEND's matrix products: 'float32' or 'bfloat16'."}
     )
     ke_hidden_dim: int = field(default=128, metadata={"help": "Width of KnowledgeEditor's conditioning network."})
     ke_rank: int = field(default=1, metadata={"help": "Rank of KnowledgeEditor's additive shift term."})
