@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import statistics
 import subprocess
 import sys
@@ -34,7 +35,7 @@ from pathlib import Path
 import torch
 from peft import get_peft_model
 
-from hf_lime import LimeConfig
+from hf_lime import LimeConfig, head_product
 from hf_lime.data import load_cldr_facts
 from hf_lime.data.episodes import EpisodeCollator, EpisodeDataset
 from hf_lime.head import target_logits
@@ -59,6 +60,11 @@ def parse_args() -> argparse.Namespace:
         help="`LimeConfig.mend_compute_dtype` values to time, one editor each, on the same episodes and model.",
     )
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--plain_head",
+        action="store_true",
+        help="Vocabulary products as plain `F.linear` (not in the form `hf_lime.head_product` finds faster).",
+    )
     parser.add_argument("--processes", action="store_true", help="Also time 1 vs 2 training processes.")
     parser.add_argument("--steps", type=int, default=30, help="Training steps per process count (--processes).")
     parser.add_argument("--json", default=None, help="Write the results here.")
@@ -229,6 +235,25 @@ def throughput(processes: int, steps: int, threads: int) -> float:
     return steps * processes / metrics["train_runtime"]
 
 
+def cpu() -> dict:
+    """The CPU the numbers were measured on: its model name and the vector/matrix extensions that set the speed of
+    float32 and bfloat16 products (the ratio depends on them: see docs/benchmarks.md)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+    return {"model": name or platform.processor(), "extensions": [f for f in wanted if f in flags],
+            "torch": torch.__version__}  # fmt: skip
+
+
+def _forms() -> dict[str, str]:
+    """The vocabulary-product forms chosen in this run, `{"forward, 2 rows, 250037x384": "wide", ...}`."""
+    return {
+        f"{direction}, {rows} rows, {'x'.join(map(str, shape))}": form
+        for (direction, rows, shape, _, _), form in sorted(head_product.chosen_forms().items(), key=str)
+    }
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
@@ -236,8 +261,11 @@ def main() -> None:
         from hf_lime.trainer.malloc import keep_freed_memory
 
         print("keep_freed_memory applied:", keep_freed_memory())
-    result: dict = {"threads": torch.get_num_threads(), "rank": args.rank, "episodes": args.episodes}
+    if args.plain_head:
+        head_product.MIN_ELEMENTS = sys.maxsize  # nothing is tuned
+    result: dict = {"threads": torch.get_num_threads(), "rank": args.rank, "episodes": args.episodes, "cpu": cpu()}
     result.update(bench_models(args))
+    result["head_product"] = {"tuned": not args.plain_head, "forms": _forms()}
     if args.processes:
         one = throughput(1, args.steps, threads=2)
         two = throughput(2, args.steps, threads=1)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data.encoding import IGNORE_INDEX
+from .head_product import head_product
 from .tasks import check_task
 
 
@@ -35,9 +36,24 @@ def target_positions(task: str, labels: torch.Tensor) -> torch.Tensor:
 
 
 @contextmanager
+def _forward_replaced(head: nn.Module, forward):
+    """`head.forward` replaced inside the block; whatever instance attribute was there before is put back."""
+    previous = head.__dict__.get("forward")
+    head.forward = forward
+    try:
+        yield
+    finally:
+        if previous is None:
+            del head.forward
+        else:
+            head.forward = previous
+
+
+@contextmanager
 def head_at(head: nn.Module, keep: torch.Tensor):
     """Feed `head` only the hidden states at `keep` (a `(batch, seq)` mask) when it is called on `(batch, seq,
-    hidden)` states; any other call is left alone."""
+    hidden)` states; any other call is left alone. A plain `nn.Linear` head computes those rows' logits with
+    [`~hf_lime.head_product.head_product`] (the faster form of the product for this CPU)."""
 
     def select(module, args):
         hidden = args[0]
@@ -45,9 +61,12 @@ def head_at(head: nn.Module, keep: torch.Tensor):
             return (hidden[keep], *args[1:])
         return None
 
+    plain = type(head) is nn.Linear and "forward" not in head.__dict__
+    product = _forward_replaced(head, lambda hidden: head_product(hidden, head.weight, head.bias))
     handle = head.register_forward_pre_hook(select)
     try:
-        yield
+        with product if plain else nullcontext():
+            yield
     finally:
         handle.remove()
 
@@ -65,11 +84,8 @@ def vocabulary_subset(head: nn.Module, vocab_ids: torch.Tensor):
         ids = vocab_ids.to(weight.device)
         return F.linear(hidden, weight[ids], None if bias is None else bias[ids])
 
-    head.forward = forward
-    try:
+    with _forward_replaced(head, forward):
         yield
-    finally:
-        del head.forward
 
 
 @dataclass
