@@ -3,8 +3,8 @@
 At the target positions (`hf_lime.head`) the vocabulary product is `h Wᵀ + b` with a handful of rows in `h` and a
 `W` of 250k × 384 (multilingual-e5) or 119k × 768 (mBERT): its time is the time to read `W`. How often the CPU's
 BLAS reads `W` for a few rows depends on the CPU. Measured on one thread (docs/benchmarks.md): on an AMD EPYC (AVX2),
-`F.linear` with 2 rows takes 152 ms and with 3 rows 239 ms, while the same logits computed as `(W hᵀ)ᵀ` take 63 and
-79 ms; on an Intel Xeon with AMX it is the other way round for 1–3 rows (35–42 ms against 73–78 ms). No fixed rule
+`F.linear` with 2 rows takes 192 ms and with 3 rows 286 ms, while the same logits computed as `(W hᵀ)ᵀ` take 71 and
+93 ms; on an Intel Xeon with AMX it is the other way round for 1–3 rows (35–42 ms against 73–78 ms). No fixed rule
 is right on both, so the first product with a given number of rows (per weight shape, dtype and thread count) times
 both forms (`ROUNDS` times each, interleaved) and keeps the faster. The backward's product `g W` is chosen the same
 way, between the plain product and one with the rows of `g` padded by zeros to a multiple of `PAD_TO`. An
