@@ -12,7 +12,7 @@ from hf_lime.head_product import BACKWARDS, FORWARDS, chosen_forms, head_product
 
 
 @pytest.fixture(autouse=True)
-def _fresh_choices(monkeypatch):
+def _fresh_choices():
     reset_choices()
     yield
     reset_choices()

@@ -62,10 +62,10 @@ def head_at(head: nn.Module, keep: torch.Tensor):
         return None
 
     plain = type(head) is nn.Linear and "forward" not in head.__dict__
-    product = _forward_replaced(head, lambda hidden: head_product(hidden, head.weight, head.bias))
+    product = _forward_replaced(head, lambda h: head_product(h, head.weight, head.bias)) if plain else nullcontext()
     handle = head.register_forward_pre_hook(select)
     try:
-        with product if plain else nullcontext():
+        with product:
             yield
     finally:
         handle.remove()
