@@ -136,7 +136,7 @@ def test_class_ids_as_strings_and_exact_match():
 
 def test_numpy_arrays_of_str_are_accepted():
     as_arrays = {name: np.array(values) for name, values in TWO_EDITS.items()}
-    assert compute_xl_edit_metrics(**as_arrays) == compute_xl_edit_metrics(**TWO_EDITS)
+    assert repr(compute_xl_edit_metrics(**as_arrays)) == repr(compute_xl_edit_metrics(**TWO_EDITS))  # NaN-safe
     with pytest.raises(ValueError, match=r"predictions\[0\]` is int"):
         compute_xl_edit_metrics(**{**TWO_EDITS, "predictions": np.arange(9)})
 
@@ -156,6 +156,8 @@ def _many_edits() -> dict[str, list[str]]:
         rows.append(hit(str(i), language, language) if i % 5 else miss(str(i), language, language))
         rows.append(hit(str(i), language, "en") if i % 2 else miss(str(i), language, "en"))
         rows.append(hit(str(i), language, "fr", "retain") if i % 4 else miss(str(i), language, "fr", "retain"))
+        rows.append(hit(str(i), language, "de", "neighbour") if i % 7 else miss(str(i), language, "de", "neighbour"))
+        rows.append(hit(str(i), language, "en", "sequence") if i % 6 else miss(str(i), language, "en", "sequence"))
     return records(*rows)
 
 
@@ -330,3 +332,47 @@ def test_matrices_keep_the_order_languages_first_appear_in():
     assert list(result["es_matrix"]) == ["zh", "en"]
     assert list(result["es_matrix"]["en"]) == ["zh", "en"]
     assert list(result["es_by_language"]) == ["zh", "en"]
+
+
+# Locality in parts, by hand. Edit e1 (en): neighbours en 1/2 (cell en→en 0.5) and fr 1/1 (1.0); retain fr 0/1;
+# sequence en 1/1. Edit e2 (fr): neighbour fr 0/1 (cell fr→fr 0.0); retain en 1/1; sequence none.
+PARTS = records(
+    hit("e1", "en", "en"),
+    hit("e2", "fr", "fr"),
+    miss("e2", "fr", "en"),
+    hit("e1", "en", "en", "neighbour"),
+    miss("e1", "en", "en", "neighbour"),
+    hit("e1", "en", "fr", "neighbour"),
+    miss("e1", "en", "fr", "retain"),
+    hit("e1", "en", "en", "sequence"),
+    miss("e2", "fr", "fr", "neighbour"),
+    hit("e2", "fr", "en", "retain"),
+)
+
+
+def test_locality_parts_by_hand():
+    result = compute_xl_edit_metrics(**PARTS)
+    # cells: neighbour en→en 0.5, en→fr 1.0, fr→fr 0.0 → mean 0.5
+    assert result["locality_same_relation"] == pytest.approx(0.5)
+    # retain cells en→fr 0.0, fr→en 1.0 → 0.5
+    assert result["locality_other"] == pytest.approx(0.5)
+    # sequence cell en→en 1.0
+    assert result["locality_sequence"] == pytest.approx(1.0)
+    # pooled neighbour + retain: en→en 1/2, en→fr 1/2, fr→fr 0/1, fr→en 1/1 → (0.5 + 0.5 + 0 + 1) / 4
+    assert result["locality"] == pytest.approx(0.5)
+    assert result["loc_matrix"] == {"en": {"en": 0.5, "fr": 0.5}, "fr": {"fr": 0.0, "en": 1.0}}
+    # edit success: cells en→en 1, fr→fr 1, fr→en 0 → 2/3; hmean with same-relation locality 0.5
+    edit_success = 2 / 3
+    assert result["edit_success"] == pytest.approx(edit_success)
+    assert result["hmean_same_relation"] == pytest.approx(2 * edit_success * 0.5 / (edit_success + 0.5))
+
+
+def test_locality_parts_absent_are_nan_and_do_not_move_the_pooled_locality():
+    only_retain = compute_xl_edit_metrics(**TWO_EDITS)
+    assert math.isnan(only_retain["locality_same_relation"]) and math.isnan(only_retain["locality_sequence"])
+    assert math.isnan(only_retain["hmean_same_relation"])
+    assert only_retain["locality_other"] == only_retain["locality"]
+    # sequence records are a separate reading: they never enter the pooled locality
+    with_sequence = records(*zip(*TWO_EDITS.values()), miss("e1", "en", "fr", "sequence"))
+    result = compute_xl_edit_metrics(**with_sequence)
+    assert result["locality"] == only_retain["locality"] and result["locality_sequence"] == 0.0

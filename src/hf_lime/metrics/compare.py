@@ -14,11 +14,11 @@ import numpy as np
 
 from .xl_edit import (
     REPLICATED_NAMES,
-    _build_table,
     _group_of_edit,
     _percentiles,
     _replicates,
     _summaries,
+    _tables,
     _validate_bootstrap_options,
     _validate_records,
 )
@@ -94,8 +94,8 @@ def compare_xl_edit_metrics(
         )
     edit_index = {edit_id: i for i, edit_id in enumerate(dict.fromkeys(first.edit_ids))}
     group_of_edit = _group_of_edit(first, edit_index, group_ids)
-    tables = [(_build_table(r, "edit", edit_index), _build_table(r, "retain", edit_index)) for r in (first, second)]
-    points = [_summaries(es, loc, np.ones((1, len(edit_index))))[0] for es, loc in tables]
+    tables = [_tables(records, edit_index) for records in (first, second)]
+    points = [_summaries(run_tables, np.ones((1, len(edit_index))))[0] for run_tables in tables]
     replicates = _replicates(tables, group_of_edit, int(bootstrap), int(seed))
     result = {}
     for name in REPLICATED_NAMES:

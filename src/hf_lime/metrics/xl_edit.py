@@ -14,8 +14,18 @@ from numbers import Integral, Real
 
 import numpy as np
 
-KINDS = ("edit", "retain")
-"""Allowed values of `kinds`: `"edit"` records score edit success, `"retain"` records score locality."""
+KINDS = ("edit", "retain", "neighbour", "sequence")
+"""Allowed values of `kinds`. `"edit"` records score edit success. The other three score locality, each a part of it:
+`"neighbour"` a fact of the edited relation about another subject, read at its answer (`locality_same_relation`, the
+probes an edit is most likely to reach); `"retain"` another, unrelated fact read at its answer (`locality_other`);
+`"sequence"` an unrelated prompt read at every position of the sequence, as the LiME reference reads locality on mLAMA
+(`locality_sequence`)."""
+
+LOCALITY_PARTS = {"locality_same_relation": ("neighbour",), "locality_other": ("retain",),
+                  "locality_sequence": ("sequence",)}  # fmt: skip
+"""Each locality part and the record kinds it reads; `locality` pools `"neighbour"` and `"retain"` records."""
+
+POOLED_LOCALITY_KINDS = ("neighbour", "retain")
 
 SCALAR_METRIC_NAMES = (
     "reliability",
@@ -23,10 +33,14 @@ SCALAR_METRIC_NAMES = (
     "edit_success",
     "locality",
     "hmean",
+    "locality_same_relation",
+    "locality_other",
+    "locality_sequence",
+    "hmean_same_relation",
     "language_gap",
     "language_std",
 )
-"""Float outputs, the ones a trainer logs."""
+"""Float outputs, the ones a trainer logs (a locality part without records is NaN)."""
 
 METRIC_NAMES = SCALAR_METRIC_NAMES + (
     "es_by_language",
@@ -38,7 +52,8 @@ METRIC_NAMES = SCALAR_METRIC_NAMES + (
 )
 """Every key of the result of `compute_xl_edit_metrics`, in order (`"ci"` is added only when bootstrapping)."""
 
-CI_METRIC_NAMES = ("reliability", "transfer", "edit_success", "locality", "hmean")
+CI_METRIC_NAMES = ("reliability", "transfer", "edit_success", "locality", "hmean", "locality_same_relation",
+                   "locality_other", "locality_sequence", "hmean_same_relation")  # fmt: skip
 """Outputs that get a bootstrap confidence interval under the `"ci"` key."""
 
 CI_KEY = "ci"
@@ -70,6 +85,21 @@ class _CellTable:
     cells: list[tuple[str, str]]
     correct: np.ndarray
     total: np.ndarray
+
+
+@dataclass
+class _Tables:
+    """The cell tables of one run: edit success, pooled locality and each locality part."""
+
+    es: _CellTable
+    loc: _CellTable
+    parts: dict[str, _CellTable]
+
+
+def _tables(records: _Records, edit_index: dict[str, int]) -> _Tables:
+    parts = {name: _build_table(records, kinds, edit_index) for name, kinds in LOCALITY_PARTS.items()}
+    loc = _build_table(records, POOLED_LOCALITY_KINDS, edit_index)
+    return _Tables(es=_build_table(records, "edit", edit_index), loc=loc, parts=parts)
 
 
 def _as_str_list(name: str, column) -> list[str]:
@@ -125,8 +155,9 @@ def _validate_bootstrap_options(bootstrap: int, confidence: float, seed: int) ->
         raise ValueError(f"`seed` must be an int >= 0, got {seed!r}.")
 
 
-def _build_table(records: _Records, kind: str, edit_index: dict[str, int]) -> _CellTable:
-    rows = [i for i, record_kind in enumerate(records.kinds) if record_kind == kind]
+def _build_table(records: _Records, kinds: str | tuple[str, ...], edit_index: dict[str, int]) -> _CellTable:
+    kinds = (kinds,) if isinstance(kinds, str) else kinds
+    rows = [i for i, record_kind in enumerate(records.kinds) if record_kind in kinds]
     cells = _ordered_cells(records)
     present = {(records.edit_languages[i], records.eval_languages[i]) for i in rows}
     cells = [cell for cell in cells if cell in present]
@@ -177,18 +208,24 @@ def harmonic_mean(a: np.ndarray | float, b: np.ndarray | float) -> np.ndarray:
     return np.where(np.isnan(a) | np.isnan(b), np.nan, value)
 
 
-def _summaries(es: _CellTable, loc: _CellTable, weights: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """The `CI_METRIC_NAMES` for each weight replicate, and the ES cell means (for the per-language outputs)."""
+def _all_cells(table: _CellTable, weights: np.ndarray) -> np.ndarray:
+    return _mean_present(_cell_means(table, weights), np.ones(len(table.cells), dtype=bool))
+
+
+def _summaries(tables: _Tables, weights: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The `REPLICATED_NAMES` for each weight replicate, and the ES cell means (for the per-language outputs)."""
+    es = tables.es
     es_means = _cell_means(es, weights)
-    loc_means = _cell_means(loc, weights)
     diagonal = np.array([edit == evaluated for edit, evaluated in es.cells], dtype=bool)
     out = {
         "reliability": _mean_present(es_means, diagonal),
         "transfer": _mean_present(es_means, ~diagonal),
         "edit_success": _mean_present(es_means, np.ones_like(diagonal)),
-        "locality": _mean_present(loc_means, np.ones(len(loc.cells), dtype=bool)),
+        "locality": _all_cells(tables.loc, weights),
     }
     out["hmean"] = harmonic_mean(out["edit_success"], out["locality"])
+    out.update({name: _all_cells(table, weights) for name, table in tables.parts.items()})
+    out["hmean_same_relation"] = harmonic_mean(out["edit_success"], out["locality_same_relation"])
     by_language = _by_language_replicates(es.cells, es_means)
     with np.errstate(invalid="ignore"):
         out["language_gap"] = np.nanmax(by_language, axis=1) - np.nanmin(by_language, axis=1)
@@ -233,17 +270,17 @@ def _resample_weights(rng: np.random.Generator, replicates: int, group_of_edit: 
 
 
 def _replicates(
-    tables: Sequence[tuple[_CellTable, _CellTable]], group_of_edit: np.ndarray, resamples: int, seed: int
+    tables: Sequence[_Tables], group_of_edit: np.ndarray, resamples: int, seed: int
 ) -> list[dict[str, np.ndarray]]:
-    """`CI_METRIC_NAMES` of every bootstrap replicate for each `(es, loc)` pair of tables, all under the *same*
-    resampled weights (so that differences between the pairs are paired)."""
+    """`REPLICATED_NAMES` of every bootstrap replicate for each run's tables, all under the *same* resampled
+    weights (so that differences between the runs are paired)."""
     rng = np.random.default_rng(seed)
     chunk = max(1, _MAX_BOOTSTRAP_CELLS // len(group_of_edit))
     collected: list[dict[str, list[np.ndarray]]] = [{name: [] for name in REPLICATED_NAMES} for _ in tables]
     for start in range(0, resamples, chunk):
         weights = _resample_weights(rng, min(chunk, resamples - start), group_of_edit)
-        for (es, loc), store in zip(tables, collected, strict=True):
-            summary, _ = _summaries(es, loc, weights)
+        for run_tables, store in zip(tables, collected, strict=True):
+            summary, _ = _summaries(run_tables, weights)
             for name in REPLICATED_NAMES:
                 store[name].append(summary[name])
     return [{name: np.concatenate(values) for name, values in store.items()} for store in collected]
@@ -259,10 +296,10 @@ def _percentiles(values: np.ndarray, confidence: float) -> list[float]:
 
 
 def _bootstrap(
-    es: _CellTable, loc: _CellTable, group_of_edit: np.ndarray, resamples: int, confidence: float, seed: int
+    tables: _Tables, group_of_edit: np.ndarray, resamples: int, confidence: float, seed: int
 ) -> dict[str, list[float]]:
     """Percentile bootstrap intervals over groups of edits; replicates where a metric is undefined are skipped."""
-    (replicates,) = _replicates([(es, loc)], group_of_edit, resamples, seed)
+    (replicates,) = _replicates([tables], group_of_edit, resamples, seed)
     return {name: _percentiles(replicates[name], confidence) for name in CI_METRIC_NAMES}
 
 
@@ -286,10 +323,11 @@ def _group_of_edit(records: _Records, edit_index: dict[str, int], group_ids) -> 
     return of_edit
 
 
-def _point_estimates(es: _CellTable, loc: _CellTable, n_edits: int) -> dict:
+def _point_estimates(tables: _Tables, n_edits: int) -> dict:
     """Every output except `n_records`, on the full data (each edit weighted once)."""
+    es, loc = tables.es, tables.loc
     weights = np.ones((1, n_edits))
-    summary, es_means = _summaries(es, loc, weights)
+    summary, es_means = _summaries(tables, weights)
     loc_means = _cell_means(loc, weights)[0]
     es_by_language = _by_language(es.cells, es_means[0])
     spread = np.array(list(es_by_language.values()))
@@ -325,12 +363,14 @@ def compute_xl_edit_metrics(
 
     Args:
         predictions (`list[str]`): The edited model's prediction for each record.
-        references (`list[str]`): For an `"edit"` record, the new target in the evaluation language; for a `"retain"`
-            record, the model's prediction before the edit.
+        references (`list[str]`): For an `"edit"` record, the new target in the evaluation language; for a locality
+            record (`"neighbour"`, `"retain"`, `"sequence"`), the model's prediction before the edit.
         edit_ids (`list[str]`): The edit each record belongs to (one edit language per edit id).
         edit_languages (`list[str]`): The language the edit was made in.
         eval_languages (`list[str]`): The language the record is evaluated in.
-        kinds (`list[str]`): `"edit"` (scores edit success) or `"retain"` (scores locality).
+        kinds (`list[str]`): `"edit"` (scores edit success), or a locality part (see `KINDS`): `"neighbour"` (a fact
+            of the edited relation about another subject: `locality_same_relation`), `"retain"` (an unrelated fact:
+            `locality_other`) or `"sequence"` (an unrelated prompt read at every position: `locality_sequence`).
         bootstrap (`int`, *optional*, defaults to `0`): Number of bootstrap resamples for confidence intervals; `0`
             disables them. The resampled units are the groups of `group_ids` (the edits without it).
         confidence (`float`, *optional*, defaults to `0.95`): Coverage of the percentile intervals.
@@ -342,7 +382,9 @@ def compute_xl_edit_metrics(
     Returns:
         `dict`: The keys of `METRIC_NAMES` (floats, nested dicts `{edit_lang: {eval_lang: value}}` for the matrices,
         `{eval_lang: value}` for the per-language means, ints for the counts), plus `"ci"`
-        (`{name: [low, high]}` for `CI_METRIC_NAMES`) when `bootstrap > 0`.
+        (`{name: [low, high]}` for `CI_METRIC_NAMES`) when `bootstrap > 0`. `locality`, `loc_matrix` and
+        `loc_by_language` pool the `"neighbour"` and `"retain"` records; each locality part is NaN without records
+        of its kind, and so is `hmean_same_relation` without `"neighbour"` records.
 
     Raises:
         ValueError: On unequal lengths, empty input, non-str values, an unknown kind, an edit id with two edit
@@ -377,12 +419,11 @@ def compute_xl_edit_metrics(
     )
     _validate_bootstrap_options(bootstrap, confidence, seed)
     edit_index = {edit_id: i for i, edit_id in enumerate(dict.fromkeys(records.edit_ids))}
-    es_table = _build_table(records, "edit", edit_index)
-    loc_table = _build_table(records, "retain", edit_index)
-    result = _point_estimates(es_table, loc_table, len(edit_index))
+    tables = _tables(records, edit_index)
+    result = _point_estimates(tables, len(edit_index))
     result["n_records"] = len(records.predictions)
     result = {name: result[name] for name in METRIC_NAMES}
     group_of_edit = _group_of_edit(records, edit_index, group_ids)
     if bootstrap > 0:
-        result[CI_KEY] = _bootstrap(es_table, loc_table, group_of_edit, int(bootstrap), float(confidence), int(seed))
+        result[CI_KEY] = _bootstrap(tables, group_of_edit, int(bootstrap), float(confidence), int(seed))
     return result

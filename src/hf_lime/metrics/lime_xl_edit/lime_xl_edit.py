@@ -24,8 +24,9 @@ _DESCRIPTION = """\
 Cross-lingual model editing metrics from LiME (https://huggingface.co/papers/2205.12677). An edit is made in one
 language and scored in every language. Each record is one scored prediction of the edited model: an "edit" record
 counts as a success when the prediction equals the new target in the evaluation language (edit success, ES); a
-"retain" record, an input unrelated to the edit, counts when the prediction equals the model's prediction before the
-edit (locality, Loc). Records are averaged into cells (edit language, evaluation language) and cells into
+locality record counts when the prediction equals the model's prediction before the edit (locality, Loc). Locality
+comes in parts: "neighbour" records (facts of the edited relation about other subjects), "retain" records (unrelated
+facts) and "sequence" records (unrelated prompts read at every position). Records are averaged into cells (edit language, evaluation language) and cells into
 reliability (diagonal ES), transfer (off-diagonal ES), edit success, locality, their harmonic mean, per-language means
 and the gap between languages, with optional bootstrap confidence intervals over edits or over groups of edits
 (the facts they were made from).
@@ -34,12 +35,13 @@ and the gap between languages, with optional bootstrap confidence intervals over
 _KWARGS_DESCRIPTION = """
 Args:
     predictions (`list` of `str`): The edited model's prediction for each record (class ids as strings).
-    references (`list` of `str`): For an "edit" record the new target in the evaluation language; for a "retain"
-        record the model's prediction before the edit.
+    references (`list` of `str`): For an "edit" record the new target in the evaluation language; for a locality
+        record ("neighbour", "retain", "sequence") the model's prediction before the edit.
     edit_ids (`list` of `str`): The edit each record belongs to; one edit language per edit id.
     edit_languages (`list` of `str`): The language each edit was made in.
     eval_languages (`list` of `str`): The language each record is evaluated in.
-    kinds (`list` of `str`): "edit" or "retain".
+    kinds (`list` of `str`): "edit", "neighbour" (same relation, other subject), "retain" (another fact) or
+        "sequence" (another prompt, read at every position).
     bootstrap (`int`, *optional*, defaults to `0`): Bootstrap resamples; 0 disables the intervals.
     group_ids (`list` of `str`, *optional*): One per record, the fact or example the edit was made from (edits of
         one fact in several languages share it). The bootstrap then resamples these groups, not the edits.
@@ -49,8 +51,12 @@ Returns:
     reliability (`float`): Mean of the diagonal ES cells (edit language == evaluation language).
     transfer (`float`): Mean of the off-diagonal ES cells; NaN when there are none.
     edit_success (`float`): Mean of all ES cells.
-    locality (`float`): Mean of all Loc cells; NaN without "retain" records.
+    locality (`float`): Mean of the Loc cells of "neighbour" and "retain" records pooled; NaN without them.
     hmean (`float`): Harmonic mean of edit_success and locality (0 when both are 0).
+    locality_same_relation (`float`): Mean of the Loc cells of "neighbour" records; NaN without them.
+    locality_other (`float`): The same for "retain" records.
+    locality_sequence (`float`): The same for "sequence" records.
+    hmean_same_relation (`float`): Harmonic mean of edit_success and locality_same_relation.
     language_gap (`float`): Max minus min of es_by_language.
     language_std (`float`): Population standard deviation of es_by_language.
     es_by_language (`dict`): Per evaluation language, the mean of its ES cells over edit languages.
@@ -59,7 +65,8 @@ Returns:
     loc_matrix (`dict`): {edit_language: {eval_language: Loc}}.
     n_edits (`int`): Number of distinct edit ids.
     n_records (`int`): Number of records.
-    ci (`dict`, only when bootstrap > 0): {name: [low, high]} for reliability, transfer, edit_success, locality, hmean.
+    ci (`dict`, only when bootstrap > 0): {name: [low, high]} for reliability, transfer, edit_success, locality,
+        hmean, the three locality parts and hmean_same_relation.
 Examples:
     >>> import evaluate
     >>> metric = evaluate.load("lime_xl_edit")
