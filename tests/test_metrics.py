@@ -373,6 +373,6 @@ def test_locality_parts_absent_are_nan_and_do_not_move_the_pooled_locality():
     assert math.isnan(only_retain["hmean_same_relation"])
     assert only_retain["locality_other"] == only_retain["locality"]
     # sequence records are a separate reading: they never enter the pooled locality
-    with_sequence = records(*zip(*TWO_EDITS.values()), miss("e1", "en", "fr", "sequence"))
+    with_sequence = records(*zip(*TWO_EDITS.values(), strict=True), miss("e1", "en", "fr", "sequence"))
     result = compute_xl_edit_metrics(**with_sequence)
     assert result["locality"] == only_retain["locality"] and result["locality_sequence"] == 0.0

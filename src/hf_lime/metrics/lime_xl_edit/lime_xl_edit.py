@@ -26,10 +26,10 @@ language and scored in every language. Each record is one scored prediction of t
 counts as a success when the prediction equals the new target in the evaluation language (edit success, ES); a
 locality record counts when the prediction equals the model's prediction before the edit (locality, Loc). Locality
 comes in parts: "neighbour" records (facts of the edited relation about other subjects), "retain" records (unrelated
-facts) and "sequence" records (unrelated prompts read at every position). Records are averaged into cells (edit language, evaluation language) and cells into
-reliability (diagonal ES), transfer (off-diagonal ES), edit success, locality, their harmonic mean, per-language means
-and the gap between languages, with optional bootstrap confidence intervals over edits or over groups of edits
-(the facts they were made from).
+facts) and "sequence" records (unrelated prompts read at every position). Records are averaged into cells (edit
+language, evaluation language) and cells into reliability (diagonal ES), transfer (off-diagonal ES), edit success,
+locality and its parts, harmonic means, per-language means and the gap between languages, with optional bootstrap
+confidence intervals over edits or over groups of edits (the facts they were made from).
 """
 
 _KWARGS_DESCRIPTION = """
