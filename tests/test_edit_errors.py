@@ -53,7 +53,12 @@ def test_bad_batch(model, batch, error, message):
 
 @pytest.mark.parametrize(
     ("language", "message"),
-    [("xx", r"Unknown language.*\['en', 'fr'\]"), (None, "Pass the editing `language`"), (["en"], "2 rows"), (3, "")],
+    [
+        ("xx", r"Unknown language.*\['en', 'fr'\]"),
+        (None, "Pass the editing `language`"),
+        (["en"], "2 rows"),
+        (3, r"`language` must be a language code or a list of codes \(one per row\), got 3\."),
+    ],
 )
 def test_bad_language(model, language, message):
     before = _snapshot(model)
