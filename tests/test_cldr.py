@@ -153,7 +153,7 @@ def test_label_language_puts_one_languages_names_in_every_template():
     row = next(r for s in untranslated.values() for r in s if r["id"] == "cldr:capital:FR")
     assert row["prompts"] == ["The capital of France is [Y].", "France的首都是[Y]。"]
     assert row["targets"] == ["Paris", "Paris"]
-    with pytest.raises(ValueError, match=r"`label_language` 'fr' must be one of the languages \['en', 'zh'\]"):
+    with pytest.raises(ValueError, match=r"Unknown label_language 'fr'.*'own'.*'editing'.*\['en', 'zh'\]"):
         load_cldr_facts(["en", "zh"], label_language="fr")
 
 

@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 
 import datasets
 
+from .names import names_language
 from .schema import ParallelItem, check_languages, items_to_dataset
 from .splits import check_split_sizes, split_by_group
 
@@ -286,8 +287,7 @@ def build_cldr_items(
     """
     languages = check_languages(DEFAULT_CLDR_LANGUAGES if languages is None else languages)
     relations = _check_relations(relations)
-    if label_language is not None and label_language not in languages:
-        raise ValueError(f"`label_language` {label_language!r} must be one of the languages {languages}.")
+    label_language = names_language(label_language, languages)
     merged = _merge_templates(templates)
     for lang in languages:
         missing = [r for r in relations if r not in merged.get(lang, {})]
@@ -351,9 +351,11 @@ def load_cldr_facts(
         split_sizes (`Sequence[float]`, *optional*, defaults to `(0.8, 0.1, 0.1)`): fractions of the countries.
         templates (`Mapping[str, Mapping[str, str]]`, *optional*): extra or replacement templates,
             language -> relation -> text with ``[X]`` (country) and ``[Y]`` (object).
-        label_language (`str`, *optional*): one of `languages`. When given, that language's country and object
-            names fill every language's template (translated templates, untranslated names: the LiME reference's
-            mLAMA protocol, as `load_mlama(label_language=...)`); the answer is then the same string everywhere.
+        label_language (`str`, *optional*, defaults to `"own"`): whose names fill the templates (see
+            `hf_lime.data.names`). `"own"` (or `None`): each language's own country and object names. One of
+            `languages`: that language's names in every language's template (translated templates, untranslated
+            names); the answer is then the same string everywhere. `"editing"` needs one dataset per editing
+            language (load each with `label_language=<language>`).
 
     Returns:
         `datasets.DatasetDict`: ``train``, ``validation``, ``test`` in the common schema; a country is in one

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import datasets
 
+from .names import names_language
 from .schema import ParallelItem, check_languages, default_data_dir, items_to_dataset
 from .splits import check_split_sizes, split_by_group
 
@@ -227,8 +228,7 @@ def load_mlama_items(
 ) -> datasets.Dataset:
     """All aligned mLAMA items as one `datasets.Dataset` (no split). Arguments as in `load_mlama`."""
     languages = check_languages(languages)
-    if label_language is not None and label_language not in languages:
-        raise ValueError(f"`label_language` {label_language!r} must be one of the languages {languages}.")
+    label_language = names_language(label_language, languages)
     min_languages = _check_counts(languages, min_languages, max_per_relation)
     root = mlama_root(data_dir)
     available = mlama_languages(root)
@@ -280,9 +280,11 @@ def load_mlama(
             defaults to all of them (an item then has every requested language).
         seed (`int`, *optional*, defaults to `0`): seed of the per-relation cap and of the subject split.
         split_sizes (`Sequence[float]`, *optional*, defaults to `(0.8, 0.1, 0.1)`): fractions of the subjects.
-        label_language (`str`, *optional*): fill every language's template with this language's subject and object
-            labels (the LiME reference's protocol: translated templates, untranslated labels); `None` (default)
-            uses each language's own labels.
+        label_language (`str`, *optional*, defaults to `"own"`): whose labels fill the templates (see
+            `hf_lime.data.names`). `"own"` (or `None`): each language's own subject and object labels. One of
+            `languages`: that language's labels in every template (translated templates, untranslated labels; the
+            LiME reference's protocol when it is the editing language). `"editing"` needs one dataset per editing
+            language (load each with `label_language=<language>`).
 
     Returns:
         `datasets.DatasetDict`: ``train``, ``validation`` and ``test`` with the columns of

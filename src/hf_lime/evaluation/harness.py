@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import random
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from numbers import Integral
 from typing import Any
@@ -35,7 +35,8 @@ for the bootstrap)."""
 
 @dataclass(frozen=True)
 class _EditPlan:
-    """One edit: the item, the language it is made in, its new target per language, and its retain items."""
+    """One edit: the item, the language it is made in, its new target per language, its retain items (other facts),
+    its neighbours (facts of the same relation about other subjects) and the locality inputs shown to the editor."""
 
     edit_id: str
     item: ParsedItem
@@ -43,6 +44,7 @@ class _EditPlan:
     labels: dict[str, str]
     retain: tuple[ParsedItem, ...]
     locality: tuple[ParsedItem, ...] = ()
+    neighbours: tuple[ParsedItem, ...] = ()
 
 
 class _Planner:
@@ -53,6 +55,7 @@ class _Planner:
         self.table = target_table(items)
         self.order = sorted(range(len(items)), key=lambda i: (_digest(seed, "item", items[i].id), items[i].id))
         self.retain_pool = [i for i, item in enumerate(items) if self._has_gold(item, eval_languages)]
+        self.by_relation: dict[str, list[int]] = {}
 
     @staticmethod
     def _has_gold(item: ParsedItem, languages: Sequence[str]) -> bool:
@@ -86,19 +89,36 @@ class _Planner:
                 yield self.items[index], labels
 
     def retain_items(self, item: ParsedItem, n_retain: int) -> tuple[ParsedItem, ...]:
-        """`n_retain` other items of other groups, labelled in every evaluation language, fixed per item."""
+        """`n_retain` items of other groups and other relations (unrelated facts), labelled in every evaluation
+        language, fixed per item. With a single relation in the items, any other group's item is unrelated enough."""
         if n_retain == 0:
             return ()
         rng = random.Random(_digest(self.seed, "retain", item.id))
-        chosen = sample_excluding(
-            rng, self.retain_pool, n_retain, lambda i: self.items[i].group == item.group or self.items[i].id == item.id
-        )
+        single = len(self.table) == 1
+
+        def excluded(i: int) -> bool:
+            other = self.items[i]
+            return other.group == item.group or other.id == item.id or (not single and other.relation == item.relation)
+
+        chosen = sample_excluding(rng, self.retain_pool, n_retain, excluded)
         if len(chosen) < n_retain:
             raise ValueError(
                 f"Only {len(chosen)} items outside the group {item.group!r} of item {item.id!r} have targets in every "
                 f"evaluation language {self.eval_languages}, but n_retain={n_retain}; lower n_retain or add items."
             )
         return tuple(self.items[i] for i in chosen)
+
+    def neighbour_items(self, item: ParsedItem, n_neighbours: int) -> tuple[ParsedItem, ...]:
+        """Up to `n_neighbours` items of the same relation about other subjects (other groups), labelled in every
+        evaluation language, fixed per item (fewer when the relation has fewer)."""
+        if n_neighbours == 0:
+            return ()
+        pool = self.by_relation.setdefault(
+            item.relation, [i for i in self.retain_pool if self.items[i].relation == item.relation]
+        )
+        rng = random.Random(_digest(self.seed, "neighbour", item.id))
+        eligible = [i for i in pool if self.items[i].group != item.group and self.items[i].id != item.id]
+        return tuple(self.items[i] for i in rng.sample(eligible, min(n_neighbours, len(eligible))))
 
 
 def _select(
@@ -136,15 +156,16 @@ def _select(
     return chosen[:n_edits]
 
 
-def _plan(planner: _Planner, scorer: TargetScorer, edit_languages: list[str], n_edits: int, n_retain: int,
-          distinct: bool, locality: _LocalityPool | None = None):  # fmt: skip
-    plans, used = [], set()
+def _plan(planner: _Planner, scorer: TargetScorer, edit_languages: list[str], counts: _Counts, distinct: bool,
+          locality: _LocalityPool | None = None, exclude: frozenset[str] = frozenset()):  # fmt: skip
+    plans, used = [], set(exclude)
     for language in edit_languages:
-        for item, labels in _select(planner, scorer, language, n_edits, used if distinct else set()):
+        for item, labels in _select(planner, scorer, language, counts.edits, used if distinct else set(exclude)):
             used.add(item.id)
-            retain = planner.retain_items(item, n_retain)
+            retain = planner.retain_items(item, counts.retain)
+            neighbours = planner.neighbour_items(item, counts.neighbours)
             extra = locality.draw(item, language) if locality is not None else ()
-            plans.append(_EditPlan(f"{language}:{item.id}", item, language, dict(labels), retain, extra))
+            plans.append(_EditPlan(f"{language}:{item.id}", item, language, dict(labels), retain, extra, neighbours))
     if not plans:
         raise ValueError(
             "new_target='gold' found no item that the unedited model gets wrong in the edit languages "
@@ -153,31 +174,70 @@ def _plan(planner: _Planner, scorer: TargetScorer, edit_languages: list[str], n_
     return plans
 
 
-def _run_edit(model: Any, scorer: TargetScorer, plan: _EditPlan, eval_languages: list[str], records: dict,
-              sequence: SequenceScorer | None = None) -> None:  # fmt: skip
-    """Apply one edit, score its item and its retain items in every evaluation language, revert it. With `sequence`,
-    the retain items are read over their whole sequence (`locality="sequence"`) instead of at their target."""
-    queries = [(plan.item, language, plan.labels[language]) for language in eval_languages]
-    references = [scorer.reference(*query) for query in queries]
-    retain_pairs = [(item, language) for item in plan.retain for language in eval_languages]
-    references += (sequence or scorer).base(retain_pairs)
-    batch = scorer.edit_batch(plan.item, plan.language, plan.labels[plan.language])
-    edit = model.edit(batch, language=plan.language, retain_inputs=_locality_batch(scorer, plan))
-    try:
-        if sequence is None:  # one scoring pass for the edit and the retain queries
-            gold = [(item, language, item.targets[item.positions[language]]) for item, language in retain_pairs]
-            predictions = scorer.predict(queries + gold)
-        else:
-            predictions = scorer.predict(queries) + sequence.predict(retain_pairs)
-    finally:
-        edit.revert()
+@dataclass(frozen=True)
+class _Counts:
+    """How many edits per edit language, and how many retain items and neighbours per edit."""
+
+    edits: int
+    retain: int
+    neighbours: int
+
+
+@dataclass
+class _Readers:
+    """Everything that reads answers: the headline scorer, the whole-sequence reader of the retain items (or None),
+    whether the retain items are also read at their target, and the extra readings of the edit records."""
+
+    scorer: TargetScorer
+    sequence: SequenceScorer | None
+    retain_at_target: bool
+    extra: dict[str, TargetScorer]
+
+
+def _gold_queries(pairs: Sequence[tuple[ParsedItem, str]]) -> list[tuple[ParsedItem, str, str]]:
+    return [(item, language, item.targets[item.positions[language]]) for item, language in pairs]
+
+
+def _append(records: dict, plan: _EditPlan, predictions, references, languages, kind: str) -> None:
     records["predictions"].extend(predictions)
     records["references"].extend(references)
     records["edit_ids"].extend([plan.edit_id] * len(references))
     records["edit_languages"].extend([plan.language] * len(references))
-    records["eval_languages"].extend([*eval_languages, *(language for _, language in retain_pairs)])
-    records["kinds"].extend(["edit"] * len(queries) + ["retain"] * len(retain_pairs))
+    records["eval_languages"].extend(languages)
+    records["kinds"].extend([kind] * len(references))
     records["group_ids"].extend([plan.item.id] * len(references))
+
+
+def _run_edit(model: Any, readers: _Readers, plan: _EditPlan, eval_languages: list[str], records: dict,
+              extra_records: dict[str, dict]) -> None:  # fmt: skip
+    """Apply one edit; score its item in every evaluation language (`"edit"` records), its neighbours and retain
+    items at their targets (`"neighbour"`, `"retain"`) and over their whole sequence (`"sequence"`); revert it."""
+    scorer, sequence = readers.scorer, readers.sequence
+    queries = [(plan.item, language, plan.labels[language]) for language in eval_languages]
+    neighbour_pairs = [(item, language) for item in plan.neighbours for language in eval_languages]
+    retain_pairs = [(item, language) for item in plan.retain for language in eval_languages]
+    target_pairs = neighbour_pairs + (retain_pairs if readers.retain_at_target else [])
+    batch = scorer.edit_batch(plan.item, plan.language, plan.labels[plan.language])
+    edit = model.edit(batch, language=plan.language, retain_inputs=_locality_batch(scorer, plan))
+    try:  # one scoring pass for the edit and the locality queries read at their target
+        predictions = scorer.predict(queries + _gold_queries(target_pairs))
+        read_sequences = sequence.predict(retain_pairs) if sequence is not None else []
+        extra = {name: reader.predict(queries) for name, reader in readers.extra.items()}
+    finally:
+        edit.revert()
+    n, m = len(queries), len(neighbour_pairs)
+    _append(records, plan, predictions[:n], [scorer.reference(*q) for q in queries], eval_languages, "edit")
+    _append(records, plan, predictions[n : n + m], scorer.base(neighbour_pairs),
+            [lang for _, lang in neighbour_pairs], "neighbour")  # fmt: skip
+    if readers.retain_at_target:
+        _append(records, plan, predictions[n + m :], scorer.base(retain_pairs), [lang for _, lang in retain_pairs],
+                "retain")  # fmt: skip
+    if sequence is not None:
+        _append(records, plan, read_sequences, sequence.base(retain_pairs), [lang for _, lang in retain_pairs],
+                "sequence")  # fmt: skip
+    for name, reader in readers.extra.items():
+        _append(extra_records[name], plan, extra[name], [reader.reference(*q) for q in queries], eval_languages,
+                "edit")  # fmt: skip
 
 
 class _LocalityPool:
@@ -256,6 +316,7 @@ def evaluate_editor(
     eval_languages: Sequence[str] | None = None,
     n_edits: int = 20,
     n_retain: int = 8,
+    n_neighbours: int = 0,
     new_target: str = "alternative",
     scoring: str = "open",
     distinct_facts: bool = False,
@@ -269,6 +330,9 @@ def evaluate_editor(
     locality_items: Any = None,
     n_locality: int = 0,
     locality: str = "target",
+    extra_scorings: Sequence[str] = (),
+    candidates: Mapping[tuple[str, str], Sequence[str]] | None = None,
+    exclude_ids: Collection[str] = (),
 ) -> EvaluationResult:
     """Edit each chosen item in each edit language, score it and unrelated items in every language, revert.
 
@@ -276,8 +340,12 @@ def evaluate_editor(
     a prompt in `l_e` and in every evaluation language, and a new target labelled in all of them). After each edit:
 
     - the same item in every evaluation language `l` gives an `"edit"` record, reference = the new target in `l`;
-    - `n_retain` unrelated items (other groups, fixed per item) in every `l` give `"retain"` records, reference =
-      the unedited model's prediction (computed once, before any edit).
+    - `n_neighbours` facts of the same relation about other subjects (other groups, fixed per item) in every `l`
+      give `"neighbour"` records (`locality_same_relation`: the probes an edit is most likely to reach), reference =
+      the unedited model's prediction (computed once, before any edit);
+    - `n_retain` unrelated items (other groups and, when the items have several relations, other relations; fixed
+      per item) in every `l` give `"retain"` records (`locality_other`), read at their target, and/or `"sequence"`
+      records read over the whole prompt (`locality_sequence`), as `locality` says; reference as above.
 
     With `scoring="open"`, predictions are read at the target positions: LM prompts are encoded with the reference
     target so that the number of mask/continuation positions matches it (retain items with their own gold target),
@@ -295,7 +363,10 @@ def evaluate_editor(
         edit_languages (`list[str]`, *optional*, defaults to `languages`): Languages the edits are made in.
         eval_languages (`list[str]`, *optional*, defaults to `languages`): Languages every edit is scored in.
         n_edits (`int`, *optional*, defaults to `20`): Edits per edit language.
-        n_retain (`int`, *optional*, defaults to `8`): Unrelated items scored per edit (0 disables locality).
+        n_retain (`int`, *optional*, defaults to `8`): Unrelated items scored per edit (0: none).
+        n_neighbours (`int`, *optional*, defaults to `0`): Facts of the edited relation about other subjects scored
+            per edit (fewer when the relation has fewer; 0: none). Use a few (e.g. 5) whenever the items have several
+            relations: locality on other relations says little, since an edit rarely reaches them.
         new_target (`str`, *optional*, defaults to `"alternative"`): `"alternative"` (another object of the same
             relation, or another class) or `"gold"` (only items the unedited model gets wrong in `l_e`, edited to
             their gold target; fewer than `n_edits` are used, with a warning, when fewer are wrong).
@@ -321,17 +392,28 @@ def evaluate_editor(
             kept apart from the evaluated ones (e.g. the training split): the scored retain items stay unseen.
         n_locality (`int`, *optional*, defaults to `0`): Locality inputs per edit (0: none).
         locality (`str`, *optional*, defaults to `"target"`): How a retain item is read. `"target"`: its answer at
-            its target, as the edit records are read (`scoring`). `"sequence"` (masked LMs; the LiME reference's
-            mLAMA protocol): its object slot filled with a span of masks of random length (drawn, seeded, from the
-            object lengths of that language) and the argmax at every position of the sequence — the item counts as
-            kept only if none of them moves (`hf_lime.evaluation.scoring.SequenceScorer`).
+            its target, as the edit records are read (`scoring`; `"retain"` records). `"sequence"` (masked LMs; the
+            LiME reference's mLAMA protocol): its object slot filled with a span of masks of random length (drawn,
+            seeded, from the object lengths of that language) and the argmax at every position of the sequence —
+            the item counts as kept only if none of them moves (`"sequence"` records;
+            `hf_lime.evaluation.scoring.SequenceScorer`). `"both"`: both readings. Neighbours are always read at
+            their target.
+        extra_scorings (`Sequence[str]`, *optional*, defaults to `()`): Further readings of the edit records (e.g.
+            `("candidates",)` beside the headline `scoring="open"`), made while the same edit is applied; each gives
+            `result.readings[name]`, an `EvaluationResult` of edit records only (its locality is NaN).
+        candidates (`Mapping[tuple[str, str], Sequence[str]]`, *optional*): `(relation, language)` -> the objects a
+            `"candidates"` reading ranks, e.g. every object of the relation (`candidate_table` of all splits, or
+            mLAMA's candidate lists); the evaluated items' objects are always added. Defaults to those alone.
+        exclude_ids (`Collection[str]`, *optional*): Item ids never edited (still usable as retain items or
+            neighbours), e.g. the facts already edited in another language under the `"editing"` names protocol.
 
     Before any edit, the unedited model answers every edit record too: `settings["pre_edit_floor"]` is the share it
     already gets right (overall, `reliability`, `transfer`), the edit success of an editor that changes nothing.
 
     Returns:
         [`EvaluationResult`]: `metrics` is exactly `compute_xl_edit_metrics(**records, bootstrap=bootstrap,
-        seed=seed)`; `settings` records how it was obtained; `records` the inputs of `lime_xl_edit` when asked for.
+        seed=seed)`; `settings` records how it was obtained; `records` the inputs of `lime_xl_edit` when asked for;
+        `readings` the `extra_scorings`.
 
     Raises:
         ValueError: On an unknown task, language or `new_target`, counts out of range, empty items, or too few items
@@ -348,41 +430,68 @@ def evaluate_editor(
     ```
     """
     check_task(task)
-    if scoring not in SCORINGS:
-        raise ValueError(f"Unknown scoring {scoring!r}; allowed values are {SCORINGS}.")
+    for name in (scoring, *extra_scorings):
+        if name not in SCORINGS:
+            raise ValueError(f"Unknown scoring {name!r}; allowed values are {SCORINGS}.")
     if locality not in LOCALITY_PROTOCOLS:
         raise ValueError(f"Unknown locality {locality!r}; allowed values are {LOCALITY_PROTOCOLS}.")
-    if locality == "sequence" and task != "masked_lm":
+    if locality != "target" and task != "masked_lm":
         raise ValueError(f"locality='sequence' reads masked-LM predictions over a sequence; task={task!r} needs "
                          "locality='target'.")  # fmt: skip
     if new_target not in NEW_TARGET_MODES:
         raise ValueError(f"Unknown new_target {new_target!r}; allowed values are {NEW_TARGET_MODES}.")
     if not callable(getattr(model, "edit", None)) or not hasattr(model, "base_model"):
         raise TypeError(f"`model` must be a PeftModel with a LIME adapter, got {type(model).__name__}.")
-    n_edits, n_retain = _check_int("n_edits", n_edits, 1), _check_int("n_retain", n_retain, 0)
+    counts = _Counts(_check_int("n_edits", n_edits, 1), _check_int("n_retain", n_retain, 0),
+                     _check_int("n_neighbours", n_neighbours, 0))  # fmt: skip
     seed, batch_size = _check_int("seed", seed, 0), _check_int("batch_size", batch_size, 1)
     _check_int("bootstrap", bootstrap, 0)
     edit_languages, eval_languages = _resolve_languages(model, languages, edit_languages, eval_languages)
     parsed = _parse_items(items, set(edit_languages) | set(eval_languages))
     label2id = label2id if label2id is not None else model_label2id(model, task)
-    scorer = make_scorer(scoring, model, tokenizer, task, label2id, max_length, batch_size, parsed)
+    scorer_args = (model, tokenizer, task, label2id, max_length, batch_size, parsed, candidates)
+    readers = _Readers(
+        scorer=make_scorer(scoring, *scorer_args),
+        sequence=(SequenceScorer(model, tokenizer, parsed, seed, max_length, min(batch_size, 8))
+                  if locality in ("sequence", "both") else None),
+        retain_at_target=locality in ("target", "both"),
+        extra={name: make_scorer(name, *scorer_args) for name in dict.fromkeys(extra_scorings)},
+    )  # fmt: skip
     planner = _Planner(parsed, eval_languages, new_target, seed)
     pool = _locality_pool(locality_items, n_locality, set(edit_languages), seed)
-    plans = _plan(planner, scorer, edit_languages, n_edits, n_retain, distinct_facts, pool)
-    sequence = (SequenceScorer(model, tokenizer, parsed, seed, max_length, min(batch_size, 8))
-                if locality == "sequence" else None)  # fmt: skip
-    (sequence or scorer).base([(item, lang) for plan in plans for item in plan.retain for lang in eval_languages])
-    floor = _pre_edit_floor(scorer, plans, eval_languages)
+    plans = _plan(planner, readers.scorer, edit_languages, counts, distinct_facts, pool, frozenset(exclude_ids))
+    _read_unedited(readers, plans, eval_languages)
+    floors = {name: _pre_edit_floor(reader, plans, eval_languages) for name, reader in
+              {scoring: readers.scorer, **readers.extra}.items()}  # fmt: skip
     records: dict[str, list[str]] = {name: [] for name in RECORD_FIELDS}
+    extra_records = {name: {field: [] for field in RECORD_FIELDS} for name in readers.extra}
     from tqdm.auto import tqdm
 
     for plan in tqdm(plans, desc="Editing", unit="edit", disable=not progress):
-        _run_edit(model, scorer, plan, eval_languages, records, sequence)
-    metrics = compute_xl_edit_metrics(**records, bootstrap=bootstrap, seed=seed)
-    settings = _settings(model, task, edit_languages, eval_languages, plans, n_edits, n_retain, new_target, seed)
-    settings.update(scoring=scoring, distinct_facts=distinct_facts, n_facts=len({plan.item.id for plan in plans}),
-                    pre_edit_floor=floor, n_locality=n_locality, locality=locality)  # fmt: skip
-    return EvaluationResult(metrics=metrics, settings=settings, records=records if return_records else None)
+        _run_edit(model, readers, plan, eval_languages, records, extra_records)
+    settings = _settings(model, task, edit_languages, eval_languages, plans, counts, new_target, seed)
+    settings.update(distinct_facts=distinct_facts, n_facts=len({plan.item.id for plan in plans}),
+                    n_locality=n_locality, locality=locality, extra_scorings=list(readers.extra),
+                    candidates="every given object" if candidates is not None else "the evaluated items' objects",
+                    n_excluded=len(set(exclude_ids)))  # fmt: skip
+
+    def result(name: str, columns: dict) -> EvaluationResult:
+        metrics = compute_xl_edit_metrics(**columns, bootstrap=bootstrap, seed=seed)
+        reading = {**settings, "scoring": name, "pre_edit_floor": floors[name]}
+        return EvaluationResult(metrics=metrics, settings=reading, records=columns if return_records else None)
+
+    headline = result(scoring, records)
+    headline.readings = {name: result(name, columns) for name, columns in extra_records.items()}
+    return headline
+
+
+def _read_unedited(readers: _Readers, plans: list[_EditPlan], eval_languages: list[str]) -> None:
+    """The unedited model's answers to every locality probe, cached in the readers before any edit."""
+    retain = [(item, lang) for plan in plans for item in plan.retain for lang in eval_languages]
+    neighbours = [(item, lang) for plan in plans for item in plan.neighbours for lang in eval_languages]
+    readers.scorer.base(neighbours + (retain if readers.retain_at_target else []))
+    if readers.sequence is not None:
+        readers.sequence.base(retain)
 
 
 def _pre_edit_floor(scorer: TargetScorer, plans: list[_EditPlan], eval_languages: list[str]) -> dict[str, float]:
@@ -402,7 +511,7 @@ def _pre_edit_floor(scorer: TargetScorer, plans: list[_EditPlan], eval_languages
     return {name: (sum(v) / len(v) if v else float("nan")) for name, v in hits.items()}
 
 
-def _settings(model, task, edit_languages, eval_languages, plans, n_edits, n_retain, new_target, seed) -> dict:
+def _settings(model, task, edit_languages, eval_languages, plans, counts: _Counts, new_target, seed) -> dict:
     config = getattr(model.base_model, "lime_config", None)
     return {
         "task": task,
@@ -410,8 +519,10 @@ def _settings(model, task, edit_languages, eval_languages, plans, n_edits, n_ret
         "use_lime_mask": getattr(config, "use_lime_mask", None),
         "edit_languages": list(edit_languages),
         "eval_languages": list(eval_languages),
-        "n_edits": n_edits,
-        "n_retain": n_retain,
+        "n_edits": counts.edits,
+        "n_retain": counts.retain,
+        "n_neighbours": counts.neighbours,
+        "neighbours_per_edit": (sum(len(p.neighbours) for p in plans) / len(plans)) if plans else 0.0,
         "new_target": new_target,
         "seed": seed,
         "edits_per_language": {lang: sum(p.language == lang for p in plans) for lang in edit_languages},

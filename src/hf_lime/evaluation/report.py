@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,8 @@ class EvaluationResult:
             the number of edits actually made per edit language.
         records (`dict[str, list[str]]`, *optional*): The raw records (`predictions`, `references`, `edit_ids`,
             `edit_languages`, `eval_languages`, `kinds`) when `return_records=True`, else `None`.
+        readings (`dict[str, EvaluationResult]`, *optional*): Other readings of the same edits (`extra_scorings`
+            of `evaluate_editor`, e.g. `"candidates"`), each of edit records only.
 
     Example:
 
@@ -39,6 +41,7 @@ class EvaluationResult:
     metrics: dict
     settings: dict
     records: dict[str, list[str]] | None = None
+    readings: dict[str, EvaluationResult] = field(default_factory=dict)
 
 
 def _metrics_of(result: EvaluationResult | dict) -> dict:
@@ -123,8 +126,9 @@ def save_report(result: EvaluationResult | dict, output_dir: str | Path) -> dict
     """Write the metrics, the table and the figures of an evaluation into `output_dir`.
 
     Files: `metrics.json` (the metric dict; NaN written as `null`), `table.txt` (`format_table`), `settings.json`
-    and `records.json` when the result has them, and the figures `xl_edit_es.png`, `xl_edit_loc.png` (heatmaps;
-    the Loc one only when there are retain records) and `by_language.png` (per-language bars).
+    and `records.json` when the result has them, `metrics_<name>.json` (and `records_<name>.json`) for each other
+    reading in `result.readings`, and the figures `xl_edit_es.png`, `xl_edit_loc.png` (heatmaps; the Loc one only
+    when there are locality records) and `by_language.png` (per-language bars).
 
     Args:
         result (`EvaluationResult` or `dict`): A result of `evaluate_editor`, or a `compute_xl_edit_metrics` dict.
@@ -146,6 +150,10 @@ def save_report(result: EvaluationResult | dict, output_dir: str | Path) -> dict
         written["settings"] = _write_json(output_dir / "settings.json", result.settings)
         if result.records is not None:
             written["records"] = _write_json(output_dir / "records.json", result.records)
+        for name, reading in result.readings.items():
+            written[f"metrics_{name}"] = _write_json(output_dir / f"metrics_{name}.json", reading.metrics)
+            if reading.records is not None:
+                written[f"records_{name}"] = _write_json(output_dir / f"records_{name}.json", reading.records)
     for path in plot_es_loc(metrics, output_dir / "xl_edit"):
         written["es_heatmap" if path.name.endswith("_es.png") else "loc_heatmap"] = path
     written["by_language"] = plot_by_language(metrics, output_dir / "by_language.png")

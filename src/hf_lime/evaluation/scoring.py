@@ -33,12 +33,12 @@ from ..data.encoding import (
     predict_from_logits,
     target_token_ids,
 )
-from ..data.items import ParsedItem, target_table
+from ..data.items import ParsedItem, parse_item, target_table
 from ..head import target_logits
 from .candidates import CandidateRanker, RankingQuery
 
 SCORINGS = ("open", "candidates")
-LOCALITY_PROTOCOLS = ("target", "sequence")
+LOCALITY_PROTOCOLS = ("target", "sequence", "both")
 
 Query = tuple[ParsedItem, str, str]
 """`(item, language, target label)`: the item's prompt in `language`, read against `target`."""
@@ -131,22 +131,34 @@ class TargetScorer:
         return self.predict([(item, language, item.targets[item.positions[language]]) for item, language in pairs])
 
 
+def candidate_table(items: Sequence[ParsedItem | Mapping[str, Any]]) -> dict[tuple[str, str], list[str]]:
+    """`(relation, language)` -> the sorted objects of that relation named in `items` (parsed items or rows of the
+    common schema, e.g. every split of a dataset: the candidates a `"candidates"` reading ranks)."""
+    parsed = [item if isinstance(item, ParsedItem) else parse_item(item, set(item["languages"])) for item in items]
+    table: dict[tuple[str, str], set[str]] = {}
+    for relation, targets in target_table(parsed).items():
+        for _, labels in targets:
+            for language, label in labels.items():
+                table.setdefault((relation, language), set()).add(label)
+    return {key: sorted(labels) for key, labels in table.items()}
+
+
 class RankingScorer(TargetScorer):
     """Answers ranked among the relation's candidate objects in each language (masked LMs); see the module docstring.
 
-    The candidates of a relation in a language are the objects of that relation among the evaluated items.
+    The candidates of a relation in a language are the objects of that relation among the evaluated items, plus
+    `candidates` (e.g. every object of the relation).
     """
 
     def __init__(self, model: Any, tokenizer: Any, task: str, label2id, max_length: int, batch_size: int,
-                 items: Sequence[ParsedItem]) -> None:  # fmt: skip
+                 items: Sequence[ParsedItem],
+                 candidates: Mapping[tuple[str, str], Sequence[str]] | None = None) -> None:  # fmt: skip
         if task != "masked_lm":
             raise ValueError(f"scoring='candidates' ranks objects with a masked LM; task={task!r} needs 'open'.")
         super().__init__(model, tokenizer, task, label2id, max_length, batch_size)
-        table: dict[tuple[str, str], list[str]] = {}
-        for relation, targets in target_table(items).items():
-            for _, labels in targets:
-                for language, label in labels.items():
-                    table.setdefault((relation, language), []).append(label)
+        table = {key: list(labels) for key, labels in candidate_table(items).items()}
+        for key, labels in (candidates or {}).items():
+            table.setdefault(tuple(key), []).extend(str(label) for label in labels if str(label).strip())
         self.ranker = CandidateRanker(model, tokenizer, table, max_length=max_length, batch_size=batch_size)
 
     def reference(self, item: ParsedItem, language: str, target: str) -> str:
@@ -160,12 +172,13 @@ class RankingScorer(TargetScorer):
 
 
 def make_scorer(scoring: str, model, tokenizer, task: str, label2id, max_length: int, batch_size: int,
-                items: Sequence[ParsedItem]) -> TargetScorer:  # fmt: skip
-    """The scorer of `scoring` (`"open"` or `"candidates"`)."""
+                items: Sequence[ParsedItem],
+                candidates: Mapping[tuple[str, str], Sequence[str]] | None = None) -> TargetScorer:  # fmt: skip
+    """The scorer of `scoring` (`"open"` or `"candidates"`; `candidates` adds objects to rank)."""
     if scoring not in SCORINGS:
         raise ValueError(f"Unknown scoring {scoring!r}; allowed values are {SCORINGS}.")
     if scoring == "candidates":
-        return RankingScorer(model, tokenizer, task, label2id, max_length, batch_size, items)
+        return RankingScorer(model, tokenizer, task, label2id, max_length, batch_size, items, candidates)
     return TargetScorer(model, tokenizer, task, label2id, max_length, batch_size)
 
 
