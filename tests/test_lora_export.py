@@ -131,6 +131,36 @@ def test_export_errors_and_the_editor_shortcut(tmp_path):
     assert json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"] == "org/tiny-bert"
 
 
+def test_only_edits_the_model_holds_are_exported(tmp_path):
+    """A reverted edit (by `revert()` or by `revert_all()` behind its back) or one never applied is refused by every
+    export path, naming its state; nothing is written. Groups export as their edits."""
+    model = get_peft_model(build_model("bert-mlm"), LimeConfig(**MEND))
+    editor = LimeEditor(model)
+    editor.config.base_model_name_or_path = "org/tiny-bert"
+    first = model.base_model.edit(make_batch("masked_lm"), language="en")
+    second = model.base_model.edit(make_batch("masked_lm", seed=1), language="fr")
+    first.revert()
+    never = Edit(first.deltas, model.base_model.lime_layers)
+    for edits, state in (([second, first], "reverted"), ([never], "created")):
+        with pytest.raises(ValueError, match=f"it is {state}, so the model does not hold it"):
+            export_edits_as_lora(edits, tmp_path / "lora", base_model_name_or_path="org/x")
+        with pytest.raises(ValueError, match=f"it is {state}"):
+            editor.export_lora(edits, tmp_path / "lora")
+    model.base_model.revert_all()  # behind `second`'s back
+    with pytest.raises(ValueError, match="Cannot export edit .* reverted"):
+        second.to_lora(tmp_path / "lora", base_model_name_or_path="org/x")
+    with pytest.raises(ValueError, match="it is reverted"):
+        editor.export_lora(second, tmp_path / "lora")
+    assert not (tmp_path / "lora").exists()
+    group = model.base_model.edit_many([make_batch("masked_lm"), make_batch("masked_lm", seed=1)], ["en", "fr"])
+    factors, _ = stacked_factors(group.edits)
+    folder = export_edits_as_lora(group, tmp_path / "lora", base_model_name_or_path="org/x")
+    assert editor.export_lora([group], tmp_path / "lora-2").is_dir()
+    tensors = load_file(folder / "adapter_model.safetensors")
+    name, (B, A) = next(iter(factors.items()))
+    assert torch.equal(tensors[f"base_model.model.{name}.lora_A.weight"][: A.shape[0]], A)
+
+
 def test_to_lora_knows_the_base_model_it_was_made_on(tmp_path):
     build_model("bert-mlm").save_pretrained(tmp_path / "base")
     from transformers import AutoModelForMaskedLM

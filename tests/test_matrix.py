@@ -1,6 +1,6 @@
 """The test matrix: every family × editor (mend, ke, ft) × mask (off, language, shared) runs the shared checks of
-`testing_common.py` — an edit lowers the loss, revert is bit-exact, save/load reproduces, the files are written, rows
-riding along in the edit's forward change nothing.
+`testing_common.py` — an edit lowers the loss, revert is bit-exact (of single edits, and of batches and sequences of
+edits), save/load reproduces, the files are written, rows riding along in the edit's forward change nothing.
 The fine-tuning editor has no inputs to mask, so it runs with masks off only."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from conftest import FAMILIES
 from testing_common import (
     Case,
     check_edit_lowers_the_loss,
+    check_edit_many_reverts_bit_exactly,
     check_files_written,
     check_passenger_rows_change_nothing,
     check_revert_is_bit_exact,
@@ -45,3 +46,8 @@ def test_save_load_reproduces_and_files_are_written(case, tmp_path):
 @MATRIX
 def test_passenger_rows_change_nothing(case):
     check_passenger_rows_change_nothing(case.model(), case.batch(), case.task)
+
+
+@MATRIX
+def test_edit_many_reverts_bit_exactly(case):
+    check_edit_many_reverts_bit_exactly(case.model(), case.task)

@@ -149,3 +149,25 @@ def check_passenger_rows_change_nothing(model, batch, task: str, language: str =
     assert sorted(riding.deltas) == sorted(alone.deltas)
     for key, delta in alone.deltas.items():
         torch.testing.assert_close(riding.deltas[key].dense(), delta.dense(), rtol=1e-4, atol=1e-6)
+
+
+def check_edit_many_reverts_bit_exactly(model, task: str) -> None:
+    """A batch and a sequence of edits (`LimeModel.edit_many`, batches of different sizes and languages) change the
+    outputs, and reverting the group (by `revert()` or by leaving its `with` block) restores the outputs and every
+    base weight bit for bit, leaving no applied edit."""
+    batches = [make_batch(task, seed=1), make_batch(task, batch_size=1, seed=2, target=9), make_batch(task, seed=3)]
+    languages = ["en", ["fr"], ["de", "en"]]
+    probe = make_batch(task, batch_size=3, seed=4)
+    state, clean = base_state(model), outputs(model, probe)
+    for mode in ("batch", "sequential"):
+        group = model.base_model.edit_many(batches, languages, mode=mode)
+        assert group.state == "applied" and len(group.edits) == len(batches)
+        assert not torch.equal(outputs(model, probe), clean), mode
+        group.revert()
+        assert group.state == "reverted"
+        with model.base_model.edit_many(batches, languages, mode=mode) as again:
+            assert again.state == "applied" and model.base_model.applied_edit_ids  # (an edit may need no update)
+        assert torch.equal(outputs(model, probe), clean), mode
+        after = model.get_base_model().state_dict()
+        assert all(torch.equal(state[key], after[key]) for key in state), mode
+        assert model.base_model.applied_edit_ids == []

@@ -6,6 +6,7 @@ from .masks import HardConcreteGate, LanguageMask
 from .metrics.install import install_evaluate_module_on_import
 from .tuner import LimeConfig, LimeLayer, LimeModel
 from .tuner.edit import Edit
+from .tuner.edit_group import EditGroup
 from .version import __version__ as __version__
 
 # Makes `evaluate.load("lime_xl_edit")` work offline after `import hf_lime` (cheap when already installed).
@@ -13,6 +14,7 @@ install_evaluate_module_on_import()
 
 __all__ = [
     "Edit",
+    "EditGroup",
     "HardConcreteGate",
     "LanguageMask",
     "LayerDelta",

@@ -33,6 +33,13 @@ class ExportableEdit(Protocol):
     def fan_in_fan_out(self, key: str) -> bool: ...
 
 
+@runtime_checkable
+class ExportableGroup(Protocol):
+    """Several edits handled as one (`hf_lime.tuner.edit_group.EditGroup` is one): exported as its edits."""
+
+    edits: Sequence[ExportableEdit]
+
+
 def export_edits_as_lora(
     edits: ExportableEdit | Sequence[ExportableEdit],
     path: str | os.PathLike,
@@ -43,8 +50,8 @@ def export_edits_as_lora(
     Write `edits` (summed) as a standard PEFT LoRA adapter in `path`.
 
     Args:
-        edits (`Edit` or `Sequence[Edit]`): The edits to export; their updates are summed. An edit is exported
-            whatever its state (applied, reverted or merged): it is its `ΔW` that is written.
+        edits (`Edit`, `EditGroup` or a sequence of them): The edits to export; their updates are summed. Only
+            edits the model holds are exported: an edit with a `state` must be `"applied"` or `"merged"`.
         path (`str` or `os.PathLike`): Output folder (created; existing adapter files are replaced atomically).
         base_model_name_or_path (`str`, *optional*): The base model the adapter applies to (Hub id or local folder),
             written into `adapter_config.json` so that `peft` and `transformers` know what to load. By default the
@@ -53,6 +60,10 @@ def export_edits_as_lora(
 
     Returns:
         `Path`: the folder, holding `adapter_config.json` and `adapter_model.safetensors`.
+
+    Raises:
+        TypeError: `edits` is empty or not edits. ValueError: an edit is not applied or merged (reverted, by
+            `revert()` or `revert_all()`, or never applied), or the base model is unknown; nothing is written.
 
     Example:
 
@@ -64,9 +75,8 @@ def export_edits_as_lora(
 
     ```
     """
-    edits = [edits] if isinstance(edits, ExportableEdit) else list(edits)
-    if not edits or not all(isinstance(e, ExportableEdit) for e in edits):
-        raise TypeError(f"`edits` must be an Edit or a non-empty sequence of Edit objects, got {edits!r}.")
+    edits = _flat_edits(edits)
+    _check_held_by_model(edits)
     if base_model_name_or_path is None:
         names = {edit.base_model_name_or_path for edit in edits}
         base_model_name_or_path = names.pop() if len(names) == 1 else None
@@ -85,6 +95,29 @@ def export_edits_as_lora(
     config = _lora_config(sorted(factors), rank, fan_in_fan_out=all(conv.values()))
     config.base_model_name_or_path, config.revision = base_model_name_or_path, revision
     return _write_atomically(Path(path), config, tensors)
+
+
+def _flat_edits(edits: object) -> list[ExportableEdit]:
+    """`edits` as a flat list of edits (groups replaced by their edits); a `TypeError` unless there is at least one."""
+    items = [edits] if isinstance(edits, (ExportableEdit, ExportableGroup)) else edits
+    flat: list = []
+    if isinstance(items, Sequence) and not isinstance(items, (str, bytes)):
+        for item in items:
+            flat.extend(item.edits if isinstance(item, ExportableGroup) else [item])
+    if not flat or not all(isinstance(e, ExportableEdit) for e in flat):
+        raise TypeError(f"`edits` must be an Edit or a non-empty sequence of Edit objects, got {edits!r}.")
+    return flat
+
+
+def _check_held_by_model(edits: Sequence[ExportableEdit]) -> None:
+    """Refuse an edit whose `state` says the model does not hold it (reverted or never applied)."""
+    for index, edit in enumerate(edits):
+        state = getattr(edit, "state", None)
+        if state is not None and state not in ("applied", "merged"):
+            raise ValueError(
+                f"Cannot export edit {index} ({edit!r}): it is {state}, so the model does not hold it. Only applied "
+                "or merged edits are exported; call `apply()` on it first or leave it out. Nothing was written."
+            )
 
 
 def stacked_factors(

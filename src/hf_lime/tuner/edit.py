@@ -3,6 +3,19 @@
 An edit never touches the base weights while it is applied: each edited layer adds `x @ A.T @ B.T` (that is
 `ΔW = B @ A` in `nn.Linear` orientation) to its output. Reverting removes that term, which restores the model bit
 for bit; merging folds `ΔW` into the weights.
+
+An edit's state is what its layers hold, whoever changed them (`Edit.revert`, `LimeModel.revert_all`, PEFT's
+`merge_adapter` / `unmerge_adapter`):
+
+| state | `apply()` | `revert()` | `merge()` | `to_lora()` |
+| --- | --- | --- | --- | --- |
+| `"created"` (computed, never applied) | applies | no-op | `ValueError` | `ValueError` |
+| `"applied"` | no-op | removes it, bit for bit | folds it into the weights | exports |
+| `"merged"` | `ValueError` | subtracts it (up to rounding) | no-op | exports |
+| `"reverted"` | applies it again | no-op | `ValueError` | `ValueError` |
+
+A refused operation changes nothing: merging or exporting an edit the model no longer holds would write an update
+that is not there.
 """
 
 from __future__ import annotations
@@ -20,6 +33,8 @@ if TYPE_CHECKING:
     from .layer import LimeLayer
 
 _EDIT_IDS = itertools.count()
+STATES = ("created", "applied", "merged", "reverted")
+LIVE_STATES = ("applied", "merged")  # the model holds the edit's ΔW: it can be merged (if applied) and exported
 
 
 class Edit:
@@ -63,12 +78,13 @@ class Edit:
     @property
     def state(self) -> str:
         """`"created"`, `"applied"`, `"merged"` or `"reverted"`, as the layers see it: PEFT's
-        `merge_adapter()`/`unmerge_adapter()` and `revert_all()` are reflected here."""
-        if self._state == "applied":
+        `merge_adapter()`/`unmerge_adapter()` and `LimeModel.revert_all()` are reflected here (an edit that any of
+        its layers no longer holds is `"reverted"`)."""
+        if self._state == "applied" and self.deltas:
             layers = [self._layers[name] for name in self.deltas]
             if any(self.id in layer.merged_edit_ids for layer in layers):
                 return "merged"
-            if not any(self.id in layer.applied_edit_ids for layer in layers):
+            if not all(self.id in layer.applied_edit_ids for layer in layers):
                 return "reverted"  # removed behind our back (revert_all)
         return self._state
 
@@ -76,13 +92,23 @@ class Edit:
     def is_applied(self) -> bool:
         return self.state == "applied"
 
-    def apply(self) -> Edit:
-        """Add the edit to its layers' outputs (no weight is modified, nothing is copied)."""
+    def require_state(self, action: str, allowed: tuple[str, ...]) -> str:
+        """The current state, or a `ValueError` (nothing changed) when `action` is not allowed in it."""
         state = self.state
+        if state not in allowed:
+            raise ValueError(refusal(f"edit {self.id}", action, state, allowed))
+        return state
+
+    def apply(self) -> Edit:
+        """Add the edit to its layers' outputs (no weight is modified, nothing is copied). A reverted edit is applied
+        again (the same `ΔW`); an applied one is left as it is.
+
+        Raises:
+            ValueError: the edit is merged into the weights (applying it again would add it twice).
+        """
+        state = self.require_state("apply", ("created", "applied", "reverted"))
         if state == "applied":
             return self
-        if state == "merged":
-            raise ValueError("This edit is merged into the weights; it cannot be applied again.")
         for name, delta in self.deltas.items():
             self._layers[name].add_delta(self.id, delta)
         self._state = "applied"
@@ -90,8 +116,12 @@ class Edit:
 
     def revert(self) -> Edit:
         """Remove the edit. For an applied edit the model is restored bit for bit; a merged one (by `merge()` or
-        PEFT's `merge_adapter()`) is subtracted from the weights, exact up to floating-point rounding."""
+        PEFT's `merge_adapter()`) is subtracted from the weights, exact up to floating-point rounding. Reverting an
+        edit that is not applied (already reverted, by `revert()` or `revert_all()`, or never applied) is a no-op:
+        `revert()` is idempotent."""
         state = self.state
+        if state == "created":
+            return self
         if state == "merged":
             warnings.warn(
                 "Reverting a merged edit subtracts ΔW from the weights; floating-point rounding means the weights "
@@ -101,20 +131,24 @@ class Edit:
             for name in self.deltas:
                 self._layers[name].forget_merged(self.id)
             self._add_to_weights(sign=-1.0)
-        elif state == "applied":
+        else:  # applied, or reverted behind our back: drop whatever a layer may still hold
             for name in self.deltas:
                 self._layers[name].remove_delta(self.id)
         self._state = "reverted"
         return self
 
     def merge(self) -> Edit:
-        """Fold `ΔW` into the base weights (permanent; `revert` afterwards is only approximate)."""
-        state = self.state
+        """Fold `ΔW` into the base weights (permanent; `revert` afterwards is only approximate).
+
+        Raises:
+            ValueError: the edit is not applied (reverted by `revert()` or `revert_all()`, or never applied): the
+                model does not hold it, so there is nothing to merge. Nothing is changed; `apply()` it first.
+        """
+        state = self.require_state("merge", ("applied", "merged"))
         if state == "merged":
             return self
-        if state == "applied":
-            for name in self.deltas:
-                self._layers[name].remove_delta(self.id)
+        for name in self.deltas:
+            self._layers[name].remove_delta(self.id)
         self._add_to_weights(sign=1.0)
         self._state = "merged"
         return self
@@ -147,9 +181,14 @@ class Edit:
 
         Returns:
             `Path`: the adapter folder.
+
+        Raises:
+            ValueError: this edit (or one of `edits`) is not applied or merged: the model does not hold it, so it is
+                not exported (nothing is written).
         """
         from ..lora_export import export_edits_as_lora
 
+        self.require_state("export", LIVE_STATES)
         return export_edits_as_lora([self, *(edits or [])], path, base_model_name_or_path, revision=revision)
 
     def num_parameters(self) -> int:
@@ -162,3 +201,23 @@ class Edit:
     def __exit__(self, *exc_info: object) -> None:
         if self._state == "applied" and self.state != "reverted":  # applied by us (PEFT may have merged it since)
             self.revert()
+
+
+def refusal(what: str, action: str, state: str, allowed: Sequence[str]) -> str:
+    """The message of a refused `action` on an edit (or a group of edits) in `state`."""
+    why = {
+        "reverted": "it was reverted (by `revert()` or `revert_all()`), so the model does not hold it",
+        "created": "it was never applied, so the model does not hold it",
+        "merged": "it is merged into the weights",
+    }.get(state, f"it is {state}")
+    hint = {"reverted": " Call `apply()` first to apply it again.", "created": " Call `apply()` first."}.get(state, "")
+    return (
+        f"Cannot {action} {what}: {why}. {action.capitalize()} is allowed for {_one_of(allowed)} edits only "
+        f"(the state is {state!r}); nothing was changed.{hint}"
+    )
+
+
+def _one_of(words: Sequence[str]) -> str:
+    """`"a"`, `"a or b"`, `"a, b or c"`."""
+    words = list(words)
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"

@@ -20,6 +20,7 @@ from ..masks import MaskBank
 from .config import TARGET_MODULES_MAPPING, LimeConfig
 from .context import EditContext, apply_functional_deltas, known_task
 from .edit import Edit
+from .edit_group import EDIT_MODES, EditGroup
 from .layer import LimeLayer
 from .validation import check_batch_fits_model, resolve_language_ids, validate_edit_batch
 
@@ -215,9 +216,7 @@ class LimeModel(BaseTuner):
         the edit's own forward, outside its loss: their unedited target logits come back as
         `output.info.passenger_logits` (a training episode's retain rows, without a forward of their own).
         """
-        batch = validate_edit_batch(inputs)
-        check_batch_fits_model(batch, getattr(self.model, "config", None), _num_outputs(self.model))
-        languages, lang_ids = resolve_language_ids(language, self.languages, batch["input_ids"].shape[0])
+        batch, languages, lang_ids = self.check_edit_inputs(inputs, language)
         device = batch["input_ids"].device
         ctx = EditContext(
             self.model,
@@ -234,6 +233,25 @@ class LimeModel(BaseTuner):
         output.info.languages = languages
         output.info.passenger_logits = ctx.passenger_logits
         return output
+
+    def check_edit_inputs(
+        self, inputs: Any, language: str | Sequence[str] | torch.Tensor | None = None
+    ) -> tuple[dict[str, Any], list[str], torch.Tensor | None]:
+        """
+        Check an edit batch and its languages against this model without computing anything: what `edit` and
+        `compute_edit` check first.
+
+        Returns:
+            The batch as a plain dict, each row's language code, and their mask rows (`None` without languages).
+
+        Raises:
+            TypeError, ValueError: a malformed batch, a prompt longer than the model reads, a label outside its
+                outputs, an unknown language, or a call inside `torch.inference_mode()`.
+        """
+        batch = validate_edit_batch(inputs)
+        check_batch_fits_model(batch, getattr(self.model, "config", None), _num_outputs(self.model))
+        languages, lang_ids = resolve_language_ids(language, self.languages, batch["input_ids"].shape[0])
+        return batch, languages, lang_ids
 
     def edit(self, inputs: Any, language: str | Sequence[str] | None = None, retain_inputs: Any = None) -> Edit:
         """
@@ -254,10 +272,77 @@ class LimeModel(BaseTuner):
         The editor runs in evaluation mode here (deterministic gates, frozen statistics) whatever `model.training`
         says; training uses [`~LimeModel.compute_edit`].
         """
+        return self._apply_checked(self.prepare_edit(inputs, language, retain_inputs), inputs)
+
+    def prepare_edit(
+        self, inputs: Any, language: str | Sequence[str] | None = None, retain_inputs: Any = None
+    ) -> Edit:
+        """
+        Compute an edit on the model as it is now, without applying it: the returned [`Edit`] is `"created"` and
+        `edit.apply()` applies it. Arguments as in [`~LimeModel.edit`], which is `prepare_edit` + `apply` + a check
+        that the edited outputs are finite.
+        """
         with torch.no_grad(), self._editor_eval_mode():
             output = self.compute_edit(inputs, language, retain_inputs)
         deltas = _checked_deltas(output.deltas)
-        edit = Edit(deltas, self.lime_layers, output.info, self._base_model_name()).apply()
+        return Edit(deltas, self.lime_layers, output.info, self._base_model_name())
+
+    def edit_many(
+        self,
+        batches: Sequence[Any],
+        languages: Sequence[str | Sequence[str] | None] | None = None,
+        mode: str = "batch",
+    ) -> EditGroup:
+        """
+        Apply several edits, one editor call per batch, and return them as one [`EditGroup`].
+
+        Args:
+            batches (`Sequence[Mapping[str, torch.Tensor]]`): Edit batches, as `inputs` of [`~LimeModel.edit`].
+            languages (`Sequence`, *optional*): The `language` of each batch (a code or one per row); `None` for an
+                adapter without languages.
+            mode (`str`, *optional*, defaults to `"batch"`): `"batch"`: every batch's edit is computed on the model
+                as it is now, then all are applied (the edits do not see each other). `"sequential"`: each batch's
+                edit is computed on the model already holding the previous ones.
+
+        Returns:
+            [`EditGroup`]: the applied edits (`group.revert()` restores the model bit for bit).
+
+        Raises:
+            ValueError, TypeError: a bad batch or language (checked for every batch before anything is applied), or
+                an edit that fails; whatever was applied before the failure is reverted, so the model is unchanged.
+        """
+        if mode not in EDIT_MODES:
+            raise ValueError(f"`mode` must be one of {list(EDIT_MODES)}, got {mode!r}.")
+        batches = list(batches)
+        languages = [None] * len(batches) if languages is None else list(languages)
+        if not batches or len(languages) != len(batches):
+            raise ValueError(
+                f"Pass a non-empty list of edit batches and one language entry per batch; got {len(batches)} "
+                f"batches and {len(languages)} language entries."
+            )
+        for index, (batch, language) in enumerate(zip(batches, languages, strict=True)):
+            try:
+                self.check_edit_inputs(batch, language)
+            except (TypeError, ValueError) as error:
+                raise type(error)(f"Edit batch {index}: {error}") from error
+        edits: list[Edit] = []
+        try:
+            if mode == "batch":
+                edits.extend(self.prepare_edit(b, lang) for b, lang in zip(batches, languages, strict=True))
+                for edit, batch in zip(edits, batches, strict=True):
+                    self._apply_checked(edit, batch)
+            else:
+                for batch, language in zip(batches, languages, strict=True):
+                    edits.append(self.edit(batch, language))
+        except BaseException:
+            for edit in reversed(edits):
+                edit.revert()  # a no-op for an edit that was computed but not applied
+            raise
+        return EditGroup(edits, mode=mode)
+
+    def _apply_checked(self, edit: Edit, inputs: Any) -> Edit:
+        """Apply `edit`, then refuse it (reverted, model unchanged) if it makes `inputs`' outputs non-finite."""
+        edit.apply()
         try:
             self._check_finite_outputs(inputs)
         except ValueError:
@@ -312,7 +397,9 @@ class LimeModel(BaseTuner):
         return ids
 
     def revert_all(self) -> None:
-        """Remove every applied (unmerged) edit."""
+        """Remove every applied (unmerged) edit, bit for bit. Their handles see it: an `Edit` (or `EditGroup`) that
+        was applied is `"reverted"` afterwards, so `merge()` and `to_lora()` refuse it, `revert()` is a no-op and
+        `apply()` applies it again. Merged edits stay in the weights."""
         for layer in self.lime_layers.values():
             for edit_id in layer.applied_edit_ids:
                 layer.remove_delta(edit_id)
