@@ -377,3 +377,32 @@ def test_real_me5_small_with_a_lime_adapter():
     assert cache.first_block == 9 and (cache.misses, cache.hits) == (3, 3)
     assert_close(first, reference)
     assert_close(again, reference)
+
+
+def test_scoring_under_inference_mode_then_an_edit_with_gradients():
+    model, batch = lime_model("bert-mlm"), make_batch("masked_lm", batch_size=2)
+    edit = model.edit(batch, language="fr")
+    expected = logits(model, batch)
+    edit.revert()
+    with prefix_cache(model) as cache:
+        with torch.inference_mode():
+            model(**{k: v for k, v in batch.items() if k != "labels"})  # rows stored from inference tensors
+        edit = model.edit(batch, language="fr")  # a forward and backward with gradients, on the stored rows
+        assert_close(logits(model, batch), expected)
+        assert cache.misses == 2 and cache.hits >= 4
+    edit.revert()
+
+
+def test_benchmark_smoke_run(tmp_path):
+    from conftest import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_prefix_cache", REPO_ROOT / "benchmarks" / "bench_prefix_cache.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    result = bench.main(["--tiny", "--repeats", "2", "--prompts", "4", "--json", str(out)])
+    assert result["speedup"] > 0 and result["max_abs_diff"] <= ATOL
+    assert result["cache"]["invalidations"] == 0 and result["cache"]["misses"] == 4
+    assert result["first_block"] == 3 and result["blocks"] == 6

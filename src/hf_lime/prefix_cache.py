@@ -142,6 +142,7 @@ class PrefixCache:
         self._filling = False  # a forward of missing rows that stops at block k
         self._filled: torch.Tensor | None = None
         self._skipping = False
+        self._paused = False
         self.hits = self.misses = self.bypassed = self.invalidations = self.evictions = 0
         self.bypass_reasons: Counter[str] = Counter()
         self._disabled_reason: str | None = None
@@ -172,6 +173,15 @@ class PrefixCache:
         which PyTorch's version counter does not see."""
         self._store.clear()
         self._stamp = None
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Forwards inside this block run without the cache (and are not counted); the rows are kept."""
+        previous, self._paused = self._paused, True
+        try:
+            yield
+        finally:
+            self._paused = previous
 
     def attach(self) -> PrefixCache:
         """Install the hooks (done by [`prefix_cache`] on entry)."""
@@ -204,7 +214,7 @@ class PrefixCache:
 
     # ------------------------------------------------------------------------------------------- hooks
     def _body_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-        if self._filling:
+        if self._filling or self._paused:
             return None
         self._restore_blocks()  # in case a forward died before its post-hook
         self._pending = None
