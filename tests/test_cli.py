@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from helpers_facts import LANGUAGES, build_fact_tokenizer, fact_items, pretrained_fact_model
@@ -46,6 +47,69 @@ def test_edit_shows_before_and_after_in_other_languages(editor_dir, capsys):
     rows = {line.split()[0]: line.split()[1:3] for line in out.splitlines()[2:]}
     assert rows["en"] == [before, target]
     assert set(rows) == {"en", "fr", "de"}
+
+
+def write_lines(path, lines: list[str]):
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+GOOD_LINES = [
+    json.dumps({"prompt": "subj1 was born in [MASK] .", "answer": "city4", "language": "en"}),
+    "",  # blank lines are skipped (and counted)
+    json.dumps({"prompt": "subj2 est né à [MASK] .", "answer": "city5", "language": "fr"}),
+]
+
+
+@pytest.mark.parametrize("mode", ["batch", "sequential"])
+def test_edit_file_applies_the_edits_reports_which_held_and_exports_them(editor_dir, tmp_path, capsys, mode):
+    edits = write_lines(tmp_path / "edits.jsonl", GOOD_LINES)
+    lora = tmp_path / "lora"
+    code = main(["edit", "--editor", str(editor_dir), "--file", str(edits), "--mode", mode,
+                 "--output_lora", str(lora)])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    rows = {line.split()[0]: line.split()[1:3] for line in out.splitlines()[1:3]}
+    assert set(rows) == {"1", "3"} and [lang for _, lang in rows.values()] == ["en", "fr"]
+    held = sum(status == "yes" for status, _ in rows.values())
+    assert f"{held} of 2 edits held." in out
+    assert json.loads((lora / "adapter_config.json").read_text())["peft_type"] == "LORA"
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "message"),
+    [
+        ('{"prompt": "subj3 was born in [MASK] .", "answer": "city1", ', r"line 2: invalid JSON"),
+        ('["subj3 was born in [MASK] .", "city1", "en"]', r"line 2: expected a JSON object, got list"),
+        ('{"prompt": "subj3 was born in [MASK] .", "answer": "city1"}', r"line 2: missing key\(s\) \['language'\]"),
+        ('{"prompt": "subj3 was born in [MASK] .", "answer": 1.5, "language": "en"}', r"line 2: `answer` must be"),
+        ('{"prompt": "subj3 was born in [MASK] .", "answer": "city1", "language": "xx"}',
+         r"line 2: unknown language 'xx'; this editor knows \['en', 'fr', 'de'\]"),
+        ('{"prompt": "subj3 was born in .", "answer": "city1", "language": "en"}', r"line 2: .*one placeholder"),
+    ],
+)  # fmt: skip
+def test_edit_file_errors_name_the_line_exit_2_and_apply_nothing(editor_dir, tmp_path, capsys, bad_line, message):
+    edits = write_lines(tmp_path / "edits.jsonl", [GOOD_LINES[0], bad_line, GOOD_LINES[2]])
+    lora = tmp_path / "lora"
+    code = main(["edit", "--editor", str(editor_dir), "--file", str(edits), "--output_lora", str(lora)])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == "" and not lora.exists()
+    last = captured.err.splitlines()[-1]  # (loading the editor may draw a progress bar before it)
+    assert "Traceback" not in captured.err
+    assert re.match(f"hf-lime edit: error: {re.escape(str(edits))}, {message}", last), last
+
+
+def test_edit_file_is_refused_with_single_edit_options_or_when_empty(editor_dir, tmp_path, capsys):
+    edits = write_lines(tmp_path / "edits.jsonl", GOOD_LINES)
+    assert main(["edit", "--editor", str(editor_dir), "--file", str(edits), "--target", "city1"]) == 2
+    assert "drop --target" in capsys.readouterr().err
+    assert main(["edit", "--editor", str(editor_dir), "--text", "subj1 was born in [MASK] ."]) == 2
+    assert "--text needs --target" in capsys.readouterr().err
+    empty = write_lines(tmp_path / "empty.jsonl", [""])
+    assert main(["edit", "--editor", str(editor_dir), "--file", str(empty)]) == 2
+    assert "holds no edit requests" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # --text and --file together
+        main(["edit", "--editor", str(editor_dir), "--file", str(edits), "--text", "x [MASK]", "--target", "y"])
 
 
 def test_evaluate_writes_a_report(editor_dir, tmp_path, capsys, monkeypatch):

@@ -2,6 +2,7 @@
 
     hf-lime edit --editor outputs/demo --text "The capital of France is [MASK]." --target "Lyon" --language en \
         --show fr de zh                       # languages looked up in the parallel data, or LANG=TEXT
+    hf-lime edit --editor outputs/demo --file edits.jsonl --output_lora lora/   # {"prompt", "answer", "language"}
     hf-lime predict --editor outputs/demo --text "La capitale de la France est [MASK]."
     hf-lime evaluate --editor outputs/demo --dataset cldr --languages en fr zh --n_edits 10 --output_dir out/
     hf-lime push --editor outputs/demo --repo_id org/lime-mend-me5
@@ -16,19 +17,28 @@ from collections.abc import Sequence
 from pathlib import Path
 
 PLACEHOLDERS = ("[MASK]", "[Y]")
+EDIT_MODES = ("batch", "sequential")  # `LimeEditor.edit_many`'s modes (not imported: --help stays fast)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-lime", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     defaults = {"formatter_class": argparse.ArgumentDefaultsHelpFormatter}  # every option's default in --help
-    edit = sub.add_parser("edit", help="Edit in one language; print answers before/after in others.", **defaults)
+    edit = sub.add_parser("edit", help="Edit in one language and show answers in others, or apply a file of edits.",
+                          **defaults)  # fmt: skip
     _editor_args(edit)
-    edit.add_argument("--text", required=True, help="Prompt with [MASK] (masked LMs), text, or prompt (causal).")
-    edit.add_argument("--target", required=True, help="The new answer (label name for classifiers).")
-    edit.add_argument("--language", default=None, help="Editing language.")
+    source = edit.add_mutually_exclusive_group(required=True)
+    source.add_argument("--text", help="Prompt with [MASK] (masked LMs), text, or prompt (causal).")
+    source.add_argument("--file", help="JSON Lines of edits, one {prompt, answer, language} object per line.")
+    edit.add_argument("--target", default=None, help="The new answer (label name for classifiers); with --text.")
+    edit.add_argument("--language", default=None, help="Editing language; with --text.")
     edit.add_argument("--show", nargs="*", default=[], help="Languages to show: LANG (parallel data) or LANG=TEXT.")
     edit.add_argument("--data_dir", default=None, help="Look --show languages up in mLAMA here (default: CLDR).")
+    edit.add_argument("--mode", choices=EDIT_MODES, default="batch",
+                      help="--file: one editor call for all edits, or each on the edited model.")  # fmt: skip
+    edit.add_argument("--batch_size", type=int, default=None,
+                      help="--file, batch mode: at most this many edits per editor call (None: all).")  # fmt: skip
+    edit.add_argument("--output_lora", default=None, help="--file: export the edits as one LoRA adapter here.")
     predict = sub.add_parser("predict", help="Print the model's answer.", **defaults)
     _editor_args(predict)
     predict.add_argument("--text", required=True, nargs="+", help="One or more prompts (as for `edit --text`).")
@@ -113,6 +123,10 @@ def _show_texts(args) -> dict[str, str]:
 
 
 def cmd_edit(args) -> int:
+    if args.file is not None:
+        return _edit_file(args)
+    if args.target is None:
+        raise ValueError("--text needs --target (the new answer).")
     editor = _load_editor(args)
     shown = {args.language or "input": args.text, **_show_texts(args)}
     before = {lang: editor.predict(text) for lang, text in shown.items()}
@@ -123,6 +137,35 @@ def cmd_edit(args) -> int:
     for lang, text in shown.items():
         print(f"{lang:<8}{before[lang]!s:<28}{after[lang]!s:<28}{text}")
     return 0
+
+
+def _edit_file(args) -> int:
+    """`edit --file`: every line checked before the editor is loaded or anything is applied; print which edits
+    held; export them as one LoRA adapter with --output_lora."""
+    from .edit_requests import RequestError, read_requests_file
+
+    ignored = [f"--{name}" for name in ("target", "language", "show") if getattr(args, name)]
+    if ignored:
+        raise ValueError(f"--file takes each edit's answer and language from its line; drop {', '.join(ignored)}.")
+    requests, lines = read_requests_file(args.file)
+    editor = _load_editor(args)
+    try:
+        group = editor.edit_many(requests, mode=args.mode, batch_size=args.batch_size)
+    except RequestError as error:
+        raise ValueError(f"{args.file}, line {lines[error.index]}: {error.reason}") from error
+    with group:
+        _print_held(requests, lines, group.held)
+        if args.output_lora:
+            print(f"LoRA adapter: {editor.export_lora(group, args.output_lora)}")
+    return 0
+
+
+def _print_held(requests, lines: list[int], held: list[bool]) -> None:
+    print(f"{'line':<6}{'held':<6}{'lang':<8}prompt -> answer")
+    for request, line, ok in zip(requests, lines, held, strict=True):
+        status, language = "yes" if ok else "NO", request.language or "-"
+        print(f"{line:<6}{status:<6}{language:<8}{request.prompt!r} -> {request.answer!r}")
+    print(f"{sum(held)} of {len(held)} edits held.")
 
 
 def cmd_predict(args) -> int:

@@ -25,6 +25,7 @@ from .base_model import (
     soft_base_model_differences,
 )
 from .data.encoding import pad_batch
+from .edit_requests import EditRequest, RequestError, check_request_languages, parse_requests
 from .editor_folder import (
     METADATA_FORMAT,
     METADATA_VERSION,
@@ -33,6 +34,7 @@ from .editor_folder import (
     write_description,
     write_editor_folder,
 )
+from .head import target_logits
 from .hub_download import resolve_editor_folder
 from .lora_export import export_edits_as_lora, module_name
 from .model_card import render_model_card
@@ -41,6 +43,7 @@ from .text_io import as_rows, encode_text, masked_prompt, predict_text, rank_tex
 from .tuner import LimeConfig
 from .tuner.config import PEFT_TYPE
 from .tuner.edit import Edit
+from .tuner.edit_group import EDIT_MODES, EditGroup
 
 __all__ = ["LimeEditor", "infer_task", "masked_prompt"]
 
@@ -382,6 +385,88 @@ class LimeEditor:
         rows = language if language is None or isinstance(language, str) else list(language)
         return self.model.base_model.edit(batch, language=rows)
 
+    def edit_many(
+        self,
+        requests: Sequence[Any],
+        mode: str = "batch",
+        batch_size: int | None = None,
+        max_length: int = 128,
+    ) -> EditGroup:
+        """
+        Apply several edits at once and return them as one [`~hf_lime.tuner.edit_group.EditGroup`]: it reverts them
+        all bit for bit, exports them as one LoRA adapter, and says which requests did not take (`group.held`,
+        `group.failed`).
+
+        Args:
+            requests (`list`): `(prompt, answer, language)` tuples or dicts with the keys `prompt`, `answer` and
+                `language`; prompts and answers as `text` and `target` of [`~LimeEditor.edit`] (one each).
+            mode (`str`, *optional*, defaults to `"batch"`): `"batch"`: one editor call over a padded batch of all
+                requests, computed on the model as it is now (the requests do not see each other). `"sequential"`:
+                one edit per request, each computed on the model already holding the previous ones.
+            batch_size (`int`, *optional*, defaults to `None`): `"batch"` only: at most this many requests per editor
+                call (to bound memory); every chunk is computed on the model as it was before the call, then all are
+                applied. `None`: all requests in one call.
+            max_length (`int`, *optional*, defaults to `128`): Maximum tokens per prompt.
+
+        Returns:
+            [`EditGroup`]: the applied edits, with `held[i]` whether request `i`'s answer is what the model gives
+            (every answer token is the argmax at its position, as `predict` reads it) with all the edits applied.
+
+        Raises:
+            ValueError: a bad request, named by its index (`RequestError`, with `.index`); every request is checked
+                before anything is applied. If an edit fails midway, the edits applied so far are reverted: the
+                model is left as it was.
+
+        What a batch computes depends on the editor. MEND transforms each token's `(x, δ)` on its own after
+        normalising each request's gradients, so a batch's `ΔW` is the sum of the requests' edits computed alone
+        (up to rounding), chunked or not. KnowledgeEditor's gradient part adds up the same way but it averages the
+        requests' shift terms and uses the raw gradient of the batch's mean loss, and fine-tuning minimises the
+        batch's mean loss: for these a batch is not the sum of single edits.
+        """
+        if mode not in EDIT_MODES:
+            raise ValueError(f"`mode` must be one of {list(EDIT_MODES)}, got {mode!r}.")
+        if batch_size is not None and not _positive_int(batch_size):
+            raise ValueError(f"`batch_size` must be a positive int or None, got {batch_size!r}.")
+        parsed, examples = self.check_requests(requests, max_length)
+        size = 1 if mode == "sequential" else batch_size or len(parsed)
+        starts = range(0, len(parsed), size)
+        batches = [self._padded(examples[i : i + size]) for i in starts]
+        languages = [self._row_languages(parsed[i : i + size]) for i in starts]
+        group = self.model.base_model.edit_many(batches, languages, mode=mode)
+        group.held = self._held(examples)
+        return group
+
+    def check_requests(self, requests: Sequence[Any], max_length: int = 128) -> tuple[list[EditRequest], list[dict]]:
+        """
+        Parse and check edit requests against this editor (types, languages, prompts, answers, lengths) without
+        editing anything; the requests and their encoded examples.
+
+        Raises:
+            RequestError: (a `ValueError`) the first bad request, with its index. TypeError: not a non-empty list.
+        """
+        parsed = parse_requests(requests)
+        check_request_languages(parsed, self.languages)
+        examples = []
+        for index, request in enumerate(parsed):
+            try:
+                example = self._encode(request.prompt, request.answer, max_length)
+                self.model.base_model.check_edit_inputs(self._padded([example]), self._row_languages([request]))
+            except (TypeError, ValueError) as error:
+                raise RequestError(index, str(error)) from error
+            examples.append(example)
+        return parsed, examples
+
+    def _padded(self, examples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        return {key: value.to(self.device) for key, value in pad_batch(self.tokenizer, examples).items()}
+
+    def _row_languages(self, requests: Sequence[EditRequest]) -> list[str] | None:
+        return [r.language for r in requests] if self.languages else None
+
+    @torch.no_grad()
+    def _held(self, examples: Sequence[dict[str, Any]]) -> list[bool]:
+        """Per example, whether every target token is the model's argmax (one request at a time, no padding)."""
+        return [all(target_logits(self.model, self._padded([e]), self.task).row_correct()) for e in examples]
+
     def _encode(self, text: Any, target: Any, max_length: int) -> dict[str, Any]:
         return encode_text(self.model.get_base_model(), self._require_tokenizer(), self.task, text, target, max_length)
 
@@ -450,7 +535,8 @@ class LimeEditor:
         return self.tokenizer
 
     def revert_all(self) -> None:
-        """Revert every applied (unmerged) edit."""
+        """Revert every applied (unmerged) edit, bit for bit; their handles become `"reverted"` (see
+        [`~hf_lime.LimeModel.revert_all`])."""
         self.model.base_model.revert_all()
 
     def evaluate(self, items: Any, **kwargs: Any) -> Any:
@@ -459,10 +545,16 @@ class LimeEditor:
 
         return evaluate_editor(self.model, self.tokenizer, items, task=self.task, **kwargs)
 
-    def export_lora(self, edits: Edit | Sequence[Edit], path: str | os.PathLike) -> Path:
-        """Write `edits` as a plain PEFT LoRA adapter for this editor's base model (see `lora_export`)."""
+    def export_lora(self, edits: Edit | EditGroup | Sequence[Edit | EditGroup], path: str | os.PathLike) -> Path:
+        """Write `edits` (edits or groups of them, summed) as a plain PEFT LoRA adapter for this editor's base model
+        (see `lora_export`). Only applied or merged edits are exported: a reverted one raises a `ValueError` and
+        nothing is written."""
         self._set_base_name(None)
         return export_edits_as_lora(edits, path, self.config.base_model_name_or_path, revision=self.config.revision)
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def _library_version() -> str:
