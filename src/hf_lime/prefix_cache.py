@@ -24,6 +24,12 @@ parameter and buffer of the body outside blocks `k..` (embeddings, lower blocks,
 saw when it stored its rows (the tensor, its storage pointer and its in-place version counter) and drops every row
 when one differs. Edits of the top blocks (applied, stacked, merged or reverted LIME deltas) change nothing below
 block `k` and keep the rows; their effect is in the outputs because blocks `k..` always run.
+
+Limits: a row is its padded inputs (the same prompt padded to another length, or on the other side, is another row);
+changes made through `.data` (which PyTorch's version counter does not see) or behaviour switches of the lower
+modules that are not parameters or buffers (a hook added, an adapter disabled) are not detected: call
+`cache.clear()` after them; one forward at a time (the hooks keep per-forward state: not for concurrent threads);
+encoder-decoder models are refused.
 """
 
 from __future__ import annotations
@@ -135,7 +141,7 @@ class PrefixCache:
         self._store = _LruStore(max_bytes)
         self._signature = inspect.signature(self.layout.body.forward)
         self._upper = nn.ModuleList(list(self.layout.blocks)[self.layout.first_block :])
-        self._upper_ids = {id(m) for block in self._upper for m in block.modules()}
+        self._upper_ids = {id(block) for block in self._upper}
         self._stamp: tuple | None = None
         self._pending: torch.Tensor | None = None  # the stored rows block k gets in this forward
         self._capture_keys: list[Key] | None = None  # a normal forward storing its rows at block k
@@ -390,13 +396,13 @@ def prefix_cache(
     Reuse the hidden states entering the first edited block across forwards of the same input rows.
 
     Inside the block, every forward of `model` (through the `PeftModel`, its base model, `LimeModel.edit`, or
-    [`~hf_lime.head.target_logits`]) looks each row of its batch up by its exact inputs; stored rows skip the
-    embeddings' successors and every block below `first_block`, new rows are computed once and stored. Outputs equal
-    the uncached forward up to float rounding. Edits of the top blocks are seen at once; a change of any lower weight
-    or buffer (in place or by replacement) drops every row. Forwards that need the lower blocks themselves run
-    without the cache and are counted in `cache.bypassed`: with gradients through a lower parameter, in training
-    mode, under autocast, with `inputs_embeds`, a key/value cache (`use_cache=True`, `past_key_values`), or asking
-    for hidden states or attentions.
+    [`~hf_lime.head.target_logits`]) looks each row of its batch up by its exact inputs; stored rows skip every
+    block below `first_block` (the embeddings still run: they are cheap), new rows are computed once and stored.
+    Outputs equal the uncached forward up to float rounding. Edits of the top blocks are seen at once; a change of
+    any lower weight or buffer (in place or by replacement) drops every row. Forwards that need the lower blocks
+    themselves run without the cache and are counted in `cache.bypassed`: with gradients through a lower parameter,
+    in training mode, under autocast, with `inputs_embeds`, a key/value cache (`use_cache=True`, `past_key_values`),
+    or asking for hidden states or attentions.
 
     Args:
         model (`nn.Module`): A `PeftModel` with a LIME adapter (or its `LimeModel`), or a plain `transformers` model
