@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import build_model, make_batch
 from helpers_tokenizers import build_byte_bpe_tokenizer, build_wordpiece_tokenizer
+from peft import get_peft_model
 from testing_common import perturb_trainables
 from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel
 
@@ -251,3 +253,17 @@ def test_the_group_reverts_exports_and_refuses_what_its_state_forbids(tmp_path):
     assert group.state == "merged" and edited == editor.model.base_model.lime_layers
     with pytest.raises(ValueError, match="Cannot apply this group of edits: it is merged"):
         group.apply()
+
+
+def test_the_tuner_checks_every_batch_before_applying_any():
+    model = get_peft_model(build_model("bert-mlm"), LimeConfig(languages=LANGS, edit_lr_init=1e-2))
+    tuner, good = model.base_model, make_batch("masked_lm")
+    bad = {**good, "labels": good["labels"].float()}
+    for mode in ("batch", "sequential"):
+        with pytest.raises(TypeError, match="^Edit batch 1: `labels` must hold integer ids"):
+            tuner.edit_many([good, bad], ["en", "fr"], mode=mode)
+        with pytest.raises(ValueError, match=r"^Edit batch 1: Unknown language\(s\) \['xx'\]"):
+            tuner.edit_many([good, good], ["en", "xx"], mode=mode)
+        assert tuner.applied_edit_ids == []
+    with pytest.raises(ValueError, match="one language entry per batch; got 2 batches and 1"):
+        tuner.edit_many([good, good], ["en"])

@@ -92,7 +92,7 @@ class Edit:
     def is_applied(self) -> bool:
         return self.state == "applied"
 
-    def require_state(self, action: str, allowed: tuple[str, ...]) -> str:
+    def _require_state(self, action: str, allowed: tuple[str, ...]) -> str:
         """The current state, or a `ValueError` (nothing changed) when `action` is not allowed in it."""
         state = self.state
         if state not in allowed:
@@ -106,7 +106,7 @@ class Edit:
         Raises:
             ValueError: the edit is merged into the weights (applying it again would add it twice).
         """
-        state = self.require_state("apply", ("created", "applied", "reverted"))
+        state = self._require_state("apply", ("created", "applied", "reverted"))
         if state == "applied":
             return self
         for name, delta in self.deltas.items():
@@ -144,7 +144,7 @@ class Edit:
             ValueError: the edit is not applied (reverted by `revert()` or `revert_all()`, or never applied): the
                 model does not hold it, so there is nothing to merge. Nothing is changed; `apply()` it first.
         """
-        state = self.require_state("merge", ("applied", "merged"))
+        state = self._require_state("merge", ("applied", "merged"))
         if state == "merged":
             return self
         for name in self.deltas:
@@ -188,7 +188,7 @@ class Edit:
         """
         from ..lora_export import export_edits_as_lora
 
-        self.require_state("export", LIVE_STATES)
+        self._require_state("export", LIVE_STATES)
         return export_edits_as_lora([self, *(edits or [])], path, base_model_name_or_path, revision=revision)
 
     def num_parameters(self) -> int:

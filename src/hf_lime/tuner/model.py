@@ -313,6 +313,24 @@ class LimeModel(BaseTuner):
         """
         if mode not in EDIT_MODES:
             raise ValueError(f"`mode` must be one of {list(EDIT_MODES)}, got {mode!r}.")
+        pairs = self._checked_batches(batches, languages)
+        edits: list[Edit] = []
+        try:
+            if mode == "batch":
+                edits.extend(self.prepare_edit(batch, language) for batch, language in pairs)
+                for edit, (batch, _) in zip(edits, pairs, strict=True):
+                    self._apply_checked(edit, batch)
+            else:
+                for batch, language in pairs:
+                    edits.append(self.edit(batch, language))  # each on the model holding the previous ones
+        except BaseException:
+            for edit in reversed(edits):
+                edit.revert()  # a no-op for an edit that was computed but not applied
+            raise
+        return EditGroup(edits, mode=mode)
+
+    def _checked_batches(self, batches: Sequence[Any], languages: Sequence[Any] | None) -> list[tuple[Any, Any]]:
+        """`(batch, language)` pairs, each checked by `check_edit_inputs` (the error names the batch's index)."""
         batches = list(batches)
         languages = [None] * len(batches) if languages is None else list(languages)
         if not batches or len(languages) != len(batches):
@@ -325,20 +343,7 @@ class LimeModel(BaseTuner):
                 self.check_edit_inputs(batch, language)
             except (TypeError, ValueError) as error:
                 raise type(error)(f"Edit batch {index}: {error}") from error
-        edits: list[Edit] = []
-        try:
-            if mode == "batch":
-                edits.extend(self.prepare_edit(b, lang) for b, lang in zip(batches, languages, strict=True))
-                for edit, batch in zip(edits, batches, strict=True):
-                    self._apply_checked(edit, batch)
-            else:
-                for batch, language in zip(batches, languages, strict=True):
-                    edits.append(self.edit(batch, language))
-        except BaseException:
-            for edit in reversed(edits):
-                edit.revert()  # a no-op for an edit that was computed but not applied
-            raise
-        return EditGroup(edits, mode=mode)
+        return list(zip(batches, languages, strict=True))
 
     def _apply_checked(self, edit: Edit, inputs: Any) -> Edit:
         """Apply `edit`, then refuse it (reverted, model unchanged) if it makes `inputs`' outputs non-finite."""
