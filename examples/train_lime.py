@@ -21,9 +21,9 @@ Examples (run from the repository root; `../shared/data` holds mLAMA and XNLI):
     python examples/train_lime.py --model_name_or_path outputs/models/me5-small-xnli --dataset xnli \
         --data_dir ../shared/data --languages en de fr ru zh --editor ft --output_dir outputs/ft-xnli
 
-    # CLDR country facts (generated offline with babel), scored by ranking each relation's objects
-    python examples/train_lime.py --model_name_or_path outputs/models/me5-small-facts --dataset cldr \
-        --languages en fr de es ru zh --scoring candidates --recipe cpu --mend_center --edit_lr_init 3e-4 \
+    # CLDR country facts (generated offline with babel), each language's own names, read over the whole vocabulary
+    python examples/train_lime.py --model_name_or_path outputs/models/me5-small-cldr --dataset cldr \
+        --languages en fr de es ru zh --recipe cpu --mend_center --edit_lr_init 3e-4 \
         --max_steps 300 --output_dir outputs/lime-cldr
 
 Training follows a named recipe of `LIME_RECIPES` (`--recipe`, default `reference`: the LiME reference code's MEND
@@ -89,17 +89,19 @@ class DataArguments:
     data_dir: str = field(default="../shared/data", metadata={"help": "Folder holding mlama1.1/ or xnli/."})
     relations: list[str] | None = field(default=None, metadata={"help": "mLAMA relations (default: all)."})
     max_per_relation: int | None = field(default=200, metadata={"help": "Cap on facts per relation."})
-    label_language: str | None = field(
-        default=None,
+    label_language: str = field(
+        default="own",
         metadata={
-            "help": "mlama/cldr: this language's subject and object names in every language's template (the LiME "
-            "reference's protocol; the fact model of `make demo` knows its facts this way with 'en'). Default: each "
-            "language's own names."
+            "help": "mlama/cldr, whose names fill the templates (hf_lime.data.names): 'own' (each language's own "
+            "names, the default) or a language code (that language's names in every template)."
         },
     )
     max_length: int = field(default=64, metadata={"help": "Maximum tokens per example."})
     n_test_edits: int = field(default=20, metadata={"help": "Test edits per editing language."})
-    n_test_retain: int = field(default=8, metadata={"help": "Retain items scored per test edit."})
+    n_test_retain: int = field(default=8, metadata={"help": "Facts of other relations scored per test edit."})
+    n_test_neighbours: int = field(
+        default=5, metadata={"help": "mlama/cldr: facts of the edited relation about other subjects per test edit."}
+    )
     scoring: str = field(default="open", metadata={"help": "'open' (whole vocabulary) or 'candidates' (ranked)."})
     skip_test: bool = field(default=False, metadata={"help": "Train and save only; no test-split evaluation."})
     recipe: str = field(default="reference", metadata={"help": f"Training recipe: {sorted(LIME_RECIPES)}."})
@@ -214,7 +216,7 @@ def _best_step(trainer: LimeTrainer) -> int | None:
 
 def finish(model, tokenizer, test_items, task, label2id, languages, data_args, args, train_info) -> None:
     """Evaluate on the test split (main process only), print the table, write metrics.json, plots and the editor."""
-    from hf_lime.evaluation import evaluate_editor, format_table, save_report
+    from hf_lime.evaluation import evaluate_editor, format_table, json_safe, save_report
 
     model.eval()
     result = evaluate_editor(
@@ -225,6 +227,7 @@ def finish(model, tokenizer, test_items, task, label2id, languages, data_args, a
         languages=languages,
         n_edits=data_args.n_test_edits,
         n_retain=data_args.n_test_retain,
+        n_neighbours=data_args.n_test_neighbours if data_args.dataset != "xnli" else 0,
         seed=args.seed,
         label2id=label2id,
         max_length=data_args.max_length,
@@ -233,7 +236,7 @@ def finish(model, tokenizer, test_items, task, label2id, languages, data_args, a
     print(format_table(result))
     output_dir = Path(args.output_dir)
     save_report(result, output_dir)
-    editor = LimeEditor(model, tokenizer, task=task, training_info=train_info, metrics=result.metrics)
+    editor = LimeEditor(model, tokenizer, task=task, training_info=train_info, metrics=json_safe(result.metrics))
     editor.save_pretrained(output_dir, base_model_name_or_path=train_info["base_model"])
     (output_dir / "training_info.json").write_text(json.dumps(train_info, indent=2))
     logger.info("Editor, metrics.json and plots written to %s", output_dir)

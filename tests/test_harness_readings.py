@@ -183,3 +183,17 @@ def test_names_protocols():
     english = load_cldr_facts(["en", "zh"], relations=["capital"], label_language="en")
     row = next(r for s in english.values() for r in s if r["id"] == "cldr:capital:FR")
     assert row["targets"] == ["Paris", "Paris"] and row["prompts"][1] == "France的首都是[Y]。"
+
+
+def test_prefix_cache_gives_the_same_records_and_is_used(world):
+    tokenizer, items, base = world
+    options = {"locality": "both", "extra_scorings": ("candidates",), "return_records": True}
+    cached = run(make_model(base), tokenizer, items, **options)
+    plain = run(make_model(base), tokenizer, items, cache_bytes=0, **options)
+    assert cached.records == plain.records
+    assert cached.readings["candidates"].records == plain.readings["candidates"].records
+    stats = cached.settings["prefix_cache"]
+    assert stats["first_block"] == 1 and stats["hits"] > stats["misses"] > 0 and stats["invalidations"] == 0
+    assert plain.settings["prefix_cache"] is None
+    with pytest.raises(ValueError, match="cache_bytes"):
+        run(make_model(base), tokenizer, items, cache_bytes=-1)

@@ -2,7 +2,7 @@
 
 from .harness import RECORD_FIELDS, evaluate_editor
 from .protocols import evaluate_editing_protocol
-from .report import SUMMARY_NAMES, EvaluationResult, format_table, save_report
+from .report import SUMMARY_NAMES, EvaluationResult, format_table, json_safe, save_report
 from .scoring import candidate_table
 
 __all__ = [
@@ -13,5 +13,6 @@ __all__ = [
     "evaluate_editing_protocol",
     "evaluate_editor",
     "format_table",
+    "json_safe",
     "save_report",
 ]

@@ -18,6 +18,16 @@ from ..data.encoding import PLACEHOLDER, pad_batch, target_token_ids
 from ..head import logits_at
 
 
+def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of rows of one length (at most `batch_size` each), in order of length: no row is
+    padded, so a prompt is the same row whatever else is scored with it (what a prefix cache keys on)."""
+    groups: dict[int, list[int]] = {}
+    for index, length in enumerate(lengths):
+        groups.setdefault(length, []).append(index)
+    return [group[start : start + batch_size] for _, group in sorted(groups.items())
+            for start in range(0, len(group), batch_size)]  # fmt: skip
+
+
 @dataclass(frozen=True)
 class RankingQuery:
     """One prompt (with `"[Y]"`) whose object is chosen among the candidates of `(relation, language)`."""
@@ -104,11 +114,11 @@ class CandidateRanker:
     def rank(self, queries: Sequence[RankingQuery]) -> list[str]:
         """The best candidate label of each query."""
         device = next(self.model.parameters()).device
-        jobs = sorted(self._jobs(queries), key=lambda job: len(job[2]))
+        jobs = self._jobs(queries)
         best: list[tuple[float, str]] = [(float("-inf"), "") for _ in queries]
         mask_id = self.tokenizer.mask_token_id
-        for start in range(0, len(jobs), self.batch_size):
-            chunk = jobs[start : start + self.batch_size]
+        for indices in length_batches([len(ids) for _, _, ids in jobs], self.batch_size):  # rows of one length
+            chunk = [jobs[i] for i in indices]
             rows = [{"input_ids": ids, "attention_mask": [1] * len(ids)} for _, _, ids in chunk]
             batch = {key: value.to(device) for key, value in pad_batch(self.tokenizer, rows).items()}
             keep = batch["input_ids"] == mask_id

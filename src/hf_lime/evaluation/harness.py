@@ -11,9 +11,11 @@ documented in `docs/evaluation.md`; the paper is https://huggingface.co/papers/2
 from __future__ import annotations
 
 import itertools
+import logging
 import random
 import warnings
 from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from numbers import Integral
 from typing import Any
@@ -22,10 +24,13 @@ from ..data.episodes import NEW_TARGET_MODES, sample_excluding
 from ..data.items import ParsedItem, parse_item, target_table
 from ..languages import check_language_subset, check_languages
 from ..metrics import compute_xl_edit_metrics
+from ..prefix_cache import DEFAULT_MAX_BYTES, PrefixCache
 from ..tasks import check_task, model_label2id
 from .report import EvaluationResult
 from .scoring import LOCALITY_PROTOCOLS, SCORINGS, SequenceScorer, TargetScorer, make_scorer
 from .scoring import digest as _digest
+
+logger = logging.getLogger(__name__)
 
 RECORD_FIELDS = ("predictions", "references", "edit_ids", "edit_languages", "eval_languages", "kinds", "group_ids")
 """The keys of `EvaluationResult.records`: exactly the inputs of `compute_xl_edit_metrics` and `lime_xl_edit`
@@ -333,6 +338,7 @@ def evaluate_editor(
     extra_scorings: Sequence[str] = (),
     candidates: Mapping[tuple[str, str], Sequence[str]] | None = None,
     exclude_ids: Collection[str] = (),
+    cache_bytes: int = DEFAULT_MAX_BYTES,
 ) -> EvaluationResult:
     """Edit each chosen item in each edit language, score it and unrelated items in every language, revert.
 
@@ -406,6 +412,10 @@ def evaluate_editor(
             mLAMA's candidate lists); the evaluated items' objects are always added. Defaults to those alone.
         exclude_ids (`Collection[str]`, *optional*): Item ids never edited (still usable as retain items or
             neighbours), e.g. the facts already edited in another language under the `"editing"` names protocol.
+        cache_bytes (`int`, *optional*, defaults to `2**30`): Memory bound of the frozen-prefix cache
+            (`hf_lime.prefix_cache`): every prompt's hidden states entering the first edited block are computed once
+            and reused after every edit, since the blocks below it never change (same answers up to float
+            rounding). `0` disables it; models it does not support run without it.
 
     Before any edit, the unedited model answers every edit record too: `settings["pre_edit_floor"]` is the share it
     already gets right (overall, `reliability`, `transfer`), the edit success of an editor that changes nothing.
@@ -459,17 +469,19 @@ def evaluate_editor(
     )  # fmt: skip
     planner = _Planner(parsed, eval_languages, new_target, seed)
     pool = _locality_pool(locality_items, n_locality, set(edit_languages), seed)
-    plans = _plan(planner, readers.scorer, edit_languages, counts, distinct_facts, pool, frozenset(exclude_ids))
-    _read_unedited(readers, plans, eval_languages)
-    floors = {name: _pre_edit_floor(reader, plans, eval_languages) for name, reader in
-              {scoring: readers.scorer, **readers.extra}.items()}  # fmt: skip
     records: dict[str, list[str]] = {name: [] for name in RECORD_FIELDS}
     extra_records = {name: {field: [] for field in RECORD_FIELDS} for name in readers.extra}
     from tqdm.auto import tqdm
 
-    for plan in tqdm(plans, desc="Editing", unit="edit", disable=not progress):
-        _run_edit(model, readers, plan, eval_languages, records, extra_records)
+    with _scoring_cache(model, _check_int("cache_bytes", cache_bytes, 0)) as cache:
+        plans = _plan(planner, readers.scorer, edit_languages, counts, distinct_facts, pool, frozenset(exclude_ids))
+        _read_unedited(readers, plans, eval_languages)
+        floors = {name: _pre_edit_floor(reader, plans, eval_languages) for name, reader in
+                  {scoring: readers.scorer, **readers.extra}.items()}  # fmt: skip
+        for plan in tqdm(plans, desc="Editing", unit="edit", disable=not progress):
+            _run_edit(model, readers, plan, eval_languages, records, extra_records)
     settings = _settings(model, task, edit_languages, eval_languages, plans, counts, new_target, seed)
+    settings["prefix_cache"] = _cache_summary(cache, cache_bytes)
     settings.update(distinct_facts=distinct_facts, n_facts=len({plan.item.id for plan in plans}),
                     n_locality=n_locality, locality=locality, extra_scorings=list(readers.extra),
                     candidates="every given object" if candidates is not None else "the evaluated items' objects",
@@ -483,6 +495,29 @@ def evaluate_editor(
     headline = result(scoring, records)
     headline.readings = {name: result(name, columns) for name, columns in extra_records.items()}
     return headline
+
+
+@contextmanager
+def _scoring_cache(model: Any, max_bytes: int) -> Iterator[PrefixCache | None]:
+    """A frozen-prefix cache on `model` for the evaluation (None when disabled, unsupported or already present)."""
+    cache = None
+    if max_bytes > 0:
+        try:
+            cache = PrefixCache(model, max_bytes=max_bytes).attach()
+        except (ValueError, RuntimeError) as error:  # no block list it can find, or a cache the caller installed
+            logger.info("evaluating without a prefix cache: %s", error)
+    try:
+        yield cache
+    finally:
+        if cache is not None:
+            cache.detach()
+
+
+def _cache_summary(cache: PrefixCache | None, max_bytes: int) -> dict[str, Any] | None:
+    if cache is None:
+        return None
+    counts = {name: getattr(cache, name) for name in ("hits", "misses", "bypassed", "invalidations", "evictions")}
+    return {"first_block": cache.first_block, "max_bytes": max_bytes, **counts}
 
 
 def _read_unedited(readers: _Readers, plans: list[_EditPlan], eval_languages: list[str]) -> None:

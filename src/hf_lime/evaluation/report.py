@@ -98,27 +98,29 @@ def format_table(result: EvaluationResult | dict) -> str:
     lines.insert(1, "-" * len(lines[0]))
     lines.append(f"(columns: edit language; rows: evaluation language; n_edits={metrics.get('n_edits')})")
     intervals = metrics.get("ci", {})
+    width = max(len(name) for name in SUMMARY_NAMES) + 2
     for name in SUMMARY_NAMES:
         if name in metrics:
             interval = intervals.get(name)
             extra = f"  [{_cell(interval[0])}, {_cell(interval[1])}]" if interval else ""
-            lines.append(f"{name:<14}{_cell(metrics[name])}{extra}")
+            lines.append(f"{name:<{width}}{_cell(metrics[name])}{extra}")
     return "\n".join(lines)
 
 
-def _json_safe(value: Any) -> Any:
-    """NaN becomes `null`, so the files are standard JSON."""
+def json_safe(value: Any) -> Any:
+    """`value` with every NaN replaced by `None` (`null`), so it is standard JSON: e.g. metrics with an undefined
+    locality part, for `metrics.json` or `LimeEditor(metrics=...)`."""
     if isinstance(value, float) and math.isnan(value):
         return None
     if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
+        return {key: json_safe(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(item) for item in value]
+        return [json_safe(item) for item in value]
     return value
 
 
 def _write_json(path: Path, data: Any) -> Path:
-    path.write_text(json.dumps(_json_safe(data), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return path
 
 

@@ -35,7 +35,7 @@ from ..data.encoding import (
 )
 from ..data.items import ParsedItem, parse_item, target_table
 from ..head import target_logits
-from .candidates import CandidateRanker, RankingQuery
+from .candidates import CandidateRanker, RankingQuery, length_batches
 
 SCORINGS = ("open", "candidates")
 LOCALITY_PROTOCOLS = ("target", "sequence", "both")
@@ -111,10 +111,11 @@ class TargetScorer:
     def predict(self, queries: Sequence[Query]) -> list[str]:
         """The model's current answer to each query, in batches of `batch_size`."""
         features = [self.encode(*query) for query in queries]
-        predictions: list[str] = []
-        for start in range(0, len(features), self.batch_size):
-            batch = self._batch(features[start : start + self.batch_size])
-            predictions.extend(self._render(ids) for ids in self._predict_batch(batch))
+        predictions: list[str] = [""] * len(features)
+        for indices in length_batches([len(f["input_ids"]) for f in features], self.batch_size):
+            batch = self._batch([features[i] for i in indices])
+            for index, ids in zip(indices, self._predict_batch(batch), strict=True):
+                predictions[index] = self._render(ids)
         return predictions
 
     def _predict_batch(self, batch: dict[str, torch.Tensor]) -> list:
@@ -227,13 +228,13 @@ class SequenceScorer:
     def predict(self, pairs: Sequence[tuple[ParsedItem, str]]) -> list[str]:
         """The argmax ids at every position of each `(item, language)` sequence, joined by spaces."""
         features = [self.encode(*pair) for pair in pairs]
-        answers: list[str] = []
-        for start in range(0, len(features), self.batch_size):
-            batch = pad_batch(self.tokenizer, features[start : start + self.batch_size])
+        answers: list[str] = [""] * len(features)
+        for indices in length_batches([len(f["input_ids"]) for f in features], self.batch_size):
+            batch = pad_batch(self.tokenizer, [features[i] for i in indices])
             batch = {key: value.to(self.device) for key, value in batch.items()}
             predicted = self.model(**batch).logits.argmax(-1)
-            for row, keep in zip(predicted, batch["attention_mask"].bool(), strict=True):
-                answers.append(" ".join(str(i) for i in row[keep].tolist()))
+            for index, row in zip(indices, predicted, strict=True):
+                answers[index] = " ".join(str(i) for i in row.tolist())
         return answers
 
     def base(self, pairs: Sequence[tuple[ParsedItem, str]]) -> list[str]:
