@@ -1,0 +1,87 @@
+"""Evaluation throughput: edits scored per second with and without the frozen-prefix cache, in one run.
+
+The demo's evaluation (`examples/demo.py`: the strict reading, ranking among every CLDR object as a second reading,
+5 same-relation neighbours and 3 other facts per edit, every language) on the first `--n_edits` held-out facts per
+editing language, alternating the cached path (`evaluate_editor`'s default, `hf_lime.prefix_cache`) and the uncached
+one (`cache_bytes=0`), `--rounds` times each; both give the same records (checked). Prints the median edits per second
+of each path and their ratio; `--json` writes them.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_evaluation.py --editor outputs/demo --n_edits 4 --rounds 3
+
+`--editor` is a folder written by `make demo` (the editor and, through its base model path, the fact model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from hf_lime import LimeEditor
+from hf_lime.data import load_cldr_facts
+from hf_lime.evaluation import candidate_table, evaluate_editor
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--editor", default="outputs/demo", help="A folder written by `make demo`.")
+    parser.add_argument("--n_edits", type=int, default=4, help="Held-out facts edited per editing language.")
+    parser.add_argument("--rounds", type=int, default=3, help="Timed evaluations of each path (alternating).")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", default=None, help="Write the figures to this file.")
+    args = parser.parse_args()
+    if args.n_edits < 1 or args.rounds < 1 or args.threads < 1:
+        parser.error("--n_edits, --rounds and --threads must be >= 1")
+    return args
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    editor = LimeEditor.from_pretrained(args.editor)
+    info = editor.training_info or {}
+    languages = list(editor.languages)
+    splits = load_cldr_facts(languages, seed=0, label_language=info.get("label_language", "own"))
+    options = {"languages": languages, "n_edits": args.n_edits, "n_retain": 3, "n_neighbours": 5, "seed": 0,
+               "max_length": 48, "scoring": "open", "extra_scorings": ("candidates",), "progress": False,
+               "candidates": candidate_table([row for split in splits.values() for row in split]),
+               "return_records": True}  # fmt: skip
+    model = editor.model.eval()
+    times: dict[str, list[float]] = {"cached": [], "uncached": []}
+    records: dict[str, dict] = {}
+    for round_index in range(args.rounds):
+        order = ("cached", "uncached") if round_index % 2 == 0 else ("uncached", "cached")
+        for path in order:
+            start = time.perf_counter()
+            result = evaluate_editor(model, editor.tokenizer, splits["test"], "masked_lm",
+                                     cache_bytes=0 if path == "uncached" else 1 << 30, **options)  # fmt: skip
+            times[path].append(time.perf_counter() - start)
+            records.setdefault(path, result.records)
+    same = records["cached"] == records["uncached"]
+    n_edits = args.n_edits * len(languages)
+    rate = {path: n_edits / statistics.median(values) for path, values in times.items()}
+    report = {"cpu": cpu_name(), "threads": args.threads, "edits": n_edits, "rounds": args.rounds,
+              "seconds": times, "edits_per_second": rate, "ratio": rate["cached"] / rate["uncached"],
+              "same_records": same}  # fmt: skip
+    print(f"{n_edits} edits, {args.rounds} rounds, {args.threads} thread(s), {report['cpu']}")
+    for path in ("uncached", "cached"):
+        print(f"{path:>9}: median {statistics.median(times[path]):.1f} s = {rate[path]:.3f} edits/s")
+    print(f"ratio cached / uncached: {report['ratio']:.2f}x; same records: {same}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
