@@ -321,7 +321,9 @@ def run_one(run: dict, task: dict, args) -> tuple[dict, dict]:
     result.settings.update(label_language=task["label_language"], split="test", chosen_on=CHOSEN_ON)
     editing = None
     if run["reading"] == "strict" and task.get("editing_items"):
-        editing = evaluate_editing_protocol(model, tokenizer, task["editing_items"], task["task"], **options)
+        # the whole-prompt reading of the other facts once, under the own names: here at the answer only
+        editing = evaluate_editing_protocol(model, tokenizer, task["editing_items"], task["task"],
+                                            **{**options, "locality": "target"})  # fmt: skip
         editing.settings.update(split="test", chosen_on=CHOSEN_ON)
     summary = {
         **{k: run[k] for k in ("id", "dataset", "variant", "editor", "training", "mask", "seed", "locality")},
