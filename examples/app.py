@@ -161,7 +161,7 @@ def heatmap(prompts: dict[str, str], before: dict, after: dict):
 def cldr_examples(languages: Sequence[str], n: int = 3, seed: int = EXAMPLES_SEED, label_language: str | None = None):
     """Held-out CLDR capitals as app examples (each edited to the next country's capital, in the first language),
     and every language's held-out capitals as the answers to rank. `None, None` when a language has no template.
-    `label_language`: the names the editor's fact model knows (`make demo`'s: English everywhere)."""
+    `label_language`: the names the editor's fact model knows (`make demo`'s: each language's own, `"own"`)."""
     from hf_lime.data import load_cldr_facts
     from hf_lime.data.cldr import cldr_languages
 

@@ -53,8 +53,10 @@ def test_parsing(app_module):
 
 
 def test_cldr_examples_name_things_as_the_editors_data_did(app_module):
-    """`make demo`'s editor knows its facts with English names in every template: the app's examples follow it."""
-    own, own_candidates = app_module.cldr_examples(["en", "zh"], n=1)
+    """The app's examples name things as the editor's data did: `make demo`'s each language's own names ("own"), an
+    editor trained on English names in every template those."""
+    own, own_candidates = app_module.cldr_examples(["en", "zh"], n=1, label_language="own")
+    assert (own, own_candidates) == app_module.cldr_examples(["en", "zh"], n=1)  # older editors: None
     english, english_candidates = app_module.cldr_examples(["en", "zh"], n=1, label_language="en")
     assert own[0][0].splitlines()[0] == english[0][0].splitlines()[0]  # the same English prompt
     assert own_candidates["en"] == english_candidates["zh"] != own_candidates["zh"]
