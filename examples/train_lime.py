@@ -26,6 +26,10 @@ Examples (run from the repository root; `../shared/data` holds mLAMA and XNLI):
         --languages en fr de es ru zh --recipe cpu --mend_center --edit_lr_init 3e-4 \
         --max_steps 300 --output_dir outputs/lime-cldr
 
+`--n_edit K` trains on episodes of K edits at once (one editor call over all of them, as
+`LimeEditor.edit_many(..., mode="batch")` makes), for an editor that will be used to make K edits at a time; the saved
+editor's `training_info` records `n_edit` and `edit_batch_size` (K times `--per_device_train_batch_size`).
+
 Training follows a named recipe of `LIME_RECIPES` (`--recipe`, default `reference`: the LiME reference code's MEND
 recipe — constant Adam, 10 episodes per optimizer step, clipping at 100, c_edit 0.1, c_loc 1, validation episodes
 every `--eval_steps` with early stopping on their hmean and the best editor kept). Every flag given on the command
@@ -196,6 +200,7 @@ def main() -> None:
             processing_class=tokenizer,
         )
         output = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+        train_info.update(trainer.episode_settings())  # n_edit, edit_batch_size: the batch sizes it was trained for
         train_info["global_step"] = trainer.state.global_step
         train_info["best_step"] = _best_step(trainer)
         if args.process_index == 0:

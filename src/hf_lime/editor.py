@@ -95,6 +95,7 @@ class LimeEditor:
         self.model, self.tokenizer, self.task = model, tokenizer, task
         self.training_info = dict(training_info) if training_info else None
         self.metrics = dict(metrics) if metrics else None
+        self._warned_edit_batch = False  # edit_many warns once about batches larger than those trained for
 
     @classmethod
     def from_base_model(cls, base_model: nn.Module, config: LimeConfig, tokenizer: Any = None, **kwargs) -> LimeEditor:
@@ -122,6 +123,15 @@ class LimeEditor:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def trained_edit_batch_size(self) -> int | None:
+        """The number of edits one editor call made in training (`training_info["edit_batch_size"]`, else
+        `training_info["n_edit"]`), or `None` when the training did not record it (an untrained editor, fine-tuning,
+        an editor saved by an older version)."""
+        info = self.training_info or {}
+        value = info.get("edit_batch_size", info.get("n_edit"))
+        return value if _positive_int(value) else None
 
     # ------------------------------------------------------------------------------------------- loading
     @classmethod
@@ -408,6 +418,9 @@ class LimeEditor:
                 applied. `None`: all requests in one call.
             max_length (`int`, *optional*, defaults to `128`): Maximum tokens per prompt.
 
+        Warns (once per editor) when `mode="batch"` makes more edits than the editor made at once in training
+        ([`~LimeEditor.trained_edit_batch_size`], from `training_info`; train with `n_edit` for larger batches).
+
         Returns:
             [`EditGroup`]: the applied edits, with `held[i]` whether request `i`'s answer is what the model gives
             (every answer token is the argmax at its position, as `predict` reads it) with all the edits applied.
@@ -429,12 +442,30 @@ class LimeEditor:
             raise ValueError(f"`batch_size` must be a positive int or None, got {batch_size!r}.")
         parsed, examples = self.check_requests(requests, max_length)
         size = 1 if mode == "sequential" else batch_size or len(parsed)
+        if mode == "batch":
+            self._check_edit_batch_size(len(parsed))
         starts = range(0, len(parsed), size)
         batches = [self._padded(examples[i : i + size]) for i in starts]
         languages = [self._row_languages(parsed[i : i + size]) for i in starts]
         group = self.model.base_model.edit_many(batches, languages, mode=mode)
         group.held = self._held(examples)
         return group
+
+    def _check_edit_batch_size(self, size: int) -> None:
+        """Warn (once per editor) when a batch applies more edits, all computed on the model as it is, than one
+        training edit made (`batch_size` chunks change nothing here: every chunk is computed on that model and all
+        are applied together)."""
+        trained = self.trained_edit_batch_size
+        if trained is None or size <= trained or self._warned_edit_batch:
+            return
+        self._warned_edit_batch = True
+        warnings.warn(
+            f"This editor was trained to make {trained} edit(s) at once (training_info's edit_batch_size / n_edit); "
+            f"this batch makes {size}. Edits made together beyond what the editor was trained for may hold less "
+            f"well: train it with n_edit={size} (examples/train_lime.py --n_edit), or edit in mode='sequential'.",
+            UserWarning,
+            stacklevel=3,
+        )
 
     def check_requests(self, requests: Sequence[Any], max_length: int = 128) -> tuple[list[EditRequest], list[dict]]:
         """

@@ -169,7 +169,18 @@ class LimeTrainer(Trainer):
             "c_loc": args.c_loc,
             "c_l0": args.c_l0,
             "languages": list(self.model.base_model.languages),
+            **self.episode_settings(),
         }
+
+    def episode_settings(self) -> dict[str, int]:
+        """
+        The batch sizes the editor is trained at, as saved in `training_info`: `n_edit` (edits per episode),
+        `n_retain`, `n_update` and `edit_batch_size`, the rows of one training edit (`n_edit` times the episodes per
+        device batch, which `EpisodeCollator` concatenates into one editor call, as `LimeEditor.edit_many`'s batch
+        mode makes one call over its requests). Read from the training `EpisodeDataset` when there is one, else from
+        the arguments.
+        """
+        return episode_settings(self.train_dataset, self.args)
 
     # ------------------------------------------------------------------------------------------- optimizer
     def create_optimizer(self, model=None):
@@ -191,6 +202,18 @@ def _is_item_dataset(dataset: Any) -> bool:
     if features is None and isinstance(dataset, (list, tuple)) and dataset and isinstance(dataset[0], dict):
         features = list(dataset[0])
     return bool(features) and {"prompts", "targets", "languages"} <= set(features)
+
+
+def episode_settings(dataset: Any, args: LimeTrainingArguments) -> dict[str, int]:
+    """`n_edit`, `n_retain`, `n_update` of `dataset` (an `EpisodeDataset`; `args`' when it is not one) and
+    `edit_batch_size`: the edit rows of one training step's editor call (`n_edit × per_device_train_batch_size`)."""
+    n_edit = int(getattr(dataset, "n_edit", args.n_edit))
+    return {
+        "n_edit": n_edit,
+        "n_retain": int(getattr(dataset, "n_retain", args.n_retain)),
+        "n_update": int(getattr(dataset, "n_update", 1)),
+        "edit_batch_size": n_edit * int(args.per_device_train_batch_size),
+    }
 
 
 def episodes_from_arguments(items: Any, languages: list[str], args: LimeTrainingArguments, seed: int):

@@ -93,7 +93,10 @@ class LimeTrainingArguments(TrainingArguments):
             Shortcut for the three lists: `"monolingual"` (en → en), `"pairwise"` (two languages) or `"all"`
             (all → all). Explicit lists win over the preset.
         n_edit (`int`, *optional*, defaults to `1`):
-            Edits per episode (rows of the edit batch).
+            Edits per episode (rows of the edit batch): the editor computes one edit from all of them in one call, as
+            `LimeEditor.edit_many(mode="batch")` does, so an editor meant to make `k` edits at once is trained with
+            `n_edit=k`. Saved in the editor's `training_info` (`n_edit`, and `edit_batch_size`: `n_edit` times
+            `per_device_train_batch_size`, the rows of one training edit).
         n_retain (`int`, *optional*, defaults to `4`):
             Unrelated items per episode (rows of the retain batch).
         episode_seed (`int`, *optional*, defaults to `0`):
@@ -126,8 +129,9 @@ class LimeTrainingArguments(TrainingArguments):
     nested dicts), `learning_rate=1e-4`, `metric_for_best_model="hmean"` with `greater_is_better=True`,
     `logging_steps=10`, `per_device_eval_batch_size=1`.
 
-    A batch of `B` episodes is edited as one `B`-row edit (the rows' updates add up), so validation episodes are
-    batched one by one by default: with `per_device_train_batch_size=1` validation then measures what training does.
+    A batch of `B` episodes is edited as one `B · n_edit`-row edit (the rows' updates add up), so validation episodes
+    are batched one by one by default: with `per_device_train_batch_size=1` validation then measures what training
+    does.
     """
 
     c_edit: float = field(default=0.1, metadata={"help": "Weight of the post-edit NLL on the update batch."})
