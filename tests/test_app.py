@@ -102,3 +102,82 @@ def test_the_gradio_app_answers_an_edit_request_through_its_client(app_module, t
             client.predict("xx: a [MASK] .", "en", "b", api_name="/edit")
     finally:
         app.close()
+
+
+EDITS = """en: Dante was born in [MASK] . => Florence
+fr: Dante est né à [MASK] .
+de: Dante wurde in [MASK] geboren . => Florenz
+
+de: Goethe ist in [MASK] geboren . => Berlin
+en: Goethe was born in [MASK] . => Berlin"""
+
+
+def test_parsing_several_edits(app_module):
+    langs = ["en", "fr", "de"]
+    dante, goethe = app_module.parse_edit_blocks(EDITS + "\n\n\n", langs)
+    assert dante.request == ("Dante was born in [MASK] .", "Florence", "en")
+    assert list(dante.prompts) == langs and dante.answers == {"en": "Florence", "fr": "Florence", "de": "Florenz"}
+    assert goethe.request == ("Goethe ist in [MASK] geboren .", "Berlin", "de")
+    assert list(goethe.prompts) == ["en", "de"]  # the editor's order
+    one = app_module.parse_edit_blocks("fr: a => b: c => d", langs)[0]  # the last arrow ends the prompt
+    assert one.request == ("a => b: c", "d", "fr")
+    cases = [
+        ("", "at least one edit"),
+        ("en: a [MASK] .", "needs its new answer"),
+        ("xx: a [MASK] . => b", "language among"),
+        ("en: a [MASK] . =>  ", "empty prompt or answer"),
+        ("en: a [MASK] . => b\nen: c [MASK] .", "twice"),
+        ("\n\n".join(f"en: p{i} [MASK] . => b" for i in range(3)), "at most 2"),
+    ]
+    for text, match in cases:
+        with pytest.raises(ValueError, match=match):
+            app_module.parse_edit_blocks(text, langs, max_edits=2)
+    text = app_module.edits_text([[PROMPTS, "en", "Florence"], [PROMPTS, "en", "de: Florenz"]], langs)
+    first, second = app_module.parse_edit_blocks(text, langs)
+    assert first.language == "en" and second.language == "fr" and second.answers["de"] == "Florenz"
+
+
+@pytest.mark.parametrize("mode", ["batch", "sequential"])
+def test_several_edits_then_revert_restores_the_base_model(app_module, tmp_path, mode):
+    editor = mlm_editor(tmp_path, edit_lr_init=1.0)
+    original = _outputs(editor)
+    demo = app_module.EditDemo(editor)
+    held, rows, status = demo.edit_many(EDITS, mode)
+    assert demo.held_headers == ["edit", "en", "fr", "de"]
+    assert [row[0] for row in held] == ["1. en: Dante was born in [MASK] . → Florence",
+                                        "2. de: Goethe ist in [MASK] geboren . → Berlin"]  # fmt: skip
+    assert held[1][2] == "" and all(cell.split(":")[0] in ("yes", "no") for cell in held[0][1:])
+    assert [row[:2] for row in rows] == [["1", "en (edited)"], ["1", "fr"], ["1", "de"], ["2", "en"],
+                                         ["2", "de (edited)"]]  # fmt: skip
+    assert [row[6] == "yes" for row in rows[:3]] == [cell.startswith("yes") for cell in held[0][1:]]
+    assert f"2 edit(s) applied ({mode})" in status and len(demo.edits) == 1
+    assert not torch.equal(_outputs(editor), original)
+    held, rows, status = demo.revert_many(EDITS)
+    assert status.startswith("Reverted") and all(row[4] == row[5] for row in rows) and len(held) == 2
+    assert torch.equal(_outputs(editor), original)
+    assert demo.revert_many("") == ([], [], "Reverted: the base model, bit for bit.")
+
+
+def test_the_gradio_app_makes_several_edits_through_its_client(app_module, tmp_path, monkeypatch):
+    pytest.importorskip("gradio", reason="the app needs gradio (installed by the dev extra)")
+    from gradio_client import Client
+
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    editor = mlm_editor(tmp_path, edit_lr_init=1.0)
+    original = _outputs(editor)
+    app = app_module.build_app(app_module.EditDemo(editor), examples=[[PROMPTS, "en", "Florence"]])
+    app.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(app.local_url, verbose=False)
+        held, rows, status = client.predict(EDITS, "batch", api_name="/edit_many")
+        assert held["headers"] == ["edit", "en", "fr", "de"] and len(held["data"]) == 2
+        assert len(rows["data"]) == 5 and "2 edit(s) applied (batch)" in status
+        assert not torch.equal(_outputs(editor), original)
+        table, _, status = client.predict(PROMPTS, "de", "Florenz", api_name="/edit")  # the single-edit tab stacks
+        assert "Edited in de" in status and "2 edit(s) applied" in status
+        _, _, status = client.predict(EDITS, api_name="/revert_many")  # reverts every edit, of both tabs
+        assert status.startswith("Reverted") and torch.equal(_outputs(editor), original)
+        with pytest.raises(Exception, match="needs its new answer"):
+            client.predict("en: a [MASK] .", "batch", api_name="/edit_many")
+    finally:
+        app.close()
