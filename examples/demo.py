@@ -235,7 +235,8 @@ def main() -> None:
     info = {"base_model": str(Path(folder).resolve()), "dataset": "CLDR facts (babel)", "languages": languages,
             "setting": "all -> all", "recipe": args.recipe, "label_language": args.label_language,
             "max_steps": trainer.args.max_steps, "global_step": trainer.state.global_step,
-            "best_checkpoint": trainer.state.best_model_checkpoint, "scoring": "open"}  # fmt: skip
+            "best_checkpoint": trainer.state.best_model_checkpoint, "scoring": "open",
+            **trainer.episode_settings()}  # fmt: skip
     editor = LimeEditor(model, tokenizer, task="masked_lm", training_info=info, metrics=json_safe(result.metrics))
     editor.save_pretrained(output_dir, base_model_name_or_path=info["base_model"])
     (output_dir / "training_info.json").write_text(json.dumps(info, indent=2))
