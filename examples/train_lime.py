@@ -11,6 +11,9 @@ Examples (run from the repository root; `../shared/data` holds mLAMA and XNLI):
     # note that `--cpu --num_processes 2` silently runs ONE process)
     accelerate launch --multi_gpu --num_processes 2 examples/train_lime.py --model_name_or_path ... --use_cpu
 
+    # the frozen base model sharded across the processes (FSDP), or DDP, from a config file (docs/training.md)
+    accelerate launch --config_file examples/accelerate_configs/fsdp.yaml examples/train_lime.py ...
+
     # push the trained editor (LimeEditor.from_pretrained("org/my-editor") loads it back)
     python examples/train_lime.py ... --push_to_hub --hub_model_id org/my-editor
 
@@ -51,7 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from peft import get_peft_model
+from peft import PeftModel, get_peft_model
 from transformers import (
     AutoModelForMaskedLM,
     AutoModelForSequenceClassification,
@@ -206,12 +209,25 @@ def main() -> None:
         if args.process_index == 0:
             trainer.save_metrics("train", output.metrics)
             plot_training_curves(trainer.state.log_history, Path(args.output_dir) / CURVES_FILE)
+        if trainer.is_fsdp_enabled:
+            model = gathered_editor(trainer, model_args, task, args)
     if args.process_index == 0 and data_args.skip_test:
         LimeEditor(model, tokenizer, task=task, training_info=train_info).save_pretrained(
             args.output_dir, base_model_name_or_path=train_info["base_model"]
         )
     elif args.process_index == 0:
         finish(model, tokenizer, splits["test"], task, label2id, languages, data_args, args, train_info)
+
+
+def gathered_editor(trainer: LimeTrainer, model_args: ModelArguments, task: str, args: LimeTrainingArguments):
+    """Under FSDP the trained editor and the base model are sharded across the processes: every process takes part
+    in saving the editor (from the gathered weights) to `--output_dir`; the main process goes on with that editor
+    loaded onto a fresh copy of the base model (`None` on the other processes, which are done)."""
+    trainer.save_model(args.output_dir)
+    if args.process_index != 0:
+        return None
+    base, _ = load_base(model_args, task)
+    return PeftModel.from_pretrained(base, args.output_dir)
 
 
 def _best_step(trainer: LimeTrainer) -> int | None:

@@ -9,6 +9,7 @@ vocabulary logits elsewhere (`hf_lime.head`).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -50,6 +51,31 @@ def retain_agreement(base: TargetLogits, edited: TargetLogits) -> float:
     return sum(flags) / max(len(flags), 1)
 
 
+@contextmanager
+def _root_kept_unsharded(peft_model):
+    """Under FSDP2 (`fully_shard`), keep the root module's parameters gathered through the edit's capture.
+
+    The capture differentiates the edit loss with respect to the edited layers' outputs in the middle of the
+    episode's forward. FSDP2 ends every backward, this one included, by resharding the parameters of each module
+    whose backward has run: the root (the editor networks, masks, step sizes, embeddings and head) would be sharded
+    again before the editor reads them. The root keeps its gathered parameters through that backward only; the
+    episode's real backward reshards and reduces as usual. A no-op for any other model (FSDP1 resharding is not
+    triggered by the capture, DDP does not shard).
+    """
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - torch without FSDP2
+        FSDPModule = ()
+    if not isinstance(peft_model, FSDPModule):
+        yield
+        return
+    peft_model.set_reshard_after_backward(False, recurse=False)
+    try:
+        yield
+    finally:
+        peft_model.set_reshard_after_backward(True, recurse=False)
+
+
 def run_episode(peft_model, episode: dict[str, dict], task: str, c_edit: float, c_loc: float, c_l0: float):
     """
     Compute one episode's loss and metrics through the functional path (the base model is never modified).
@@ -70,7 +96,8 @@ def run_episode(peft_model, episode: dict[str, dict], task: str, c_edit: float, 
     has_retain = retain["input_ids"].shape[0] > 0
     # the retain rows' unedited logits come from the edit's own capture forward (outside its loss)
     passenger = {k: v for k, v in retain.items() if k != "lang_ids"} if has_retain else None
-    output = tuner.compute_edit(edit_batch, languages, passenger_inputs=passenger, task=task)
+    with _root_kept_unsharded(peft_model):
+        output = tuner.compute_edit(edit_batch, languages, passenger_inputs=passenger, task=task)
     base = output.info.passenger_logits
     with tuner.apply_deltas(output.deltas):
         if has_retain:  # one forward for both: the same edit applies to every row

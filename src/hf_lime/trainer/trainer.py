@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import types
 from collections import defaultdict
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -27,7 +29,8 @@ class LimeTrainer(Trainer):
     sampled editing language), the post-edit model is scored on the *update* batch (the same items in the sampled
     updating language) and on the *retain* batch (unrelated items), all through the functional path — the base
     weights are never touched. The episode goes through the model's own `forward`, so DDP synchronises the
-    editor's gradients across processes.
+    editor's gradients across processes, and FSDP (versions 1 and 2, with `state_dict_type` `FULL_STATE_DICT`, and
+    `use_orig_params=True` for version 1) gathers the sharded base model and editor for it (docs/training.md).
 
     Args:
         model (`PeftModel`): A model with a LIME adapter (`get_peft_model(base, LimeConfig(...))`).
@@ -71,6 +74,8 @@ class LimeTrainer(Trainer):
             if _is_item_dataset(kwargs.get(name)):
                 kwargs[name] = episodes_from_arguments(kwargs[name], model.base_model.languages, args, seed)
         super().__init__(model=model, args=args, **kwargs)
+        if self.is_fsdp_enabled:
+            _check_fsdp_plugin(self.accelerator.state.fsdp_plugin)
         if args.keep_freed_memory and self.args.device.type == "cpu":
             keep_freed_memory()
         if args.early_stopping_patience is not None:
@@ -78,7 +83,14 @@ class LimeTrainer(Trainer):
         self.model_accepts_loss_kwargs = False
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self.nonfinite_steps = 0
+        # under FSDP the editor's parameters are whole only inside the forward: its logged state is read there
+        self._editor_state: dict[str, float] = {}
+        self._window_starts = True  # the next training episode opens a gradient-accumulation window
         _install_episode_forward(model, self)
+
+    def _peft_model(self):
+        """The `PeftModel` being trained (under FSDP `self.model` is its wrapper)."""
+        return self.accelerator.unwrap_model(self.model)
 
     # ------------------------------------------------------------------------------------------- loss
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
@@ -90,13 +102,23 @@ class LimeTrainer(Trainer):
 
     def _episode(self, peft_model, episode: dict[str, dict]):
         a = self.args
-        return run_episode(peft_model, episode, self.task, a.c_edit, a.c_loc, a.c_l0)
+        fsdp_training = self.is_fsdp_enabled and peft_model.training
+        if fsdp_training:
+            # as DDP does: at the first episode of each gradient-accumulation window (its `no_sync` forwards skip it)
+            if self._window_starts:
+                _broadcast_editor_buffers(peft_model.base_model.editor)
+            self._window_starts = self.accelerator.sync_gradients
+        output = run_episode(peft_model, episode, self.task, a.c_edit, a.c_loc, a.c_l0)
+        if fsdp_training:
+            self._editor_state = editor_state_logs(peft_model.base_model)
+        return output
 
     def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys=None):
         """Run the episode in eval mode (deterministic masks); editing needs gradients, so enable them."""
         inputs = self._prepare_inputs(inputs)
         with torch.enable_grad():
             output = model(lime_episode=inputs)
+        _end_fsdp1_backward(model)
         for name, value in output.metrics.items():
             self._metrics["eval"][name].append(value)
         return output.loss.detach(), None, None
@@ -109,7 +131,9 @@ class LimeTrainer(Trainer):
         logs.update(averaged)
         if mode == "train":
             logs[NONFINITE] = self.nonfinite_steps
-            logs.update(editor_state_logs(self.model.base_model))
+            # under FSDP: the state seen by the last training episode (before its optimizer step)
+            fsdp = self.is_fsdp_enabled
+            logs.update(self._editor_state if fsdp else editor_state_logs(self._peft_model().base_model))
         self._metrics[mode].clear()
         super().log(logs, start_time)
 
@@ -128,7 +152,8 @@ class LimeTrainer(Trainer):
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """PEFT's adapter files, plus what makes the folder a complete LIME editor: `lime_editor.json` and the
         hf_lime model card (so `LimeEditor.from_pretrained` loads a trainer save or push as it is). Written
-        all-or-nothing (`hf_lime.atomic.write_folder`); other files already in the folder are kept."""
+        all-or-nothing (`hf_lime.atomic.write_folder`); other files already in the folder are kept. Under FSDP,
+        `state_dict` is the gathered (full) state dict, from which the base-model fingerprint is also computed."""
         output_dir = output_dir or self.args.output_dir
         if not self.args.should_save:
             super()._save(output_dir, state_dict)
@@ -137,26 +162,39 @@ class LimeTrainer(Trainer):
 
         def write(folder) -> None:
             super(LimeTrainer, self)._save(str(folder), state_dict)
-            self._describe(str(folder), repo_id=self.hub_model_id)
+            self._describe(str(folder), repo_id=self.hub_model_id, state_dict=state_dict)
 
         write_folder(output_dir, write)
 
     def create_model_card(self, *args: Any, license: str | None = None, **kwargs: Any) -> None:
         """hf_lime's model card (editor, languages, training, metrics; `license` as in transformers) instead of
-        transformers' generic one. transformers' other card arguments (`tags`, `dataset`...) are not used."""
-        if self.is_world_process_zero():
-            self._describe(self.args.output_dir, repo_id=self.hub_model_id, license=license)
+        transformers' generic one. transformers' other card arguments (`tags`, `dataset`...) are not used.
 
-    def _describe(self, folder: str, repo_id: str | None, license: str | None = None) -> None:
+        Under FSDP the base model's weights are sharded here: the description `save_model` wrote (from the gathered
+        weights) is kept, and `license` is not added (pass it to `LimeEditor.push_to_hub` instead)."""
+        if not self.is_world_process_zero():
+            return
+        if self.is_fsdp_enabled:
+            if license is not None:
+                logger.warning("Under FSDP the model card written by `save_model` is kept: `license` is not added.")
+            return
+        self._describe(self.args.output_dir, repo_id=self.hub_model_id, license=license)
+
+    def _describe(
+        self, folder: str, repo_id: str | None, license: str | None = None, state_dict: dict | None = None
+    ) -> None:
         from ..editor import LimeEditor
 
-        editor = LimeEditor(self.model, self.processing_class, task=self.task, training_info=self._training_info())
+        model = self._peft_model()
+        editor = LimeEditor(model, self.processing_class, task=self.task, training_info=self._training_info())
         try:
             editor._set_base_name(None)
         except ValueError:
             logger.warning("The base model has no name or folder: no lime_editor.json or model card written.")
             return
-        editor.write_description(folder, repo_id=repo_id, license=license)
+        whole = _whole_edited_weights(model, state_dict) if self.is_fsdp_enabled else nullcontext()
+        with whole:
+            editor.write_description(folder, repo_id=repo_id, license=license)
 
     def _training_info(self) -> dict[str, Any]:
         args, state = self.args, self.state
@@ -168,7 +206,7 @@ class LimeTrainer(Trainer):
             "c_edit": args.c_edit,
             "c_loc": args.c_loc,
             "c_l0": args.c_l0,
-            "languages": list(self.model.base_model.languages),
+            "languages": list(self._peft_model().base_model.languages),
             **self.episode_settings(),
         }
 
@@ -181,6 +219,52 @@ class LimeTrainer(Trainer):
         the arguments.
         """
         return episode_settings(self.train_dataset, self.args)
+
+    # ------------------------------------------------------------------------------------------- loading
+    def _load_best_model(self) -> None:
+        if _is_fsdp1(self.model):
+            self._load_editor_into_fsdp1(self.state.best_model_checkpoint)
+            return
+        super()._load_best_model()
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        if _is_fsdp1(model if model is not None else self.model):
+            self._load_editor_into_fsdp1(resume_from_checkpoint)
+            return
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_editor_into_fsdp1(self, folder: str) -> None:
+        """
+        Load the editor a checkpoint holds (`adapter_model.safetensors`, written by `_save` from the gathered
+        weights) into the FSDP1-wrapped model, on every process.
+
+        Accelerate's loader for FSDP1 (`load_fsdp_model`) loads under `rank0_only=True`, where PEFT's
+        `set_peft_model_state_dict` sees an empty state dict on the other processes: the parts of the editor sharded
+        to them were silently left as they were (the MEND LayerNorms' biases, measured on 2 processes). Here every
+        process loads the whole editor under a full state dict without `rank0_only`; only the editor's entries are
+        loaded (the frozen base is not in the checkpoint), each unit gathered in turn.
+        """
+        from safetensors.torch import load_file
+        from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        from ..tuner.model import CONTAINERS
+
+        path = os.path.join(folder, "adapter_model.safetensors")
+        if not os.path.isfile(path):
+            raise ValueError(f"{folder} holds no adapter_model.safetensors: it is not a LimeTrainer checkpoint.")
+        adapter = self._peft_model().active_adapter
+        state = {_with_adapter_name(key, adapter, CONTAINERS): value for key, value in load_file(path).items()}
+        config = FullStateDictConfig(offload_to_cpu=False, rank0_only=False)
+        with FSDP.state_dict_type(self.model, StateDictType.FULL_STATE_DICT, config):
+            result = self.model.load_state_dict(state, strict=False)
+        if result.unexpected_keys:
+            unexpected = sorted(result.unexpected_keys)[:5]
+            raise ValueError(
+                f"The checkpoint {folder} holds entries this editor does not have: {unexpected} (was it saved from "
+                "another LimeConfig?)."
+            )
+        logger.info(f"Editor loaded from {folder} into the FSDP model on every process.")
 
     # ------------------------------------------------------------------------------------------- optimizer
     def create_optimizer(self, model=None):
@@ -284,6 +368,88 @@ def _install_episode_forward(peft_model, trainer: LimeTrainer) -> None:
     peft_model._lime_trainer = trainer
     peft_model.forward = types.MethodType(forward, peft_model)
     peft_model._lime_episode_forward = True
+
+
+def _broadcast_editor_buffers(editor: torch.nn.Module) -> None:
+    """Give every process process 0's editor buffers (MEND's running input means with `mend_center`), as DDP does
+    (`broadcast_buffers`, at the first forward of each gradient-accumulation window) and FSDP does not: the
+    processes centre their edits as under DDP, and an FSDP run trains the editor a DDP run does."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        for buffer in editor.buffers():
+            torch.distributed.broadcast(buffer, src=0)
+
+
+def _is_fsdp1(model) -> bool:
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    return isinstance(model, FullyShardedDataParallel)
+
+
+def _with_adapter_name(key: str, adapter: str, containers: tuple[str, ...]) -> str:
+    """A saved editor entry (`base_model.lime_masks.masks...`) under the model's name (`...lime_masks.default...`)."""
+    for container in containers:
+        marker = f".{container}."
+        if marker in key:
+            return key.replace(marker, f".{container}.{adapter}.", 1)
+    return key
+
+
+def _end_fsdp1_backward(model) -> None:
+    """
+    FSDP version 1 after an evaluation episode: the edit's capture differentiated the edit loss inside the forward,
+    so the FSDP units it went back through gathered their parameters and were marked as in a backward. A training
+    step's real backward ends with FSDP's own clean-up (reshard, every unit back to idle); an evaluation episode has
+    no backward, so that same clean-up is run here. Without it the next `state_dict()` (a checkpoint right after a
+    validation) fails with "Expects the handle training to be IDLE but got HandleTrainingState.BACKWARD_PRE".
+    FSDP2 needs nothing: it ends the capture's backward itself.
+    """
+    if _is_fsdp1(model):
+        from torch.distributed.fsdp._runtime_utils import _post_backward_final_callback
+
+        _post_backward_final_callback(model, model)
+
+
+def _check_fsdp_plugin(plugin) -> None:
+    """What `LimeTrainer` needs of an FSDP configuration (errors a user can fix in the accelerate config)."""
+    if "FULL_STATE_DICT" not in str(plugin.state_dict_type):
+        raise ValueError(
+            f"LimeTrainer under FSDP saves editors from the gathered state dict: set `fsdp_state_dict_type: "
+            f"FULL_STATE_DICT` in the accelerate config (got {plugin.state_dict_type})."
+        )
+    if getattr(plugin, "fsdp_version", 1) == 1 and not plugin.use_orig_params:
+        raise ValueError(
+            "LimeTrainer under FSDP version 1 needs `fsdp_use_orig_params: true` in the accelerate config: the frozen "
+            "base model and the trainable editor share FSDP units, and the optimizer has one parameter group each "
+            "for the editor networks, the masks and the edit step sizes."
+        )
+
+
+@contextmanager
+def _whole_edited_weights(peft_model, state_dict: dict | None):
+    """Under FSDP, the edited layers' base weights (sharded outside the forward) replaced, inside the block, by
+    their gathered values from the full `state_dict`, so that the base-model fingerprint written beside a saved
+    editor is that of the whole weights; the sharded parameters are put back on exit."""
+    from ..tuner.layer import LimeLayer
+    from ..tuner.model import unwrapped_name
+
+    swapped = []
+    try:
+        for name, module in peft_model.named_modules():
+            if not isinstance(module, LimeLayer):
+                continue
+            key = f"{unwrapped_name(name)}.base_layer.weight"
+            if not state_dict or key not in state_dict:
+                raise ValueError(
+                    f"The gathered state dict has no `{key}`: LimeTrainer under FSDP saves from a full state dict "
+                    "(`fsdp_state_dict_type: FULL_STATE_DICT`)."
+                )
+            base = module.get_base_layer()
+            swapped.append((base, base._parameters["weight"]))
+            base._parameters["weight"] = torch.nn.Parameter(state_dict[key], requires_grad=False)
+        yield
+    finally:
+        for base, original in swapped:
+            base._parameters["weight"] = original
 
 
 def _check_lime_model(model) -> None:

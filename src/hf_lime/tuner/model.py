@@ -173,7 +173,7 @@ class LimeModel(BaseTuner):
     @property
     def layer_specs(self) -> list[LayerSpec]:
         return [
-            LayerSpec(key=_key(name), name=name, d_in=m.in_features, d_out=m.out_features)
+            LayerSpec(key=_key(name), name=unwrapped_name(name), d_in=m.in_features, d_out=m.out_features)
             for name, m in self.model.named_modules()
             if isinstance(m, LimeLayer)
         ]
@@ -470,8 +470,20 @@ def _num_outputs(model: nn.Module) -> int | None:
     return int(num_labels) if isinstance(num_labels, int) and head is None else None
 
 
+# Module-name parts that wrappers insert between a model's own modules (FSDP1's units, activation checkpointing):
+# an edited layer keeps the key it had before the model was wrapped.
+_WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
+
+
+def unwrapped_name(name: str) -> str:
+    """A module name as it was before the model was wrapped (FSDP1 units, activation checkpointing)."""
+    for prefix in _WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
+
+
 def _key(name: str) -> str:
-    return name.replace(".", "-")
+    return unwrapped_name(name).replace(".", "-")
 
 
 def _num_blocks(model_config: dict) -> int | None:
