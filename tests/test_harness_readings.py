@@ -197,3 +197,11 @@ def test_prefix_cache_gives_the_same_records_and_is_used(world):
     assert plain.settings["prefix_cache"] is None
     with pytest.raises(ValueError, match="cache_bytes"):
         run(make_model(base), tokenizer, items, cache_bytes=-1)
+
+
+def test_fewer_unrelated_facts_than_asked_warns_and_reads_those_there_are(world):
+    tokenizer, items, base = world
+    with pytest.warns(UserWarning, match="fewer than n_retain=50 unrelated facts.*12.00 per edit"):
+        result = run(make_model(base), tokenizer, items, n_retain=50, return_records=True)
+    assert result.settings["retain_per_edit"] == 12.0  # the other relation's 12 subjects
+    assert not math.isnan(result.metrics["locality_other"])

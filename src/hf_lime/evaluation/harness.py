@@ -94,8 +94,9 @@ class _Planner:
                 yield self.items[index], labels
 
     def retain_items(self, item: ParsedItem, n_retain: int) -> tuple[ParsedItem, ...]:
-        """`n_retain` items of other groups and other relations (unrelated facts), labelled in every evaluation
-        language, fixed per item. With a single relation in the items, any other group's item is unrelated enough."""
+        """Up to `n_retain` items of other groups and other relations (unrelated facts), labelled in every evaluation
+        language, fixed per item (fewer when the items hold fewer: the harness warns). With a single relation in the
+        items, any other group's item is unrelated enough."""
         if n_retain == 0:
             return ()
         rng = random.Random(_digest(self.seed, "retain", item.id))
@@ -105,13 +106,7 @@ class _Planner:
             other = self.items[i]
             return other.group == item.group or other.id == item.id or (not single and other.relation == item.relation)
 
-        chosen = sample_excluding(rng, self.retain_pool, n_retain, excluded)
-        if len(chosen) < n_retain:
-            raise ValueError(
-                f"Only {len(chosen)} items outside the group {item.group!r} of item {item.id!r} have targets in every "
-                f"evaluation language {self.eval_languages}, but n_retain={n_retain}; lower n_retain or add items."
-            )
-        return tuple(self.items[i] for i in chosen)
+        return tuple(self.items[i] for i in sample_excluding(rng, self.retain_pool, n_retain, excluded))
 
     def neighbour_items(self, item: ParsedItem, n_neighbours: int) -> tuple[ParsedItem, ...]:
         """Up to `n_neighbours` items of the same relation about other subjects (other groups), labelled in every
@@ -481,6 +476,7 @@ def evaluate_editor(
         for plan in tqdm(plans, desc="Editing", unit="edit", disable=not progress):
             _run_edit(model, readers, plan, eval_languages, records, extra_records)
     settings = _settings(model, task, edit_languages, eval_languages, plans, counts, new_target, seed)
+    _warn_short_retain(settings, counts)
     settings["prefix_cache"] = _cache_summary(cache, cache_bytes)
     settings.update(distinct_facts=distinct_facts, n_facts=len({plan.item.id for plan in plans}),
                     n_locality=n_locality, locality=locality, extra_scorings=list(readers.extra),
@@ -518,6 +514,16 @@ def _cache_summary(cache: PrefixCache | None, max_bytes: int) -> dict[str, Any] 
         return None
     counts = {name: getattr(cache, name) for name in ("hits", "misses", "bypassed", "invalidations", "evictions")}
     return {"first_block": cache.first_block, "max_bytes": max_bytes, **counts}
+
+
+def _warn_short_retain(settings: dict, counts: _Counts) -> None:
+    if settings["retain_per_edit"] < counts.retain:
+        warnings.warn(
+            f"Some edits have fewer than n_retain={counts.retain} unrelated facts (other subjects of other relations, "
+            f"labelled in every evaluation language): {settings['retain_per_edit']:.2f} per edit on average. Their "
+            "locality_other is read on those there are; add items or lower n_retain.",
+            stacklevel=3,
+        )
 
 
 def _read_unedited(readers: _Readers, plans: list[_EditPlan], eval_languages: list[str]) -> None:
@@ -558,6 +564,7 @@ def _settings(model, task, edit_languages, eval_languages, plans, counts: _Count
         "n_retain": counts.retain,
         "n_neighbours": counts.neighbours,
         "neighbours_per_edit": (sum(len(p.neighbours) for p in plans) / len(plans)) if plans else 0.0,
+        "retain_per_edit": (sum(len(p.retain) for p in plans) / len(plans)) if plans else 0.0,
         "new_target": new_target,
         "seed": seed,
         "edits_per_language": {lang: sum(p.language == lang for p in plans) for lang in edit_languages},
