@@ -113,7 +113,8 @@ def test_sequence_runs_reuse_the_target_runs_best_editor(reproduce, tmp_path):
 
     configs = ["mend-all-off", "ft_tuned-untrained-off"]
     args = SimpleNamespace(datasets=["mlama"], configs=configs, seeds=[0], locality="sequence", variant=None,
-                           runs_dir=str(tmp_path / "runs"), output_dir=str(tmp_path / "out"))  # fmt: skip
+                           reading="lenient", runs_dir=str(tmp_path / "runs"),
+                           output_dir=str(tmp_path / "out"))  # fmt: skip
     runs = reproduce.grid(args)
     assert [r["id"] for r in runs] == ["mlama-mend-all-off-seed0-seqloc", "mlama-ft_tuned-untrained-off-seed0-seqloc"]
     assert {r["locality"] for r in runs} == {"sequence"}
@@ -132,6 +133,9 @@ def test_sequence_runs_reuse_the_target_runs_best_editor(reproduce, tmp_path):
     assert [r["id"] for r in reproduce.grid(args)][0] == "mlama-mend-all-off-seed0"
     args.variant = "cedit0.1"
     assert [r["id"] for r in reproduce.grid(args)][0] == "mlama-mend-all-off-seed0-cedit0.1"
+    args.reading = "strict"  # whole-vocabulary answers and locality in parts: ids of their own
+    assert [r["id"] for r in reproduce.grid(args)][0] == "mlama-mend-all-off-seed0-cedit0.1-strict"
+    assert {r["reading"] for r in reproduce.grid(args)} == {"strict"}
     args.variant = "c edit/0.1"
     with pytest.raises(ValueError, match="--variant"):
         reproduce.grid(args)
