@@ -19,8 +19,8 @@ import time
 from _vs_reference_common import (
     LANGUAGES,
     NUM_TOP_LAYERS,
-    SHAPES,
     RowStats,
+    add_driver_commands,
     checksum,
     peak_rss_mib,
     set_one_thread,
@@ -148,16 +148,7 @@ def time_ours(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    check = sub.add_parser("checksum")
-    check.add_argument("--model_dir", required=True)
-    check.add_argument("--out", required=True)
-    timed = sub.add_parser("time")
-    timed.add_argument("--model_dir", required=True)
-    timed.add_argument("--data_dir", required=True)
-    timed.add_argument("--shape", choices=sorted(SHAPES), required=True)
-    timed.add_argument("--warmup", type=int, required=True)
-    timed.add_argument("--steps", type=int, required=True)
-    timed.add_argument("--out", required=True)
+    add_driver_commands(sub, "data_dir")
     args = parser.parse_args(argv)
     if args.command == "checksum":
         write_json(args.out, {"side": "ours", **checksum(args.model_dir)})

@@ -31,6 +31,7 @@ from _vs_reference_common import (
     SHAPES,
     VOCAB_SIZE,
     RowStats,
+    add_driver_commands,
     checksum,
     inner_params,
     model_name,
@@ -202,16 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     build.add_argument("--shape", choices=sorted(SHAPES), required=True)
     build.add_argument("--tokenizer_dir", required=True)
     build.add_argument("--out_dir", required=True)
-    check = sub.add_parser("checksum")
-    check.add_argument("--model_dir", required=True)
-    check.add_argument("--out", required=True)
-    timed = sub.add_parser("time")
-    timed.add_argument("--reference_dir", required=True)
-    timed.add_argument("--model_dir", required=True)
-    timed.add_argument("--shape", choices=sorted(SHAPES), required=True)
-    timed.add_argument("--warmup", type=int, required=True)
-    timed.add_argument("--steps", type=int, required=True)
-    timed.add_argument("--out", required=True)
+    add_driver_commands(sub, "reference_dir")
     args = parser.parse_args(argv)
     if args.command == "build-model":
         build_model(args.shape, args.tokenizer_dir, args.out_dir)

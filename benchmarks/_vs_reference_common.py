@@ -128,3 +128,18 @@ def checksum(model_dir: str) -> dict:
 def write_json(path: str | Path, payload: dict) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def add_driver_commands(sub, location: str) -> None:
+    """The `checksum` and `time` commands both drivers take; `time` also takes `--<location>` (the reference's
+    checkout, or our side's data folder)."""
+    check = sub.add_parser("checksum")
+    check.add_argument("--model_dir", required=True)
+    check.add_argument("--out", required=True)
+    timed = sub.add_parser("time")
+    timed.add_argument(f"--{location}", required=True)
+    timed.add_argument("--model_dir", required=True)
+    timed.add_argument("--shape", choices=sorted(SHAPES), required=True)
+    timed.add_argument("--warmup", type=int, required=True)
+    timed.add_argument("--steps", type=int, required=True)
+    timed.add_argument("--out", required=True)
