@@ -8,12 +8,13 @@ languages).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .jsonl import iter_jsonl_objects
 
 REQUEST_KEYS = ("prompt", "answer", "language")
 
@@ -125,18 +126,9 @@ def read_requests_file(path: str | os.PathLike) -> tuple[list[EditRequest], list
     """
     path = Path(path)
     requests, lines = [], []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}, line {number}: invalid JSON ({error.msg}).") from error
-            if not isinstance(value, dict):
-                raise ValueError(f"{path}, line {number}: expected a JSON object, got {type(value).__name__}.")
-            requests.append(value)
-            lines.append(number)
+    for number, value in iter_jsonl_objects(path, bad_json="invalid JSON"):
+        requests.append(value)
+        lines.append(number)
     if not requests:
         raise ValueError(f"{path} holds no edit requests (one JSON object per line with {list(REQUEST_KEYS)}).")
     try:

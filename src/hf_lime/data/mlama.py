@@ -16,11 +16,12 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import datasets
 
+from ..jsonl import iter_jsonl_objects
 from .names import names_language
 from .schema import ParallelItem, check_languages, default_data_dir, items_to_dataset
 from .splits import check_split_sizes, split_by_group
@@ -71,26 +72,11 @@ def mlama_languages(data_dir: str | Path | None = None) -> list[str]:
     return sorted(p.parent.name for p in root.glob(f"*/{TEMPLATES_FILENAME}"))
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    """Yield ``(line_number, record)`` for each non-blank line; malformed lines raise with path and line."""
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}, line {number}: malformed JSON ({error.msg}).") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}, line {number}: expected a JSON object, got {type(record).__name__}.")
-            yield number, record
-
-
 def _read_templates(path: Path) -> dict[str, str]:
     if not path.is_file():
         raise ValueError(f"Missing mLAMA templates file {path}.")
     templates = {}
-    for number, record in _read_jsonl(path):
+    for number, record in iter_jsonl_objects(path):
         relation, template = record.get("relation"), record.get("template")
         if not isinstance(relation, str) or not isinstance(template, str):
             raise ValueError(f"{path}, line {number}: expected string fields 'relation' and 'template'.")
@@ -108,7 +94,7 @@ def _relation_files(lang_dir: Path) -> dict[str, Path]:
 def _read_facts(path: Path) -> dict[str, dict]:
     """uuid -> fact record of one relation file, fields checked."""
     facts = {}
-    for number, record in _read_jsonl(path):
+    for number, record in iter_jsonl_objects(path):
         missing = [f for f in FACT_FIELDS if not isinstance(record.get(f), str) or not record.get(f)]
         if missing:
             raise ValueError(f"{path}, line {number}: missing or empty string fields {missing}.")
