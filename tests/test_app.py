@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -79,7 +80,9 @@ def test_edit_then_revert_restores_the_base_model(app_module, tmp_path):
         demo.edit("en: a [MASK] .", "de", "x")
 
 
-def test_the_gradio_app_answers_an_edit_request_through_its_client(app_module, tmp_path, monkeypatch):
+@contextmanager
+def served_app(app_module, tmp_path, monkeypatch):
+    """The app on a fresh tiny editor, served on 127.0.0.1: `(client, editor, original outputs)`; closed on exit."""
     pytest.importorskip("gradio", reason="the app needs gradio (installed by the dev extra)")
     from gradio_client import Client
 
@@ -89,7 +92,13 @@ def test_the_gradio_app_answers_an_edit_request_through_its_client(app_module, t
     app = app_module.build_app(app_module.EditDemo(editor), examples=[[PROMPTS, "en", "Florence"]])
     app.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
     try:
-        client = Client(app.local_url, verbose=False)
+        yield Client(app.local_url, verbose=False), editor, original
+    finally:
+        app.close()
+
+
+def test_the_gradio_app_answers_an_edit_request_through_its_client(app_module, tmp_path, monkeypatch):
+    with served_app(app_module, tmp_path, monkeypatch) as (client, editor, original):
         table, plot, status = client.predict(PROMPTS, "fr", "fr: Florence | de: Florenz", api_name="/edit")
         assert [row[0] for row in table["data"]] == ["en", "fr", "de"]
         assert [row[2] for row in table["data"]] == ["Florence", "Florence", "Florenz"]
@@ -100,8 +109,6 @@ def test_the_gradio_app_answers_an_edit_request_through_its_client(app_module, t
         assert torch.equal(_outputs(editor), original)
         with pytest.raises(Exception, match="Unknown language 'xx'"):
             client.predict("xx: a [MASK] .", "en", "b", api_name="/edit")
-    finally:
-        app.close()
 
 
 EDITS = """en: Dante was born in [MASK] . => Florence
@@ -159,16 +166,7 @@ def test_several_edits_then_revert_restores_the_base_model(app_module, tmp_path,
 
 
 def test_the_gradio_app_makes_several_edits_through_its_client(app_module, tmp_path, monkeypatch):
-    pytest.importorskip("gradio", reason="the app needs gradio (installed by the dev extra)")
-    from gradio_client import Client
-
-    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
-    editor = mlm_editor(tmp_path, edit_lr_init=1.0)
-    original = _outputs(editor)
-    app = app_module.build_app(app_module.EditDemo(editor), examples=[[PROMPTS, "en", "Florence"]])
-    app.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
-    try:
-        client = Client(app.local_url, verbose=False)
+    with served_app(app_module, tmp_path, monkeypatch) as (client, editor, original):
         held, rows, status = client.predict(EDITS, "batch", api_name="/edit_many")
         assert held["headers"] == ["edit", "en", "fr", "de"] and len(held["data"]) == 2
         assert len(rows["data"]) == 5 and "2 edit(s) applied (batch)" in status
@@ -179,5 +177,3 @@ def test_the_gradio_app_makes_several_edits_through_its_client(app_module, tmp_p
         assert status.startswith("Reverted") and torch.equal(_outputs(editor), original)
         with pytest.raises(Exception, match="needs its new answer"):
             client.predict("en: a [MASK] .", "batch", api_name="/edit_many")
-    finally:
-        app.close()
