@@ -8,7 +8,8 @@ of each path and their ratio; `--json` writes them.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_evaluation.py --editor outputs/demo --n_edits 4 --rounds 3
 
-`--editor` is a folder written by `make demo` (the editor and, through its base model path, the fact model).
+`--editor` is a folder written by `make demo` (the editor, its `settings.json`, and through its base model path the
+fact model).
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ import time
 from pathlib import Path
 
 import torch
+from demo_controls import demo_options
 
 from hf_lime import LimeEditor
 from hf_lime.data import load_cldr_facts
-from hf_lime.evaluation import candidate_table, evaluate_editor
+from hf_lime.evaluation import evaluate_editor
 
 
 def parse_args() -> argparse.Namespace:
@@ -54,10 +56,8 @@ def main() -> None:
     info = editor.training_info or {}
     languages = list(editor.languages)
     splits = load_cldr_facts(languages, seed=0, label_language=info.get("label_language", "own"))
-    options = {"languages": languages, "n_edits": args.n_edits, "n_retain": 3, "n_neighbours": 5, "seed": 0,
-               "max_length": 48, "scoring": "open", "extra_scorings": ("candidates",), "progress": False,
-               "candidates": candidate_table([row for split in splits.values() for row in split]),
-               "return_records": True}  # fmt: skip
+    # the demo's own evaluation (its settings.json), on the first `n_edits` facts per editing language
+    options = {**demo_options(Path(args.editor), languages, splits), "n_edits": args.n_edits, "progress": False}
     model = editor.model.eval()
     times: dict[str, list[float]] = {"cached": [], "uncached": []}
     records: dict[str, dict] = {}
