@@ -268,6 +268,18 @@ def finish(model, tokenizer, test_items, task, label2id, languages, data_args, a
         logger.info("Pushed the editor to the Hub repo %s", repo_id)
 
 
+def close_process_group() -> None:
+    """Shut this process's part of the process group down before the interpreter exits. A process that is done
+    early (every one but the main process, which goes on to evaluate) otherwise leaves gloo's threads to the
+    interpreter's teardown, which can abort it ("terminate called without an active exception") and make
+    `accelerate launch` report the whole run as failed. Shutting down is local: no other process waits on it."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 if __name__ == "__main__":
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    main()
+    try:
+        main()
+    finally:
+        close_process_group()
