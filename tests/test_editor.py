@@ -223,6 +223,57 @@ def test_batched_text_edit_with_one_language_per_row(tmp_path):
         editor.edit(texts[0], "Lyon")
 
 
+def _edited_logits(editor: LimeEditor, batch: dict, *args, **kwargs) -> torch.Tensor:
+    with editor.edit(*args, **kwargs):
+        return logits(editor, batch)
+
+
+def test_answers_and_prompts_given_per_language_are_one_batched_edit_of_those_rows(tmp_path):
+    """`edit(prompt, {lang: answer})` and `edit({lang: prompt}, {lang: answer})` are the list edits of their rows."""
+    editor = mlm_editor(tmp_path, edit_lr_init=1e-3)
+    prompts = {"en": "The capital of France is [MASK] .", "fr": "La capitale de la France est [MASK] ."}
+    answers = {"en": "Lyon", "fr": "Marseille"}
+    probe = text_batch(editor.tokenizer)
+    clean = logits(editor, probe)
+    cases = [
+        ((prompts["en"], answers), {"language": "en"},
+         ([prompts["en"]] * 2, ["Lyon", "Marseille"]), {"language": "en"}),
+        ((prompts, answers), {}, (list(prompts.values()), ["Lyon", "Marseille"]), {"language": ["en", "fr"]}),
+        ((prompts, "Lyon"), {}, (list(prompts.values()), ["Lyon", "Lyon"]), {"language": ["en", "fr"]}),
+    ]  # fmt: skip
+    for args, kwargs, list_args, list_kwargs in cases:
+        by_language = _edited_logits(editor, probe, *args, **kwargs)
+        assert not torch.equal(by_language, clean)
+        torch.testing.assert_close(by_language, _edited_logits(editor, probe, *list_args, **list_kwargs))
+    edit = editor.edit(prompts, answers)
+    assert edit.info.languages == ["en", "fr"] and editor.model.base_model.applied_edit_ids == [edit.id]
+    edit.revert()
+    assert torch.equal(logits(editor, probe), clean)
+
+
+@pytest.mark.parametrize(
+    "text,target,language,error,match",
+    [
+        (PROMPT, {}, "en", ValueError, "non-empty dict keyed by language code"),
+        (PROMPT, {"": "Lyon"}, "en", ValueError, "non-empty dict keyed by language code"),
+        ({"en": PROMPT, "fr": PROMPT}, {"en": "Lyon"}, None, ValueError, r"answers' languages \['en'\] differ"),
+        ({"en": PROMPT}, "Lyon", "en", ValueError, "leave `language` out"),
+        ([PROMPT, PROMPT], {"en": "Lyon"}, "en", TypeError, "edits one prompt"),
+        (PROMPT, {"en": "Lyon", "fr": "Paris"}, ["en", "fr"], TypeError, "edits one prompt"),
+        ({"en": PROMPT, "xx": PROMPT}, "Lyon", None, ValueError, "Unknown language"),
+        (PROMPT, {"en": "Lyon", "fr": ""}, "en", ValueError, "non-empty string"),
+    ],
+)
+def test_bad_per_language_edits_are_refused_and_change_nothing(tmp_path, text, target, language, error, match):
+    editor = mlm_editor(tmp_path, edit_lr_init=1e-3)
+    probe = text_batch(editor.tokenizer)
+    clean = logits(editor, probe)
+    with pytest.raises(error, match=match):
+        editor.edit(text, target, language=language)
+    assert editor.model.base_model.applied_edit_ids == []
+    assert torch.equal(logits(editor, probe), clean)
+
+
 def test_classifier_edit_takes_label_names_ids_and_sentence_pairs(tmp_path):
     tokenizer = build_wordpiece_tokenizer()
     editor = LimeEditor.from_base_model(tiny_classifier(tokenizer), LimeConfig(**FT), tokenizer)

@@ -39,7 +39,7 @@ from .hub_download import resolve_editor_folder
 from .lora_export import export_edits_as_lora, module_name
 from .model_card import render_model_card
 from .tasks import check_task, infer_task
-from .text_io import as_rows, encode_text, masked_prompt, predict_text, rank_text, score_text
+from .text_io import answer_rows, encode_text, masked_prompt, predict_text, rank_text, score_text
 from .tuner import LimeConfig
 from .tuner.config import PEFT_TYPE
 from .tuner.edit import Edit
@@ -379,17 +379,31 @@ class LimeEditor:
             text (`str`, `tuple[str, str]` or `list`): Masked LMs: a prompt with the tokenizer's mask token, `"[MASK]"`
                 or `"[Y]"` where the answer goes (one placeholder, expanded to one mask per target token; or as many
                 masks as the target has tokens). Classifiers: a text or a `(premise, hypothesis)` tuple. Causal LMs:
-                the prompt; the target is its continuation. A list edits a batch at once.
-            target (`str`, `int` or `list`): The new answer: a string (LMs), a label name or class id (classifiers);
-                a list with one per text for a batch.
+                the prompt; the target is its continuation. A list edits a batch at once. A `{language: prompt}`
+                dict gives the same fact's prompt in several languages, each row edited in its own language.
+            target (`str`, `int`, `list` or `dict`): The new answer: a string (LMs), a label name or class id
+                (classifiers); a list with one per text for a batch. A `{language: answer}` dict gives the answer as
+                each language names it: with one prompt, one row per answer (the prompt in its editing language
+                `language`); with a `{language: prompt}` dict, one answer per prompt (same keys).
             language (`str` or `list[str]`, *optional*, defaults to `None`): The editing language (or one per text);
-                required when the editor has languages.
+                required when the editor has languages. Left out with a `{language: prompt}` dict (its keys are the
+                rows' languages).
             max_length (`int`, *optional*, defaults to `128`): Maximum tokens per text.
 
         Returns:
-            [`Edit`]: the applied edit.
+            [`Edit`]: the applied edit (one batched edit of every row: one revert undoes them all).
+
+        Example, one fact with its answer in each language's own words (a product feature: what such an edit does
+        in the other languages is given the answer, so it is never counted as *transfer*):
+
+        ```py
+        >>> editor.edit("The capital of Ethiopia is [MASK].", {"en": "Addis Ababa", "fr": "Addis-Abeba"},
+        ...             language="en")  # doctest: +SKIP
+        >>> editor.edit({"en": "The capital of Ethiopia is [MASK].", "fr": "La capitale de l'Éthiopie est [MASK]."},
+        ...             {"en": "Addis Ababa", "fr": "Addis-Abeba"})  # doctest: +SKIP
+        ```
         """
-        texts, targets = as_rows(text, target)
+        texts, targets, language = answer_rows(text, target, language)
         examples = [self._encode(t, y, max_length) for t, y in zip(texts, targets, strict=True)]
         batch = {key: value.to(self.device) for key, value in pad_batch(self.tokenizer, examples).items()}
         rows = language if language is None or isinstance(language, str) else list(language)

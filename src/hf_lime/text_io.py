@@ -193,6 +193,47 @@ def as_rows(text: Any, target: Any) -> tuple[list, list]:
     return [text], [target]
 
 
+def answer_rows(text: Any, target: Any, language: Any) -> tuple[list, list, Any]:
+    """`(texts, targets, languages)` for `LimeEditor.edit`, with an answer (or a prompt) given per language.
+
+    - `target` a `{language: answer}` dict, `text` one prompt: one row per answer, every row the prompt in its
+      editing language `language` (a string or `None`);
+    - `text` a `{language: prompt}` dict: one row per language, each its prompt with that language as the row's
+      editing language, and either the same `target` for every row or `target` a dict with the same languages;
+    - anything else: [`as_rows`] (one text and target, or two lists), `language` unchanged.
+    """
+    if not isinstance(text, Mapping) and not isinstance(target, Mapping):
+        return *as_rows(text, target), language
+    _check_language_dict(text)
+    _check_language_dict(target)
+    if isinstance(text, Mapping):
+        return _rows_per_prompt(text, target, language)
+    if isinstance(text, list) or not (language is None or isinstance(language, str)):
+        raise TypeError(
+            "A {language: answer} dict edits one prompt: pass one text and its editing language (a string), "
+            f"got text={text!r}, language={language!r}."
+        )
+    return [text] * len(target), list(target.values()), language
+
+
+def _check_language_dict(given: Any) -> None:
+    if isinstance(given, Mapping) and (not given or not all(isinstance(key, str) and key for key in given)):
+        raise ValueError(f"A per-language prompt or answer is a non-empty dict keyed by language code, got {given!r}.")
+
+
+def _rows_per_prompt(text: Mapping, target: Any, language: Any) -> tuple[list, list, list]:
+    if language is not None:
+        raise ValueError("With a {language: prompt} dict its keys are the editing languages: leave `language` out.")
+    if isinstance(target, Mapping) and set(target) != set(text):
+        raise ValueError(
+            f"The answers' languages {sorted(target)} differ from the prompts' {sorted(text)}: give one answer "
+            "per prompt's language, or one answer for all."
+        )
+    keys = list(text)
+    targets = [target[key] for key in keys] if isinstance(target, Mapping) else [target] * len(keys)
+    return [text[key] for key in keys], targets, keys
+
+
 def as_pair(text: Any) -> tuple[str, str | None]:
     """A classifier input as `(premise, hypothesis or None)`."""
     if isinstance(text, str):
