@@ -63,13 +63,18 @@ def untrained_twin(editor: LimeEditor, base_path: str) -> torch.nn.Module:
     torch.manual_seed(0)
     base = AutoModelForMaskedLM.from_pretrained(base_path, attn_implementation="eager")
     twin = get_peft_model(base, copy.deepcopy(editor.config))
-    trained = editor.model.state_dict()
-    kept = {name: value for name, value in trained.items() if any(part in name for part in KEPT)}
+    return carry_trained_state(twin, editor.model).eval()
+
+
+def carry_trained_state(twin: torch.nn.Module, trained: torch.nn.Module) -> torch.nn.Module:
+    """`twin` (a fresh adapter of `trained`'s configuration) with `trained`'s step sizes, LiME masks and centring
+    statistics (`KEPT`) and its own, initial, editor networks."""
+    kept = {name: value for name, value in trained.state_dict().items() if any(part in name for part in KEPT)}
     state = twin.state_dict()
     if not kept or set(kept) - set(state):
         raise ValueError(f"Could not carry the trained step sizes over: {sorted(set(kept) - set(state))[:5]}.")
-    twin.load_state_dict({**state, **kept})  # the twin's own initial networks, the trained rest
-    return twin.eval()
+    twin.load_state_dict({**state, **kept})
+    return twin
 
 
 def ft_twin(editor: LimeEditor, base_path: str) -> torch.nn.Module:

@@ -7,7 +7,10 @@ its seed, so runs pair. A configuration is `<editor>-<training>-<mask>`:
   trained) and the fine-tuning baselines `ft_reference` (RMSprop 5e-6, up to 100 steps, stop
   when the target is right: the LiME reference code's FT), `ft_tuned` (Adam, the step size and step count found by
   the search in docs/results.md) and `ft_loc` (`ft_tuned` plus the locality term on retain inputs);
-- training `all` (all → all episodes), `monolingual` (en → en) or `untrained` (FT);
+- training `all` (all → all episodes), `monolingual` (en → en), `untrained` (FT) or `twin` (the control of what
+  training the networks bought: MEND's networks at their initial weights, as the `all` run of the same mask and seed
+  started, with that run's trained step sizes, masks and centring statistics; `mend-twin-language` pairs with
+  `mend-all-language`);
 - mask `off`, `language` (LiME: one mask row per language) or `shared` (one row for every language: the control).
 
 Each run writes `<runs_dir>/<dataset>-<config>-seed<seed>.json` (small, committed: dataset, editor, training, mask,
@@ -47,6 +50,7 @@ so a later reading needs no retraining.
 from __future__ import annotations
 
 import argparse
+import copy
 import gzip
 import json
 import logging
@@ -96,6 +100,7 @@ CHOSEN_ON = {  # the split each choice behind a run's figures was made on (writt
     "c_edit 0.1 was tried after a test run (docs/results.md)",
     "evaluation sizes and readings": "fixed before the run",
 }
+TRAININGS = ("all", "monolingual", "untrained", "twin")
 DEFAULT_CONFIGS = [
     *(f"mend-{t}-{m}" for t in ("monolingual", "all") for m in ("off", "language", "shared")),
     *(f"{ke}-{t}-{m}" for ke in ("ke", "ke_ref") for t in ("monolingual", "all") for m in ("off", "language")),
@@ -242,8 +247,10 @@ def parse_config(name: str) -> dict:
             f"got {name!r}."
         )
     editor, training, mask = parts
-    if editor not in ("mend", "ke", "ke_ref", *FT_SETTINGS) or training not in ("all", "monolingual", "untrained"):
-        raise ValueError(f"Unknown configuration {name!r}: <mend|ke|ke_ref|ft_*>-<all|monolingual|untrained>-<mask>.")
+    if editor not in ("mend", "ke", "ke_ref", *FT_SETTINGS) or training not in TRAININGS:
+        raise ValueError(f"Unknown configuration {name!r}: <mend|ke|ke_ref|ft_*>-<{'|'.join(TRAININGS)}>-<mask>.")
+    if training == "twin" and editor in FT_SETTINGS:
+        raise ValueError(f"{name!r}: a fine-tuning baseline has no networks to leave untrained (twin is for editors).")
     if mask not in ("off", "language", "shared"):
         raise ValueError(f"Unknown mask {mask!r} in {name!r}: off, language or shared.")
     return {"editor": editor, "training": training, "mask": mask}
@@ -306,7 +313,10 @@ def run_one(run: dict, task: dict, args) -> tuple[dict, dict]:
     base = task["auto"].from_pretrained(task["folder"], attn_implementation="eager")
     trained = trained_editor(run, args)
     episodes = best = None
-    if trained is not None:  # the same editor as the target-protocol run, read with another locality protocol
+    if run["training"] == "twin":
+        model, best = untrained_twin_of(run, base, task, args)
+        episodes = 0
+    elif trained is not None:  # the same editor as the target-protocol run, read with another locality protocol
         model = PeftModel.from_pretrained(base, str(trained["path"]))
         episodes, best = trained["episodes"], str(trained["path"])
     else:
@@ -360,9 +370,29 @@ def evaluation_options(run: dict, task: dict, args) -> dict:
     return {**options, **strict}
 
 
+def untrained_twin_of(run: dict, base, task: dict, args) -> tuple[torch.nn.Module, str]:
+    """`twin`: a fresh adapter (seeded as the `all` run's, so its networks are the ones that run started from) with
+    the trained step sizes, masks and centring statistics of that run's best checkpoint; and that checkpoint."""
+    from demo_controls import carry_trained_state
+
+    source_id = run["id"].replace(f"-twin-{run['mask']}-", f"-all-{run['mask']}-", 1)
+    summary_path = Path(args.runs_dir) / f"{source_id}.json"
+    if not summary_path.exists():
+        raise FileNotFoundError(f"{run['id']} is the control of {source_id}: run that first (no {summary_path}).")
+    path = Path(json.loads(summary_path.read_text())["editor_dir"])
+    if not (path / "adapter_config.json").exists():
+        raise FileNotFoundError(f"{source_id}'s editor is not at {path} (it stays under --output_dir after its run).")
+    with torch.random.fork_rng():  # loading draws random numbers: the twin draws its networks as the `all` run did
+        trained = PeftModel.from_pretrained(task["auto"].from_pretrained(task["folder"], attn_implementation="eager"),
+                                            str(path))  # fmt: skip
+    twin = get_peft_model(base, copy.deepcopy(trained.peft_config["default"]))
+    logger.info("%s: the untrained networks of %s with its trained step sizes (%s)", run["id"], source_id, path)
+    return carry_trained_state(twin, trained), str(path)
+
+
 def trained_editor(run: dict, args) -> dict | None:
     """The best checkpoint of the target-protocol run of the same configuration, for a `-seqloc` run (or None)."""
-    if run["locality"] == "target" or run["training"] == "untrained":
+    if run["locality"] == "target" or run["training"] in ("untrained", "twin"):
         return None
     base_id = run["id"].removesuffix(SEQUENCE_SUFFIX)
     summary_path = Path(args.runs_dir) / f"{base_id}.json"

@@ -10,6 +10,7 @@ import json
 import sys
 
 import pytest
+import torch
 from conftest import REPO_ROOT
 
 from hf_lime.metrics import compute_xl_edit_metrics
@@ -156,6 +157,47 @@ def test_configurations_parse_and_build_their_adapters(reproduce):
         reproduce.parse_config("rome-all-off")
     with pytest.raises(ValueError, match="<editor>-<training>-<mask>"):
         reproduce.parse_config("ft_reference")  # the editor alone: a clear error, not a failed unpacking
+
+
+def test_the_untrained_twin_has_the_trained_step_sizes_and_the_networks_the_training_started_from(reproduce, tmp_path):
+    from types import SimpleNamespace
+
+    from peft import get_peft_model
+    from transformers import BertConfig, BertForMaskedLM
+
+    from hf_lime import LimeConfig
+
+    BertForMaskedLM(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                               intermediate_size=32)).save_pretrained(tmp_path / "base")  # fmt: skip
+    task = {"auto": BertForMaskedLM, "folder": str(tmp_path / "base")}
+    config = LimeConfig(languages=["en", "fr"], editor="mend", use_lime_mask=True, mend_center=True)
+    trained = get_peft_model(BertForMaskedLM.from_pretrained(task["folder"]), config)
+    with torch.no_grad():
+        for parameter in trained.parameters():
+            parameter.add_(1.0)  # "training" moved every parameter
+    trained.save_pretrained(tmp_path / "checkpoint-100")
+    args = SimpleNamespace(runs_dir=str(tmp_path / "runs"))
+    run = {"id": "mlama-mend-twin-language-seed0-strict", "mask": "language", **reproduce.parse_config(
+        "mend-twin-language")}  # fmt: skip
+    with pytest.raises(FileNotFoundError, match="control of mlama-mend-all-language-seed0-strict: run that first"):
+        reproduce.untrained_twin_of(run, BertForMaskedLM.from_pretrained(task["folder"]), task, args)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "mlama-mend-all-language-seed0-strict.json").write_text(
+        json.dumps({"editor_dir": str(tmp_path / "checkpoint-100")})
+    )
+    torch.manual_seed(7)
+    twin, source = reproduce.untrained_twin_of(run, BertForMaskedLM.from_pretrained(task["folder"]), task, args)
+    torch.manual_seed(7)
+    fresh = get_peft_model(BertForMaskedLM.from_pretrained(task["folder"]), config).state_dict()
+    assert source == str(tmp_path / "checkpoint-100")
+    kept = [name for name in fresh if any(part in name for part in ("edit_lrs", "lime_masks", "x_mean"))]
+    networks = [name for name in fresh if "lime_editor" in name and name not in kept]
+    assert kept and networks
+    state, trained_state = twin.state_dict(), trained.state_dict()
+    assert all(torch.equal(state[name], trained_state[name]) for name in kept)
+    assert all(torch.equal(state[name], fresh[name]) for name in networks)
+    with pytest.raises(ValueError, match="no networks to leave untrained"):
+        reproduce.parse_config("ft_tuned-twin-off")
 
 
 def test_an_interrupted_training_resumes_from_its_last_checkpoint(reproduce, tmp_path):
