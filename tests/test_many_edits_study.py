@@ -145,3 +145,41 @@ def test_a_strong_edit_reads_as_reliable_and_held(study, tmp_path):
     assert rows[0]["reliability"] == rows[0]["held"] == 1.0
     assert all(row["reliability"] == row["held"] and row["edit_language"] == "fr" for row in rows)
     assert all(torch.equal(before[k], v) for k, v in editor.model.state_dict().items())  # every edit reverted
+
+
+@pytest.fixture(scope="module")
+def multi_answer(study):
+    spec = importlib.util.spec_from_file_location("multi_answer", REPO_ROOT / "benchmarks" / "multi_answer.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    yield module
+
+
+def test_answers_given_in_every_language_are_read_apart_from_transfer(multi_answer, tmp_path):
+    """benchmarks/multi_answer.py end to end: a fine-tuning edit strong enough to hold makes every row it is given
+    hold: the fact edited in every language at once holds in its editing language and far more in the others than the
+    usual edit transfers (`given_answer`, never `transfer`), paired against it on the same facts."""
+    tok, items = tokenizer(), fact_items()
+    base = pretrained_fact_model(tok, items, steps=60)
+    base.save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    strong = LimeConfig(languages=LANGUAGES, editor="ft", use_lime_mask=False, ft_optimizer="adam", ft_lr=0.02,
+                        ft_steps=100, ft_early_stop=False)  # fmt: skip
+    editor = LimeEditor.from_base_model(base, strong, tok)
+    editor.save_pretrained(tmp_path / "editor", base_model_name_or_path=str(tmp_path / "base"))
+    (tmp_path / "items.json").write_text(json.dumps(items))
+    out = tmp_path / "multi.json"
+    report = multi_answer.main(["--editor", str(tmp_path / "editor"), "--dataset", "items", "--items",
+                                str(tmp_path / "items.json"), "--n_facts", "3", "--edit_languages", "fr",
+                                "--n_locality", "4", "--bootstrap", "50", "--json", str(out)])  # fmt: skip
+    assert json.loads(out.read_text()) == report and report["n_edits"] == 3
+    editing, every_prompt = report["variants"]["editing"], report["variants"]["every_prompt"]
+    assert set(editing) >= {"reliability", "transfer", "locality_same_relation"} and "given_answer" not in editing
+    assert "transfer" not in every_prompt and every_prompt["reliability"] == 1.0
+    assert every_prompt["given_answer"] > editing["transfer"] + 0.5
+    difference = every_prompt["given_answer"] - editing["transfer"]  # paired over the same facts
+    assert every_prompt["given_answer_minus_editing"] == pytest.approx(difference)
+    assert 0.0 <= report["variants"]["every"]["given_answer"] <= 1.0
+    assert len(every_prompt["given_answer_ci"]) == 2
+    with pytest.raises(SystemExit):
+        multi_answer.parse_args(["--variants", "every"])  # nothing to pair against
