@@ -98,6 +98,19 @@ def parse_args() -> argparse.Namespace:
         "and object names, what users have), or a language code such as 'en' (that language's names in every "
         "template, so the answer is the same string everywhere; its own fact model).",
     )
+    parser.add_argument(
+        "--layers_to_transform",
+        type=int,
+        nargs="+",
+        default=None,
+        help="Blocks the editor edits (LimeConfig.layers_to_transform; default: the top three).",
+    )
+    parser.add_argument(
+        "--eval_split",
+        choices=["test", "validation"],
+        default="test",
+        help="The held-out facts read: 'validation' to choose between recipes, 'test' once for the chosen one.",
+    )
     parser.add_argument("--n_neighbours", type=int, default=5, help="Same-relation facts scored per edit.")
     parser.add_argument("--n_retain", type=int, default=3, help="Facts of other relations scored per edit.")
     args = parser.parse_args()
@@ -197,12 +210,13 @@ def evaluate(model, tokenizer, splits, languages: list[str], args):
     # every held-out fact by default: a CLDR fact has its subject, object and the relation's other objects named in
     # every language, so each test item is usable in each editing language
     every_object = candidate_table([row for split in splits.values() for row in split])
-    result = evaluate_editor(model, tokenizer, splits["test"], "masked_lm", languages=languages,
-                             n_edits=args.n_edits or len(splits["test"]), n_retain=args.n_retain,
+    held_out = splits[args.eval_split]
+    result = evaluate_editor(model, tokenizer, held_out, "masked_lm", languages=languages,
+                             n_edits=args.n_edits or len(held_out), n_retain=args.n_retain,
                              n_neighbours=args.n_neighbours, seed=args.seed, max_length=48, scoring="open",
                              extra_scorings=("candidates",), candidates=every_object, bootstrap=1000,
                              return_records=True)  # fmt: skip
-    result.settings.update(label_language=args.label_language, split="test", chosen_on=CHOSEN_ON)
+    result.settings.update(label_language=args.label_language, split=args.eval_split, chosen_on=CHOSEN_ON)
     print(format_table(result))
     ranked = result.readings["candidates"].metrics
     print(f"ranked among every object of the relation: reliability {ranked['reliability']:.3f}, "
@@ -223,7 +237,8 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(folder)
     base = AutoModelForMaskedLM.from_pretrained(folder, attn_implementation="eager")
     config = LimeConfig(languages=languages, editor="mend", mend_center=True, edit_lr_init=args.edit_lr_init,
-                        mend_compute_dtype=args.mend_compute_dtype)  # fmt: skip
+                        mend_compute_dtype=args.mend_compute_dtype,
+                        layers_to_transform=args.layers_to_transform)  # fmt: skip
     model = get_peft_model(base, config)
     trainer = train_editor(model, tokenizer, splits, languages, args)
     timings["editor_s"] = round(time.time() - start - sum(timings.values()), 1)
