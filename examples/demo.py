@@ -111,6 +111,11 @@ def parse_args() -> argparse.Namespace:
         default="test",
         help="The held-out facts read: 'validation' to choose between recipes, 'test' once for the chosen one.",
     )
+    parser.add_argument(
+        "--editor",
+        default=None,
+        help="Read this saved demo editor on --eval_split instead of training one (writes only the report).",
+    )
     parser.add_argument("--n_neighbours", type=int, default=5, help="Same-relation facts scored per edit.")
     parser.add_argument("--n_retain", type=int, default=3, help="Facts of other relations scored per edit.")
     args = parser.parse_args()
@@ -225,9 +230,21 @@ def evaluate(model, tokenizer, splits, languages: list[str], args):
     return result
 
 
+def evaluate_saved(args: argparse.Namespace) -> None:
+    """`--editor`: read a saved demo editor on `--eval_split` with the demo's evaluation; the report only."""
+    editor = LimeEditor.from_pretrained(args.editor)
+    languages = list(editor.languages)
+    args.label_language = (editor.training_info or {}).get("label_language", args.label_language)
+    splits = load_cldr_facts(languages, seed=args.seed, label_language=args.label_language)
+    editor.model.eval()
+    evaluate(editor.model, editor.tokenizer, splits, languages, args)
+
+
 def main() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.editor:
+        return evaluate_saved(args)
     start, output_dir, languages = time.time(), Path(args.output_dir), list(args.languages)
     splits = load_cldr_facts(languages, seed=args.seed, label_language=args.label_language)
     folder = prepare_model("me5-small-facts", args.model_dir, steps=args.fact_steps, seed=args.seed, dataset=splits,
