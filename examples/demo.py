@@ -106,6 +106,9 @@ def parse_args() -> argparse.Namespace:
         help="Blocks the editor edits (LimeConfig.layers_to_transform; default: the top three).",
     )
     parser.add_argument(
+        "--no_lime", action="store_true", help="MEND without LiME's language masks (the control of the masks)."
+    )
+    parser.add_argument(
         "--eval_split",
         choices=["test", "validation"],
         default="test",
@@ -255,7 +258,7 @@ def main() -> None:
     base = AutoModelForMaskedLM.from_pretrained(folder, attn_implementation="eager")
     config = LimeConfig(languages=languages, editor="mend", mend_center=True, edit_lr_init=args.edit_lr_init,
                         mend_compute_dtype=args.mend_compute_dtype,
-                        layers_to_transform=args.layers_to_transform)  # fmt: skip
+                        layers_to_transform=args.layers_to_transform, use_lime_mask=not args.no_lime)  # fmt: skip
     model = get_peft_model(base, config)
     trainer = train_editor(model, tokenizer, splits, languages, args)
     timings["editor_s"] = round(time.time() - start - sum(timings.values()), 1)
