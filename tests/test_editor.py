@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import types
+import warnings
 from pathlib import Path
 
 import pytest
@@ -242,7 +243,11 @@ def test_answers_and_prompts_given_per_language_are_one_batched_edit_of_those_ro
         ((prompts, "Lyon"), {}, (list(prompts.values()), ["Lyon", "Lyon"]), {"language": ["en", "fr"]}),
     ]  # fmt: skip
     for args, kwargs, list_args, list_kwargs in cases:
-        by_language = _edited_logits(editor, probe, *args, **kwargs)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            by_language = _edited_logits(editor, probe, *args, **kwargs)
+        competing = not isinstance(args[0], dict)  # one prompt, two different answers
+        assert any("give each language's prompt too" in str(w.message) for w in caught) == competing
         assert not torch.equal(by_language, clean)
         torch.testing.assert_close(by_language, _edited_logits(editor, probe, *list_args, **list_kwargs))
     edit = editor.edit(prompts, answers)

@@ -7,6 +7,7 @@ text or a `(premise, hypothesis)` tuple; causal LMs a prompt whose continuation 
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -213,7 +214,16 @@ def answer_rows(text: Any, target: Any, language: Any) -> tuple[list, list, Any]
             "A {language: answer} dict edits one prompt: pass one text and its editing language (a string), "
             f"got text={text!r}, language={language!r}."
         )
-    return [text] * len(target), list(target.values()), language
+    answers = list(target.values())
+    if len({repr(answer) for answer in answers}) > 1:
+        warnings.warn(
+            f"One prompt with {len(set(map(repr, answers)))} different answers ({sorted(target)}): a prompt gives one "
+            "answer, so they compete and the prompt may hold none of them. For each language to answer in its own "
+            "words, give each language's prompt too: edit({language: prompt}, {language: answer}).",
+            UserWarning,
+            stacklevel=3,
+        )
+    return [text] * len(target), answers, language
 
 
 def _check_language_dict(given: Any) -> None:
