@@ -26,7 +26,7 @@ from hf_lime.metrics import compare_xl_edit_metrics
 
 CLAIMS_FIGURE = "claims.png"  # beside summary.md
 KEYS = ("reliability", "transfer", "locality_same_relation", "locality_other", "locality", "edit_success", "hmean",
-        "language_gap")  # fmt: skip
+        "hmean_same_relation", "language_gap")  # fmt: skip
 # (claim, metric, baseline configuration, candidate configuration, the sign the claim predicts)
 CLAIMS = [
     ("(b) cross-lingual training raises transfer (MEND)", "transfer", "mend-monolingual-off", "mend-all-off", 1),
