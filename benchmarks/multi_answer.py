@@ -8,8 +8,10 @@ relations, a new object named in every language) and each editing language (`--e
 - `every`: `editor.edit(prompt, {lang: answer in lang's words for every lang}, language=e)` — one batched edit of the
   editing-language prompt with the answer as each language names it. Its other-language cells are **not transfer**
   (the answer was given): they are reported as `given_answer` and never mixed with transfer;
-- `every_prompt` (`--variants`): `editor.edit({lang: prompt in lang}, {lang: answer in lang})` — the fact edited in
-  every language at once (each row in its own language): what a user with the fact in every language gets.
+- `every_prompt`: `editor.edit({lang: prompt in lang}, {lang: answer in lang})` — the fact edited in every language
+  at once (each row in its own language): what a user with the fact in every language gets; MEND's batched edit
+  sums the rows' updates (`combine="sum"`), so one fact in six languages takes six steps;
+- `every_prompt_mean`: the same with `combine="mean"` (the rows share one step).
 
 Read strictly (argmax over the whole vocabulary at every answer token, each language's own names), with locality on
 `--n_locality` facts of the edited relations about subjects never edited (the share of languages whose answer is
@@ -41,7 +43,7 @@ from many_edits import (  # noqa: E402
     unchanged_shares,
 )
 
-VARIANTS = ("editing", "every", "every_prompt")
+VARIANTS = ("editing", "every", "every_prompt", "every_prompt_mean")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -77,7 +79,8 @@ def edit_call(variant: str, fact: EditFact, language: str, languages: Sequence[s
         return (fact.prompt(language), fact.new_labels[language]), {"language": language}
     if variant == "every":
         return (fact.prompt(language), answers), {"language": language}
-    return ({lang: fact.prompt(lang) for lang in languages}, answers), {}
+    combine = "mean" if variant == "every_prompt_mean" else "sum"
+    return ({lang: fact.prompt(lang) for lang in languages}, answers), {"combine": combine}
 
 
 def read_fact(scorer: Any, fact: EditFact, languages: Sequence[str]) -> list[bool]:

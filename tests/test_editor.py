@@ -256,6 +256,24 @@ def test_answers_and_prompts_given_per_language_are_one_batched_edit_of_those_ro
     assert torch.equal(logits(editor, probe), clean)
 
 
+def test_combine_mean_divides_mends_summed_batch_update_by_its_rows(tmp_path):
+    editor = mlm_editor(tmp_path, edit_lr_init=1e-3)
+    prompts = {"en": "The capital of France is [MASK] .", "fr": "La capitale de la France est [MASK] ."}
+    answers = {"en": "Lyon", "fr": "Marseille"}
+    with editor.edit(prompts, answers) as summed:
+        total = {name: delta.dense() for name, delta in summed.deltas.items()}
+    with editor.edit(prompts, answers, combine="mean") as mean:
+        assert set(mean.deltas) == set(total)
+        for name, delta in mean.deltas.items():
+            torch.testing.assert_close(delta.dense(), total[name] / 2)
+    with pytest.raises(ValueError, match="'sum' or 'mean'"):
+        editor.edit(prompts, answers, combine="max")
+    ft = mlm_editor(tmp_path, **FT)
+    with pytest.raises(ValueError, match="does not sum its rows"):
+        ft.edit(PROMPT, "Lyon", combine="mean")
+    assert editor.model.base_model.applied_edit_ids == [] and ft.model.base_model.applied_edit_ids == []
+
+
 @pytest.mark.parametrize(
     "text,target,language,error,match",
     [

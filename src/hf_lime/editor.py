@@ -371,6 +371,7 @@ class LimeEditor:
         target: Any,
         language: str | Sequence[str] | None = None,
         max_length: int = 128,
+        combine: str = "sum",
     ) -> Edit:
         """
         Edit the model so that `text` gives `target`, and return the applied [`Edit`] (`edit.revert()` undoes it).
@@ -389,6 +390,9 @@ class LimeEditor:
                 required when the editor has languages. Left out with a `{language: prompt}` dict (its keys are the
                 rows' languages).
             max_length (`int`, *optional*, defaults to `128`): Maximum tokens per text.
+            combine (`str`, *optional*, defaults to `"sum"`): MEND: `"sum"` joins the rows as MEND's batched edit
+                does (each row a full step, as for different facts), `"mean"` divides that update by the number of
+                rows (one step shared by rows stating one fact); see [`~LimeModel.edit`].
 
         Returns:
             [`Edit`]: the applied edit (one batched edit of every row: one revert undoes them all).
@@ -407,7 +411,7 @@ class LimeEditor:
         examples = [self._encode(t, y, max_length) for t, y in zip(texts, targets, strict=True)]
         batch = {key: value.to(self.device) for key, value in pad_batch(self.tokenizer, examples).items()}
         rows = language if language is None or isinstance(language, str) else list(language)
-        return self.model.base_model.edit(batch, language=rows)
+        return self.model.base_model.edit(batch, language=rows, combine=combine)
 
     def edit_many(
         self,

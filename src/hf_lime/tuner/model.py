@@ -253,7 +253,14 @@ class LimeModel(BaseTuner):
         languages, lang_ids = resolve_language_ids(language, self.languages, batch["input_ids"].shape[0])
         return batch, languages, lang_ids
 
-    def edit(self, inputs: Any, language: str | Sequence[str] | None = None, retain_inputs: Any = None) -> Edit:
+    def edit(
+        self,
+        inputs: Any,
+        language: str | Sequence[str] | None = None,
+        retain_inputs: Any = None,
+        *,
+        combine: str = "sum",
+    ) -> Edit:
         """
         Compute an edit and apply it.
 
@@ -265,6 +272,11 @@ class LimeModel(BaseTuner):
             retain_inputs (`Mapping[str, torch.Tensor]`, *optional*): Unrelated inputs whose outputs the edit
                 should keep. Used by the locality-constrained fine-tuning editor (`editor="ft"`,
                 `ft_loc_coef > 0`); the other editors ignore it.
+            combine (`str`, *optional*, defaults to `"sum"`): How MEND joins the rows of a batch: `"sum"` (MEND's
+                batched edit: every row's normalised factors in one update, as for several facts at once) or
+                `"mean"` (that update divided by the number of rows: one step shared by rows that state one fact,
+                e.g. the same fact in several languages). `"mean"` is for MEND only: KnowledgeEditor already averages
+                its rows' shifts and fine-tuning fits all rows at once.
 
         Returns:
             [`Edit`]: the applied edit; `edit.revert()` restores the model bit for bit.
@@ -272,20 +284,41 @@ class LimeModel(BaseTuner):
         The editor runs in evaluation mode here (deterministic gates, frozen statistics) whatever `model.training`
         says; training uses [`~LimeModel.compute_edit`].
         """
-        return self._apply_checked(self.prepare_edit(inputs, language, retain_inputs), inputs)
+        return self._apply_checked(self.prepare_edit(inputs, language, retain_inputs, combine=combine), inputs)
 
     def prepare_edit(
-        self, inputs: Any, language: str | Sequence[str] | None = None, retain_inputs: Any = None
+        self,
+        inputs: Any,
+        language: str | Sequence[str] | None = None,
+        retain_inputs: Any = None,
+        *,
+        combine: str = "sum",
     ) -> Edit:
         """
         Compute an edit on the model as it is now, without applying it: the returned [`Edit`] is `"created"` and
         `edit.apply()` applies it. Arguments as in [`~LimeModel.edit`], which is `prepare_edit` + `apply` + a check
         that the edited outputs are finite.
         """
+        rows = self._combine_rows(combine, inputs)
         with torch.no_grad(), self._editor_eval_mode():
             output = self.compute_edit(inputs, language, retain_inputs)
         deltas = _checked_deltas(output.deltas)
+        if rows > 1:
+            deltas = {name: LayerDelta(delta.B / rows, delta.A) for name, delta in deltas.items()}
         return Edit(deltas, self.lime_layers, output.info, self._base_model_name())
+
+    def _combine_rows(self, combine: str, inputs: Any) -> int:
+        """The divisor of `combine`: 1 for `"sum"`, the batch's rows for `"mean"`; a clear error otherwise."""
+        if combine not in ("sum", "mean"):
+            raise ValueError(f"`combine` must be 'sum' or 'mean', got {combine!r}.")
+        if combine == "sum":
+            return 1
+        if self.lime_config.editor != "mend":
+            raise ValueError(
+                f"combine='mean' divides MEND's summed batch update by its rows; the {self.lime_config.editor!r} "
+                "editor does not sum its rows (KnowledgeEditor averages them, fine-tuning fits them together)."
+            )
+        return int(validate_edit_batch(inputs)["input_ids"].shape[0])
 
     def edit_many(
         self,
