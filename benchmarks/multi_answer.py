@@ -5,13 +5,14 @@ For each of the first `--n_facts` facts of `benchmarks/many_edits.py`'s edit poo
 relations, a new object named in every language) and each editing language (`--edit_languages`, default: all):
 
 - `editing`: `editor.edit(prompt, answer, language=e)` — the usual edit; its other-language cells are *transfer*;
-- `every`: `editor.edit(prompt, {lang: answer in lang's words for every lang}, language=e)` — one batched edit of the
-  editing-language prompt with the answer as each language names it. Its other-language cells are **not transfer**
+- `every`: `editor.edit(prompt, {lang: answer in lang's words for every lang}, language=e, combine="sum")` — one
+  batched edit of the editing-language prompt with the answer as each language names it. Its other-language cells are **not transfer**
   (the answer was given): they are reported as `given_answer` and never mixed with transfer;
-- `every_prompt`: `editor.edit({lang: prompt in lang}, {lang: answer in lang})` — the fact edited in every language
+- `every_prompt`: `editor.edit({lang: prompt in lang}, {lang: answer in lang}, combine="sum")` — the fact edited in every language
   at once (each row in its own language): what a user with the fact in every language gets; MEND's batched edit
   sums the rows' updates (`combine="sum"`), so one fact in six languages takes six steps;
-- `every_prompt_mean`: the same with `combine="mean"` (the rows share one step).
+- `every_prompt_mean`: the same with `combine="mean"` (the rows share one step: `LimeEditor.edit`'s default for a
+  MEND edit given per language, chosen on this reading).
 
 Read strictly (argmax over the whole vocabulary at every answer token, each language's own names), with locality on
 `--n_locality` facts of the edited relations about subjects never edited (the share of languages whose answer is
@@ -78,7 +79,7 @@ def edit_call(variant: str, fact: EditFact, language: str, languages: Sequence[s
     if variant == "editing":
         return (fact.prompt(language), fact.new_labels[language]), {"language": language}
     if variant == "every":
-        return (fact.prompt(language), answers), {"language": language}
+        return (fact.prompt(language), answers), {"language": language, "combine": "sum"}
     combine = "mean" if variant == "every_prompt_mean" else "sum"
     return ({lang: fact.prompt(lang) for lang in languages}, answers), {"combine": combine}
 

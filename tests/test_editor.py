@@ -236,11 +236,14 @@ def test_answers_and_prompts_given_per_language_are_one_batched_edit_of_those_ro
     answers = {"en": "Lyon", "fr": "Marseille"}
     probe = text_batch(editor.tokenizer)
     clean = logits(editor, probe)
+    mean = {"combine": "mean"}  # one fact given per language: MEND's rows share one step by default
     cases = [
         ((prompts["en"], answers), {"language": "en"},
-         ([prompts["en"]] * 2, ["Lyon", "Marseille"]), {"language": "en"}),
-        ((prompts, answers), {}, (list(prompts.values()), ["Lyon", "Marseille"]), {"language": ["en", "fr"]}),
-        ((prompts, "Lyon"), {}, (list(prompts.values()), ["Lyon", "Lyon"]), {"language": ["en", "fr"]}),
+         ([prompts["en"]] * 2, ["Lyon", "Marseille"]), {"language": "en", **mean}),
+        ((prompts, answers), {}, (list(prompts.values()), ["Lyon", "Marseille"]), {"language": ["en", "fr"], **mean}),
+        ((prompts, "Lyon"), {}, (list(prompts.values()), ["Lyon", "Lyon"]), {"language": ["en", "fr"], **mean}),
+        ((prompts, answers), {"combine": "sum"}, (list(prompts.values()), ["Lyon", "Marseille"]),
+         {"language": ["en", "fr"]}),
     ]  # fmt: skip
     for args, kwargs, list_args, list_kwargs in cases:
         with warnings.catch_warnings(record=True) as caught:
@@ -260,11 +263,14 @@ def test_combine_mean_divides_mends_summed_batch_update_by_its_rows(tmp_path):
     editor = mlm_editor(tmp_path, edit_lr_init=1e-3)
     prompts = {"en": "The capital of France is [MASK] .", "fr": "La capitale de la France est [MASK] ."}
     answers = {"en": "Lyon", "fr": "Marseille"}
-    with editor.edit(prompts, answers) as summed:
+    with editor.edit(prompts, answers, combine="sum") as summed:
         total = {name: delta.dense() for name, delta in summed.deltas.items()}
     with editor.edit(prompts, answers, combine="mean") as mean:
         assert set(mean.deltas) == set(total)
         for name, delta in mean.deltas.items():
+            torch.testing.assert_close(delta.dense(), total[name] / 2)
+    with editor.edit(prompts, answers) as default:  # one fact per language: the rows share one step
+        for name, delta in default.deltas.items():
             torch.testing.assert_close(delta.dense(), total[name] / 2)
     with pytest.raises(ValueError, match="'sum' or 'mean'"):
         editor.edit(prompts, answers, combine="max")
