@@ -6,11 +6,11 @@ relations, a new object named in every language) and each editing language (`--e
 
 - `editing`: `editor.edit(prompt, answer, language=e)` — the usual edit; its other-language cells are *transfer*;
 - `every`: `editor.edit(prompt, {lang: answer in lang's words for every lang}, language=e, combine="sum")` — one
-  batched edit of the editing-language prompt with the answer as each language names it. Its other-language cells are **not transfer**
-  (the answer was given): they are reported as `given_answer` and never mixed with transfer;
-- `every_prompt`: `editor.edit({lang: prompt in lang}, {lang: answer in lang}, combine="sum")` — the fact edited in every language
-  at once (each row in its own language): what a user with the fact in every language gets; MEND's batched edit
-  sums the rows' updates (`combine="sum"`), so one fact in six languages takes six steps;
+  batched edit of the editing-language prompt with the answer as each language names it. Its other-language cells
+  are **not transfer** (the answer was given): they are reported as `given_answer` and never mixed with transfer;
+- `every_prompt`: `editor.edit({lang: prompt in lang}, {lang: answer in lang}, combine="sum")` — the fact edited in
+  every language at once (each row in its own language): what a user with the fact in every language gets; MEND's
+  batched edit sums the rows' updates, so one fact in six languages takes six steps;
 - `every_prompt_mean`: the same with `combine="mean"` (the rows share one step: `LimeEditor.edit`'s default for a
   MEND edit given per language, chosen on this reading).
 
