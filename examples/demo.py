@@ -187,6 +187,15 @@ def show_text_edit(output_dir: Path, languages: list[str], seed: int, label_lang
         after = {lang: open_answer(editor, prompts[lang], new[lang]) for lang in languages}
     print(f"\nText-level edit, made in English only: {prompts['en']!r} -> {new['en']!r}")
     print("(answers: the argmax over the whole vocabulary at the answer's positions; 'holds': every token right)")
+    print_edit_table(languages, prompts, gold, new, before, after)
+    with editor.edit(prompts, new):  # the fact given in every language's words: one batched edit, one shared step
+        given = {lang: open_answer(editor, prompts[lang], new[lang]) for lang in languages}
+    print("\nThe same fact given in every language's own words (editor.edit({lang: prompt}, {lang: answer})); not")
+    print("transfer: each language was given its answer")
+    print_edit_table(languages, prompts, gold, new, before, given)
+
+
+def print_edit_table(languages, prompts, gold, new, before, after) -> None:
     rows = [["lang", "prompt", "gold", "new target", "before", "after", "holds"]]
     for lang in languages:
         answer, holds = after[lang]
