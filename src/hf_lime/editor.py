@@ -403,8 +403,6 @@ class LimeEditor:
         in the other languages is given the answer, so it is never counted as *transfer*):
 
         ```py
-        >>> editor.edit("The capital of Ethiopia is [MASK].", {"en": "Addis Ababa", "fr": "Addis-Abeba"},
-        ...             language="en")  # doctest: +SKIP
         >>> editor.edit({"en": "The capital of Ethiopia is [MASK].", "fr": "La capitale de l'Éthiopie est [MASK]."},
         ...             {"en": "Addis Ababa", "fr": "Addis-Abeba"})  # doctest: +SKIP
         ```
