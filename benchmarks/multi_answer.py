@@ -155,7 +155,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     scorer = TargetScorer(editor.model, editor.tokenizer, "masked_lm", None, args.max_length, args.read_batch_size)
     base = scorer.predict(gold_queries(facts.same_relation, languages))
     per_variant, seconds = {}, {}
-    for variant in args.variants:
+    variants = [v for v in args.variants if v != "every_prompt_mean" or editor.config.editor == "mend"]
+    if variants != args.variants:
+        print(f"every_prompt_mean skipped: combine='mean' is for MEND, this editor is {editor.config.editor!r}")
+    for variant in variants:
         start = time.time()
         per_variant[variant] = run_variant(editor, scorer, chosen, facts.same_relation, base, variant,
                                            edit_languages, languages)  # fmt: skip

@@ -180,6 +180,7 @@ def test_answers_given_in_every_language_are_read_apart_from_transfer(multi_answ
     difference = every_prompt["given_answer"] - editing["transfer"]  # paired over the same facts
     assert every_prompt["given_answer_minus_editing"] == pytest.approx(difference)
     assert 0.0 <= report["variants"]["every"]["given_answer"] <= 1.0
+    assert "every_prompt_mean" not in report["variants"]  # combine="mean" is for MEND: skipped for fine-tuning
     assert len(every_prompt["given_answer_ci"]) == 2
     with pytest.raises(SystemExit):
         multi_answer.parse_args(["--variants", "every"])  # nothing to pair against
