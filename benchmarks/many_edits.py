@@ -94,6 +94,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS)
     parser.add_argument("--edit_language", default=None, help="The language of `one` (default: the first).")
     parser.add_argument("--batch_size", type=int, default=None, help="edit_many's batch_size (bounds memory).")
+    parser.add_argument(
+        "--combine",
+        default="sum",
+        choices=["sum", "mean"],
+        help="edit_many's combine (batch mode, MEND): 'mean' "
+        "applies the mean of the requests' updates (name the editor apart, e.g. lime_mean=FOLDER).",
+    )
     parser.add_argument("--n_locality", type=int, default=200, help="Facts per locality part at most.")
     parser.add_argument("--locality_share", type=float, default=0.25, help="Subjects kept for locality at most.")
     parser.add_argument("--bootstrap", type=int, default=1000)
@@ -374,7 +381,9 @@ def run_one(editor: Any, scorer: Any, facts: StudyFacts, base: dict, plan: RunPl
     langs = edit_languages(plan.n, plan.setting, languages, args.edit_language)
     requests = [(fact.prompt(lang), fact.new_labels[lang], lang) for fact, lang in zip(chosen, langs, strict=True)]
     start = time.perf_counter()
-    group = editor.edit_many(requests, mode=plan.mode, batch_size=args.batch_size, max_length=args.max_length)
+    combine = args.combine if plan.mode == "batch" else "sum"
+    group = editor.edit_many(requests, mode=plan.mode, batch_size=args.batch_size, max_length=args.max_length,
+                             combine=combine)  # fmt: skip
     edit_seconds = time.perf_counter() - start
     try:
         row = edit_metrics(scorer, chosen, langs, languages, args.bootstrap, args.seed)
@@ -395,7 +404,8 @@ def describe(spec: EditorSpec, editor: Any, plan: RunPlan, args: argparse.Namesp
         "use_lime_mask": bool(config.use_lime_mask), "trained_edit_batch_size": editor.trained_edit_batch_size,
         "ft_settings": FT_TUNED if spec.folder is None else None, "mode": plan.mode, "n": plan.n,
         "setting": plan.setting, "edit_language": args.edit_language if plan.setting == "one" else "mix",
-        "batch_size": args.batch_size, "dataset": args.dataset, "split": args.split,
+        "batch_size": args.batch_size, "combine": args.combine if plan.mode == "batch" else "sum",
+        "dataset": args.dataset, "split": args.split,
         "languages": list(editor.languages), "edit_relations": facts.edit_relations,
         "locality_relations": facts.locality_relations, "n_locality_same_relation": len(facts.same_relation),
         "n_locality_other": len(facts.other), "reading": "strict (argmax over the vocabulary, every answer token)",

@@ -92,6 +92,26 @@ def test_a_mend_batch_is_the_sum_of_the_requests_edited_alone():
     chunked.revert()
 
 
+def test_combine_mean_applies_the_mean_of_the_requests_updates_chunked_or_not():
+    editor = mend_editor()
+    before = weights(editor)
+    summed = editor.edit_many(REQUESTS)
+    expected = {key: total / len(REQUESTS) for key, total in dense(summed.edits).items()}
+    summed.revert()
+    for batch_size in (None, 3):  # every chunk divided by all four requests, not by its own rows
+        group = editor.edit_many(REQUESTS, batch_size=batch_size, combine="mean")
+        for key, total in dense(group.edits).items():
+            torch.testing.assert_close(total, expected[key], rtol=1e-4, atol=1e-6)
+        group.revert()
+    with pytest.raises(ValueError, match="use it with mode='batch'"):
+        editor.edit_many(REQUESTS, mode="sequential", combine="mean")
+    with pytest.raises(ValueError, match="'sum' or 'mean'"):
+        editor.edit_many(REQUESTS, combine="median")
+    with pytest.raises(ValueError, match="does not sum its rows"):
+        mlm_editor(**{**FT, "languages": LANGS}).edit_many(REQUESTS[:1], combine="mean")
+    assert unchanged(editor, before)
+
+
 def test_a_sequence_computes_each_edit_on_the_model_holding_the_previous_ones():
     editor = mend_editor()
     group = editor.edit_many(REQUESTS[:3], mode="sequential")

@@ -422,6 +422,7 @@ class LimeEditor:
         mode: str = "batch",
         batch_size: int | None = None,
         max_length: int = 128,
+        combine: str = "sum",
     ) -> EditGroup:
         """
         Apply several edits at once and return them as one [`~hf_lime.tuner.edit_group.EditGroup`]: it reverts them
@@ -438,6 +439,8 @@ class LimeEditor:
                 call (to bound memory); every chunk is computed on the model as it was before the call, then all are
                 applied. `None`: all requests in one call.
             max_length (`int`, *optional*, defaults to `128`): Maximum tokens per prompt.
+            combine (`str`, *optional*, defaults to `"sum"`): `"batch"` mode, MEND: `"mean"` applies the mean of the
+                requests' updates instead of their sum (every chunk divided by the number of requests).
 
         Warns (once per editor) when `mode="batch"` makes more edits than the editor made at once in training
         ([`~LimeEditor.trained_edit_batch_size`], from `training_info`; train with `n_edit` for larger batches).
@@ -468,7 +471,7 @@ class LimeEditor:
         starts = range(0, len(parsed), size)
         batches = [self._padded(examples[i : i + size]) for i in starts]
         languages = [self._row_languages(parsed[i : i + size]) for i in starts]
-        group = self.model.base_model.edit_many(batches, languages, mode=mode)
+        group = self.model.base_model.edit_many(batches, languages, mode=mode, combine=combine)
         group.held = self._held(examples)
         return group
 

@@ -325,6 +325,7 @@ class LimeModel(BaseTuner):
         batches: Sequence[Any],
         languages: Sequence[str | Sequence[str] | None] | None = None,
         mode: str = "batch",
+        combine: str = "sum",
     ) -> EditGroup:
         """
         Apply several edits, one editor call per batch, and return them as one [`EditGroup`].
@@ -336,6 +337,9 @@ class LimeModel(BaseTuner):
             mode (`str`, *optional*, defaults to `"batch"`): `"batch"`: every batch's edit is computed on the model
                 as it is now, then all are applied (the edits do not see each other). `"sequential"`: each batch's
                 edit is computed on the model already holding the previous ones.
+            combine (`str`, *optional*, defaults to `"sum"`): `"batch"` mode, MEND: `"mean"` divides every batch's
+                update by the total number of rows, so the applied edits are the mean of the rows' updates rather
+                than their sum (see [`~LimeModel.edit`]).
 
         Returns:
             [`EditGroup`]: the applied edits (`group.revert()` restores the model bit for bit).
@@ -347,10 +351,14 @@ class LimeModel(BaseTuner):
         if mode not in EDIT_MODES:
             raise ValueError(f"`mode` must be one of {list(EDIT_MODES)}, got {mode!r}.")
         pairs = self._checked_batches(batches, languages)
+        total = sum(self._combine_rows(combine, batch) for batch, _ in pairs) if combine == "mean" else 1
+        self._combine_rows(combine, pairs[0][0])  # a bad value or editor, before anything is computed
+        if combine == "mean" and mode != "batch":
+            raise ValueError("combine='mean' joins the rows of one batched edit: use it with mode='batch'.")
         edits: list[Edit] = []
         try:
             if mode == "batch":
-                edits.extend(self.prepare_edit(batch, language) for batch, language in pairs)
+                edits.extend(_divided(self.prepare_edit(batch, language), total) for batch, language in pairs)
                 for edit, (batch, _) in zip(edits, pairs, strict=True):
                     self._apply_checked(edit, batch)
             else:
@@ -534,3 +542,10 @@ def _block_regex(suffixes: list[str], layers: list[int] | int | None) -> str:
     else:
         index = "|".join(str(i) for i in ([layers] if isinstance(layers, int) else layers))
     return rf".*\.({index})\.({'|'.join(re.escape(s) for s in suffixes)})"
+
+
+def _divided(edit: Edit, divisor: int) -> Edit:
+    """`edit` (computed, not applied) with its update divided by `divisor`."""
+    if divisor > 1:
+        edit.deltas = {name: LayerDelta(delta.B / divisor, delta.A) for name, delta in edit.deltas.items()}
+    return edit
