@@ -302,10 +302,8 @@ class LimeModel(BaseTuner):
         rows = self._combine_rows(combine, inputs)
         with torch.no_grad(), self._editor_eval_mode():
             output = self.compute_edit(inputs, language, retain_inputs)
-        deltas = _checked_deltas(output.deltas)
-        if rows > 1:
-            deltas = {name: LayerDelta(delta.B / rows, delta.A) for name, delta in deltas.items()}
-        return Edit(deltas, self.lime_layers, output.info, self._base_model_name())
+        edit = Edit(_checked_deltas(output.deltas), self.lime_layers, output.info, self._base_model_name())
+        return _divided(edit, rows)
 
     def _combine_rows(self, combine: str, inputs: Any) -> int:
         """The divisor of `combine`: 1 for `"sum"`, the batch's rows for `"mean"`; a clear error otherwise."""
@@ -351,8 +349,8 @@ class LimeModel(BaseTuner):
         if mode not in EDIT_MODES:
             raise ValueError(f"`mode` must be one of {list(EDIT_MODES)}, got {mode!r}.")
         pairs = self._checked_batches(batches, languages)
-        total = sum(self._combine_rows(combine, batch) for batch, _ in pairs) if combine == "mean" else 1
-        self._combine_rows(combine, pairs[0][0])  # a bad value or editor, before anything is computed
+        rows = [self._combine_rows(combine, batch) for batch, _ in pairs]  # a bad value or editor: before any edit
+        total = sum(rows) if combine == "mean" else 1
         if combine == "mean" and mode != "batch":
             raise ValueError("combine='mean' joins the rows of one batched edit: use it with mode='batch'.")
         edits: list[Edit] = []
