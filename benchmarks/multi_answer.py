@@ -45,6 +45,7 @@ from many_edits import (  # noqa: E402
 )
 
 VARIANTS = ("editing", "every", "every_prompt", "every_prompt_mean")
+ONE_PROMPT_VARIANTS = ("editing", "every")  # the edit depends on the editing language (its prompt)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -95,11 +96,15 @@ def run_variant(editor: Any, scorer: Any, facts: list[EditFact], locality: list,
     """Per (fact, editing language): the editing language's cell, the other languages' mean, locality."""
     own, others, kept = [], [], []
     for fact in facts:
+        readings: dict[str | None, tuple] = {}  # the prompt-dict variants make one edit whatever the editing language
         for language in edit_languages:
-            args, kwargs = edit_call(variant, fact, language, languages)
-            with editor.edit(*args, **kwargs):
-                hits = read_fact(scorer, fact, languages)
-                after = scorer.predict(gold_queries(locality, languages))
+            key = language if variant in ONE_PROMPT_VARIANTS else None
+            if key not in readings:
+                args, kwargs = edit_call(variant, fact, language, languages)
+                with editor.edit(*args, **kwargs):
+                    after = scorer.predict(gold_queries(locality, languages))
+                    readings[key] = read_fact(scorer, fact, languages), after
+            hits, after = readings[key]
             own.append(float(hits[languages.index(language)]))
             others.append(float(np.mean([h for lang, h in zip(languages, hits, strict=True) if lang != language])))
             kept.append(float(np.mean(unchanged_shares(after, base, len(languages)))))
