@@ -1,10 +1,16 @@
-"""Evaluation throughput: edits scored per second with and without the frozen-prefix cache, in one run.
+"""Evaluation throughput: edits scored per second by today's path and by the path before the speed-ups, in one run.
 
 The demo's evaluation (`examples/demo.py`: the strict reading, ranking among every CLDR object as a second reading,
 5 same-relation neighbours and 3 other facts per edit, every language) on the first `--n_edits` held-out facts per
-editing language, alternating the cached path (`evaluate_editor`'s default, `hf_lime.prefix_cache`) and the uncached
-one (`cache_bytes=0`), `--rounds` times each; both give the same records (checked). Prints the median edits per second
-of each path and their ratio; `--json` writes them.
+editing language, alternating three paths `--rounds` times each:
+
+- `uncached`: no frozen-prefix cache (`cache_bytes=0`) and every vocabulary argmax a float32 product
+  (`hf_lime.fast_argmax.plain_products`): the evaluation before either speed-up;
+- `cached`: the frozen-prefix cache (`hf_lime.prefix_cache`), float32 argmaxes;
+- `fast`: `evaluate_editor`'s default, the cache and the checked bfloat16 argmax (`hf_lime.fast_argmax`).
+
+All three give the same records (checked). Prints the median edits per second of each path and the ratios to
+`uncached`; `--json` writes them.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_evaluation.py --editor outputs/demo --n_edits 4 --rounds 3
 
@@ -19,12 +25,13 @@ import json
 import platform
 import statistics
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from demo_controls import demo_options
 
-from hf_lime import LimeEditor
+from hf_lime import LimeEditor, fast_argmax
 from hf_lime.data import load_cldr_facts
 from hf_lime.evaluation import evaluate_editor
 
@@ -59,26 +66,30 @@ def main() -> None:
     # the demo's own evaluation (its settings.json), on the first `n_edits` facts per editing language
     options = {**demo_options(Path(args.editor), languages, splits), "n_edits": args.n_edits, "progress": False}
     model = editor.model.eval()
-    times: dict[str, list[float]] = {"cached": [], "uncached": []}
+    paths = ("uncached", "cached", "fast")
+    times: dict[str, list[float]] = {path: [] for path in paths}
     records: dict[str, dict] = {}
     for round_index in range(args.rounds):
-        order = ("cached", "uncached") if round_index % 2 == 0 else ("uncached", "cached")
-        for path in order:
+        for path in paths if round_index % 2 == 0 else paths[::-1]:
+            plain = fast_argmax.plain_products() if path != "fast" else nullcontext()
             start = time.perf_counter()
-            result = evaluate_editor(model, editor.tokenizer, splits["test"], "masked_lm",
-                                     cache_bytes=0 if path == "uncached" else 1 << 30, **options)  # fmt: skip
+            with plain:
+                result = evaluate_editor(model, editor.tokenizer, splits["test"], "masked_lm",
+                                         cache_bytes=0 if path == "uncached" else 1 << 30, **options)  # fmt: skip
             times[path].append(time.perf_counter() - start)
             records.setdefault(path, result.records)
-    same = records["cached"] == records["uncached"]
+    same = records["fast"] == records["cached"] == records["uncached"]
     n_edits = args.n_edits * len(languages)
     rate = {path: n_edits / statistics.median(values) for path, values in times.items()}
+    ratios = {path: rate[path] / rate["uncached"] for path in paths}
     report = {"cpu": cpu_name(), "threads": args.threads, "edits": n_edits, "rounds": args.rounds,
-              "seconds": times, "edits_per_second": rate, "ratio": rate["cached"] / rate["uncached"],
+              "seconds": times, "edits_per_second": rate, "ratio_to_uncached": ratios, "ratio": ratios["fast"],
               "same_records": same}  # fmt: skip
     print(f"{n_edits} edits, {args.rounds} rounds, {args.threads} thread(s), {report['cpu']}")
-    for path in ("uncached", "cached"):
-        print(f"{path:>9}: median {statistics.median(times[path]):.1f} s = {rate[path]:.3f} edits/s")
-    print(f"ratio cached / uncached: {report['ratio']:.2f}x; same records: {same}")
+    for path in paths:
+        print(f"{path:>9}: median {statistics.median(times[path]):.1f} s = {rate[path]:.3f} edits/s "
+              f"({ratios[path]:.2f}x uncached)")  # fmt: skip
+    print(f"same records on every path: {same}")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
 

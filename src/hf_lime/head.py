@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data.encoding import IGNORE_INDEX
+from .fast_argmax import argmax_product
 from .head_product import head_product
 from .tasks import check_task
 
@@ -49,11 +50,13 @@ def _forward_replaced(head: nn.Module, forward):
             head.forward = previous
 
 
+def _plain_linear(head: nn.Module) -> bool:
+    return type(head) is nn.Linear and "forward" not in head.__dict__
+
+
 @contextmanager
-def head_at(head: nn.Module, keep: torch.Tensor):
-    """Feed `head` only the hidden states at `keep` (a `(batch, seq)` mask) when it is called on `(batch, seq,
-    hidden)` states; any other call is left alone. A plain `nn.Linear` head computes those rows' logits with
-    [`~hf_lime.head_product.head_product`] (the faster form of the product for this CPU)."""
+def _rows_selected(head: nn.Module, keep: torch.Tensor):
+    """Feed `head` only the hidden states at `keep` when it is called on `(batch, seq, hidden)` states."""
 
     def select(module, args):
         hidden = args[0]
@@ -61,14 +64,22 @@ def head_at(head: nn.Module, keep: torch.Tensor):
             return (hidden[keep], *args[1:])
         return None
 
-    plain = type(head) is nn.Linear and "forward" not in head.__dict__
-    product = _forward_replaced(head, lambda h: head_product(h, head.weight, head.bias)) if plain else nullcontext()
     handle = head.register_forward_pre_hook(select)
     try:
-        with product:
-            yield
+        yield
     finally:
         handle.remove()
+
+
+@contextmanager
+def head_at(head: nn.Module, keep: torch.Tensor):
+    """Feed `head` only the hidden states at `keep` (a `(batch, seq)` mask) when it is called on `(batch, seq,
+    hidden)` states; any other call is left alone. A plain `nn.Linear` head computes those rows' logits with
+    [`~hf_lime.head_product.head_product`] (the faster form of the product for this CPU)."""
+    plain = _plain_linear(head)
+    product = _forward_replaced(head, lambda h: head_product(h, head.weight, head.bias)) if plain else nullcontext()
+    with _rows_selected(head, keep), product:
+        yield
 
 
 @contextmanager
@@ -151,6 +162,66 @@ def target_logits(model: nn.Module, batch: dict[str, Any], task: str) -> TargetL
     targets = labels[:, 1:][labels[:, 1:] != IGNORE_INDEX] if task == "causal_lm" else labels[keep]
     logits = logits_at(model, inputs, keep)
     return TargetLogits(logits=logits, targets=targets, counts=keep.sum(dim=1).tolist())
+
+
+@torch.no_grad()
+def hidden_at(model: nn.Module, inputs: dict[str, Any], keep: torch.Tensor) -> torch.Tensor | None:
+    """
+    The hidden states a masked or causal LM's output layer gets at the positions `keep` (`(keep.sum(), hidden)`,
+    row-major), from one forward pass that skips the vocabulary product; `None` when the output layer is not a plain
+    `nn.Linear` that the model calls once on the `(batch, seq, hidden)` states.
+
+    Args:
+        model (`nn.Module`): The LM (a `PeftModel` is fine), called on `inputs` (no labels).
+        inputs (`dict[str, torch.Tensor]`): The padded batch.
+        keep (`torch.Tensor`): Boolean `(batch, seq)` positions.
+    """
+    head = _output_embeddings(model)
+    if head is None or not _plain_linear(head):
+        return None
+    rows = int(keep.sum())
+    found: list[torch.Tensor] = []
+
+    def forward(hidden: torch.Tensor) -> torch.Tensor:
+        if hidden.dim() != 2 or hidden.shape[0] != rows:
+            return F.linear(hidden, head.weight, head.bias)
+        found.append(hidden)
+        return hidden.new_zeros(rows, 1)  # nothing reads it
+
+    with _rows_selected(head, keep), _forward_replaced(head, forward):
+        model(**inputs)
+    return found[0] if len(found) == 1 else None
+
+
+def output_layer(model: nn.Module) -> nn.Module | None:
+    """The model's output-embedding layer (`get_output_embeddings()` of the base model), if it has one."""
+    return _output_embeddings(model)
+
+
+@torch.no_grad()
+def target_predictions(model: nn.Module, batch: dict[str, Any], task: str) -> list[list[int]]:
+    """
+    The argmax ids at each row's target positions: `target_logits(model, batch, task).predictions()` without the
+    float32 logits where the output layer is a plain `nn.Linear` ([`hidden_at`], then
+    [`~hf_lime.fast_argmax.argmax_product`]: a checked bfloat16 product where that is faster on this CPU, the same
+    ids). Any other head takes `target_logits`.
+
+    Args:
+        model (`nn.Module`): A masked or causal LM (a `PeftModel` is fine).
+        batch (`dict[str, torch.Tensor]`): Padded inputs with `labels`.
+        task (`str`): `"masked_lm"` or `"causal_lm"`.
+    """
+    check_task(task)
+    if task == "seq_cls":
+        return target_logits(model, batch, task).predictions()
+    keep = target_positions(task, batch["labels"])
+    inputs = {key: value for key, value in batch.items() if key not in ("labels", "lang_ids")}
+    rows = hidden_at(model, inputs, keep)
+    if rows is None:
+        return target_logits(model, batch, task).predictions()
+    head = _output_embeddings(model)
+    ids = argmax_product(rows, head.weight, head.bias)
+    return [row.tolist() for row in ids.split(keep.sum(dim=1).tolist())]
 
 
 def logits_at(model: nn.Module, inputs: dict[str, Any], keep: torch.Tensor, vocab_ids: torch.Tensor | None = None):

@@ -34,7 +34,8 @@ from ..data.encoding import (
     target_token_ids,
 )
 from ..data.items import ParsedItem, parse_item, target_table
-from ..head import target_logits
+from ..fast_argmax import argmax_product
+from ..head import hidden_at, output_layer, target_positions, target_predictions
 from .candidates import CandidateRanker, RankingQuery, length_batches
 
 SCORINGS = ("open", "candidates")
@@ -109,20 +110,38 @@ class TargetScorer:
 
     @torch.no_grad()
     def predict(self, queries: Sequence[Query]) -> list[str]:
-        """The model's current answer to each query, in batches of `batch_size`."""
+        """The model's current answer to each query: forward passes in batches of `batch_size` rows of one length,
+        then (LMs with a plain output layer) one argmax over the vocabulary for every target row of every batch."""
         features = [self.encode(*query) for query in queries]
         predictions: list[str] = [""] * len(features)
+        pending: list[tuple[list[int], list[int], torch.Tensor]] = []  # (indices, targets per row, hidden rows)
         for indices in length_batches([len(f["input_ids"]) for f in features], self.batch_size):
             batch = self._batch([features[i] for i in indices])
-            for index, ids in zip(indices, self._predict_batch(batch), strict=True):
-                predictions[index] = self._render(ids)
+            rows = self._target_rows(batch)
+            if rows is None:
+                for index, ids in zip(indices, self._predict_batch(batch), strict=True):
+                    predictions[index] = self._render(ids)
+            else:
+                pending.append((indices, target_positions(self.task, batch["labels"]).sum(dim=1).tolist(), rows))
+        if pending:
+            head = output_layer(self.model)
+            ids = argmax_product(torch.cat([rows for _, _, rows in pending]), head.weight, head.bias).tolist()
+            for indices, counts, _ in pending:
+                for index, count in zip(indices, counts, strict=True):
+                    predictions[index], ids = self._render(ids[:count]), ids[count:]
         return predictions
 
     def _predict_batch(self, batch: dict[str, torch.Tensor]) -> list:
         if self.task == "seq_cls":
             inputs = {key: value for key, value in batch.items() if key != "labels"}
             return predict_from_logits(self.task, self.model(**inputs).logits, batch)
-        return target_logits(self.model, batch, self.task).predictions()
+        return target_predictions(self.model, batch, self.task)
+
+    def _target_rows(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        if self.task == "seq_cls":
+            return None
+        inputs = {key: value for key, value in batch.items() if key not in ("labels", "lang_ids")}
+        return hidden_at(self.model, inputs, target_positions(self.task, batch["labels"]))
 
     def base(self, pairs: Sequence[tuple[ParsedItem, str]]) -> list[str]:
         """Answers to `(item, language)` read against the item's gold target, cached: call it on the unedited model."""
@@ -232,10 +251,18 @@ class SequenceScorer:
         for indices in length_batches([len(f["input_ids"]) for f in features], self.batch_size):
             batch = pad_batch(self.tokenizer, [features[i] for i in indices])
             batch = {key: value.to(self.device) for key, value in batch.items()}
-            predicted = self.model(**batch).logits.argmax(-1)
-            for index, row in zip(indices, predicted, strict=True):
-                answers[index] = " ".join(str(i) for i in row.tolist())
+            for index, row in zip(indices, self._argmax_everywhere(batch), strict=True):
+                answers[index] = " ".join(str(i) for i in row)
         return answers
+
+    def _argmax_everywhere(self, batch: dict[str, torch.Tensor]) -> list[list[int]]:
+        """The argmax at every position of each row (the rows of a batch have one length: no padding)."""
+        keep = torch.ones_like(batch["input_ids"], dtype=torch.bool)
+        hidden = hidden_at(self.model, batch, keep)
+        if hidden is None:
+            return self.model(**batch).logits.argmax(-1).tolist()
+        head = output_layer(self.model)
+        return argmax_product(hidden, head.weight, head.bias).view(keep.shape).tolist()
 
     def base(self, pairs: Sequence[tuple[ParsedItem, str]]) -> list[str]:
         """`predict` on the unedited model, cached: call it before any edit."""
