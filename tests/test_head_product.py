@@ -100,6 +100,9 @@ def test_the_choice_is_made_once_per_row_count_and_reused(tune_small, monkeypatc
     assert chosen_forms()[key] == "wide"
     head_product(*_operands(3)[:1], weight, bias)  # a new row count is timed on its own
     assert len(calls) == 4 * hp.ROUNDS
+    head_product(*_operands(6)[:1], weight, bias)  # 5-8 rows share one choice: timed once for the class
+    head_product(*_operands(8)[:1], weight, bias)
+    assert len(calls) == 6 * hp.ROUNDS and ("forward", 8, tuple(weight.shape)) == tuple(list(chosen_forms())[-1][:3])
     reset_choices()
     assert chosen_forms() == {}
 

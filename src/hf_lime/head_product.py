@@ -5,8 +5,10 @@ At the target positions (`hf_lime.head`) the vocabulary product is `h Wᵀ + b` 
 BLAS reads `W` for a few rows depends on the CPU. Measured on one thread (docs/benchmarks.md): on an AMD EPYC (AVX2),
 `F.linear` with 2 rows takes 192 ms and with 3 rows 286 ms, while the same logits computed as `(W hᵀ)ᵀ` take 71 and
 93 ms; on an Intel Xeon with AMX it is the other way round for 1–3 rows (35–42 ms against 73–78 ms). No fixed rule
-is right on both, so the first product with a given number of rows (per weight shape, dtype and thread count) times
-both forms (`ROUNDS` times each, interleaved) and keeps the faster. The backward's product `g W` is chosen the same
+is right on both, so the first product with a given class of row counts (per weight shape, dtype and thread count)
+times both forms (`ROUNDS` times each, interleaved) and keeps the faster. The classes are 1, 2, 3 and 4 rows each
+(where the forms differ most) and then 5–8, 9–16, 17–32, so that a training run meets seven classes, not thirty-two
+row counts to time. The backward's product `g W` is chosen the same
 way, between the plain product and one with the rows of `g` padded by zeros to a multiple of `PAD_TO`. An
 alternative is kept only when it is at least `MARGIN` times faster, so that near ties resolve to the plain form and
 repeated runs make the same choice. The forms give the same values up to float32 rounding.
@@ -29,7 +31,7 @@ MARGIN = 1.2
 PAD_TO = 4
 ROUNDS = 2
 
-# (direction, rows, weight shape, dtype, threads) → the name of the chosen form
+# (direction, row class, weight shape, dtype, threads) → the name of the chosen form
 _CHOICES: dict[tuple, str] = {}
 
 
@@ -66,11 +68,16 @@ def _timed(fn: Callable, *args) -> tuple[float, torch.Tensor]:
     return time.perf_counter() - start, out
 
 
+def row_class(rows: int) -> int:
+    """The class of row counts that shares one choice: the count itself up to 4, then the next power of two."""
+    return rows if rows <= 4 else 1 << (rows - 1).bit_length()
+
+
 def _choose(direction: str, forms: dict[str, Callable], rows: int, weight: torch.Tensor, *args) -> torch.Tensor:
     """Run the chosen form of `direction` for these rows. The first time, time every form `ROUNDS` times,
     interleaved (the default, the first of `forms`, runs first and its output is returned), and keep an alternative
     only if its best time beats the default's best by `MARGIN`."""
-    key = (direction, rows, tuple(weight.shape), weight.dtype, torch.get_num_threads())
+    key = (direction, row_class(rows), tuple(weight.shape), weight.dtype, torch.get_num_threads())
     name = _CHOICES.get(key)
     if name is not None:
         return forms[name](*args)
@@ -134,7 +141,7 @@ def head_product(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
 
 
 def chosen_forms() -> dict[tuple, str]:
-    """The choices made so far in this process: `{(direction, rows, weight shape, dtype, threads): form}`."""
+    """The choices made so far in this process: `{(direction, row class, weight shape, dtype, threads): form}`."""
     return dict(_CHOICES)
 
 
