@@ -97,9 +97,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--combine",
         default="sum",
-        choices=["sum", "mean"],
-        help="edit_many's combine (batch mode, MEND): 'mean' "
-        "applies the mean of the requests' updates (name the editor apart, e.g. lime_mean=FOLDER).",
+        choices=["sum", "mean", "solve"],
+        help="edit_many's combine (batch mode, MEND): 'mean' applies the mean of the requests' updates, 'solve' "
+        "re-solves the output factors so that no request's tokens see another's update (hf_lime.tuner.merge); "
+        "name the editor apart, e.g. lime_mean=FOLDER.",
     )
     parser.add_argument("--n_locality", type=int, default=200, help="Facts per locality part at most.")
     parser.add_argument("--locality_share", type=float, default=0.25, help="Subjects kept for locality at most.")

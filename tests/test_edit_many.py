@@ -105,11 +105,69 @@ def test_combine_mean_applies_the_mean_of_the_requests_updates_chunked_or_not():
         group.revert()
     with pytest.raises(ValueError, match="use it with mode='batch'"):
         editor.edit_many(REQUESTS, mode="sequential", combine="mean")
-    with pytest.raises(ValueError, match="'sum' or 'mean'"):
+    with pytest.raises(ValueError, match=r"must be one of \['sum', 'mean', 'solve'\]"):
         editor.edit_many(REQUESTS, combine="median")
     with pytest.raises(ValueError, match="does not sum its rows"):
         mlm_editor(**{**FT, "languages": LANGS}).edit_many(REQUESTS[:1], combine="mean")
     assert unchanged(editor, before)
+
+
+def _solve_system_holds(edits, ridge: float) -> None:
+    """Per layer, over every edit: B' (G + λI) = B (G ⊙ M), with B the factors summed MEND would apply."""
+    from hf_lime.deltas import SOLVE_KEYS
+
+    for key in edits[0].deltas:
+        A = torch.cat([e.deltas[key].A for e in edits]).double()
+        X = torch.cat([e.info.extra[SOLVE_KEYS][key][0] for e in edits]).double()
+        offsets = torch.cumsum(torch.tensor([0] + [int(e.info.extra[SOLVE_KEYS][key][1].max()) + 1 for e in edits]), 0)
+        rows = torch.cat([e.info.extra[SOLVE_KEYS][key][1] + offsets[i] for i, e in enumerate(edits)])
+        G = A @ X.T
+        lam = ridge * G.diagonal().abs().mean()
+        yield key, G, lam, rows == rows[:, None]
+
+
+def test_combine_solve_gives_each_request_at_its_tokens_what_it_alone_would():
+    """`combine="solve"` (hf_lime.tuner.merge): the output factors B' solve B' (G + λI) = B (G ⊙ M) across all
+    requests, chunked or not; the input factors are MEND's own; one request alone is only shrunk by the ridge."""
+    editor = mend_editor()
+    before = weights(editor)
+    summed = editor.edit_many(REQUESTS, batch_size=3)
+    original = {key: torch.cat([e.deltas[key].B for e in summed.edits], 1).double() for key in summed.edits[0].deltas}
+    summed.revert()
+    totals = []
+    for batch_size in (None, 3):
+        group = editor.edit_many(REQUESTS, batch_size=batch_size, combine="solve")
+        for key, G, lam, same in _solve_system_holds(group.edits, 0.1):
+            solved = torch.cat([e.deltas[key].B for e in group.edits], 1).double()
+            system = G + lam * torch.eye(G.shape[0], dtype=G.dtype)
+            residual = solved @ system - original[key] @ (G * same)  # B' is stored in float32: a backward error
+            assert residual.norm() <= 1e-5 * solved.norm() * system.norm()
+            assert not torch.allclose(solved, original[key], rtol=1e-2)  # four requests: the merge changed B
+        totals.append(dense(group.edits))
+        group.revert()
+    for key in totals[0]:  # the merge is over every request, not per chunk (padding differs: float rounding)
+        scale = float(totals[0][key].abs().max())
+        torch.testing.assert_close(totals[0][key], totals[1][key], rtol=1e-3, atol=1e-4 * scale)
+    assert unchanged(editor, before)
+
+
+def test_combine_solve_on_one_token_only_applies_the_ridge_and_is_refused_where_it_cannot_apply():
+    from hf_lime.tuner.merge import solve_merge
+
+    editor = mend_editor()
+    tuner = editor.model.base_model
+    batch = make_batch("masked_lm", batch_size=1, seq_len=6, seed=2, target=9)
+    batch["input_ids"] = batch["input_ids"] % 50 + 5
+    plain = tuner.prepare_edit(batch, "en")
+    solved = tuner.prepare_edit(batch, "en", combine="solve")
+    top = list(plain.deltas)[-1]  # the top block: only the target token has a gradient
+    torch.testing.assert_close(solved.deltas[top].B, plain.deltas[top].B / 1.1, rtol=1e-4, atol=1e-8)
+    with pytest.raises(ValueError, match="positive number"):
+        solve_merge([plain], ridge=0)
+    with pytest.raises(ValueError, match="use it with mode='batch'"):
+        editor.edit_many(REQUESTS, mode="sequential", combine="solve")
+    with pytest.raises(ValueError, match="does not sum its rows"):
+        mlm_editor(**{**FT, "languages": LANGS}).edit_many(REQUESTS[:1], combine="solve")
 
 
 def test_a_sequence_computes_each_edit_on_the_model_holding_the_previous_ones():

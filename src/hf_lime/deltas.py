@@ -51,6 +51,10 @@ class LayerDelta:
         return (U[:, keep] * S[keep]).to(self.B.dtype), Vh[keep].to(self.B.dtype)
 
 
+# EditInfo.extra entry: layer key -> (raw inputs of MEND's edit tokens, their rows); read by tuner/merge.py
+SOLVE_KEYS = "solve_keys"
+
+
 @dataclass
 class EditInfo:
     """What the editor measured while computing an edit."""

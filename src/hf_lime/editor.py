@@ -440,7 +440,10 @@ class LimeEditor:
                 applied. `None`: all requests in one call.
             max_length (`int`, *optional*, defaults to `128`): Maximum tokens per prompt.
             combine (`str`, *optional*, defaults to `"sum"`): `"batch"` mode, MEND: `"mean"` applies the mean of the
-                requests' updates instead of their sum (every chunk divided by the number of requests).
+                requests' updates instead of their sum (every chunk divided by the number of requests); `"solve"`
+                re-solves the output factors of all requests together so that each request's tokens see what its
+                edit alone would give them (`hf_lime.tuner.merge`; on the demo's model it keeps 10 and 25 edits
+                holding where the sum does not, docs/results.md §5a).
 
         Warns (once per editor) when `mode="batch"` makes more edits than the editor made at once in training
         ([`~LimeEditor.trained_edit_batch_size`], from `training_info`; train with `n_edit` for larger batches).

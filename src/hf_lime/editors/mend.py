@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..deltas import EditInfo, LayerDelta
+from ..deltas import SOLVE_KEYS, EditInfo, LayerDelta
 from .base import BaseEditor, EditorOutput, LayerSpec
 from .lowered import LoweredWeights, lowered_low_rank
 
@@ -246,7 +246,17 @@ class MendEditor(BaseEditor):
             for (spec, _, _), x_l, delta_l in zip(parts, x_t.split(counts), delta_t.split(counts), strict=True):
                 deltas[spec.key] = LayerDelta(B=-ctx.edit_lr(spec.key) * delta_l.T, A=x_l)
         deltas = {spec.key: deltas[spec.key] for spec in self.layers}  # in layer order
-        return EditorOutput(deltas=deltas, info=EditInfo(loss_before=captured.loss))
+        info = EditInfo(loss_before=captured.loss)
+        if not torch.is_grad_enabled():  # an edit (not a training episode): keep the keys `combine="solve"` reads
+            info.extra[SOLVE_KEYS] = {spec.key: _edit_keys(captured, spec.key) for spec in self.layers}
+        return EditorOutput(deltas=deltas, info=info)
+
+
+def _edit_keys(captured, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The raw layer inputs and rows of the tokens MEND maps (the same tokens as `EditContext.masked_inputs`)."""
+    x, delta = captured.inputs[key], captured.grads[key]
+    keep = (x != 0).any(-1) & (delta != 0).any(-1)
+    return x[keep].detach(), captured.token_rows.to(keep.device)[keep]
 
 
 def _per_row_rms_scaled(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

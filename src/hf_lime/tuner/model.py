@@ -22,6 +22,7 @@ from .context import EditContext, apply_functional_deltas, known_task
 from .edit import Edit
 from .edit_group import EDIT_MODES, EditGroup
 from .layer import LimeLayer
+from .merge import COMBINES, solve_merge
 from .validation import check_batch_fits_model, resolve_language_ids, validate_edit_batch
 
 CONTAINERS = ("lime_editor", "lime_masks", "lime_edit_lrs")
@@ -275,8 +276,10 @@ class LimeModel(BaseTuner):
             combine (`str`, *optional*, defaults to `"sum"`): How MEND joins the rows of a batch: `"sum"` (MEND's
                 batched edit: every row's normalised factors in one update, as for several facts at once) or
                 `"mean"` (that update divided by the number of rows: one step shared by rows that state one fact,
-                e.g. the same fact in several languages). `"mean"` is for MEND only: KnowledgeEditor already averages
-                its rows' shifts and fine-tuning fits all rows at once.
+                e.g. the same fact in several languages), or `"solve"` (MEND's input factors kept, its output factors
+                re-solved so that every row's tokens see what that row's edit alone would give them, with a ridge:
+                rows about different facts stop interfering; `hf_lime.tuner.merge`). `"mean"` and `"solve"` are for
+                MEND only: KnowledgeEditor already averages its rows' shifts and fine-tuning fits all rows at once.
 
         Returns:
             [`Edit`]: the applied edit; `edit.revert()` restores the model bit for bit.
@@ -303,20 +306,23 @@ class LimeModel(BaseTuner):
         with torch.no_grad(), self._editor_eval_mode():
             output = self.compute_edit(inputs, language, retain_inputs)
         edit = Edit(_checked_deltas(output.deltas), self.lime_layers, output.info, self._base_model_name())
+        if combine == "solve":
+            solve_merge([edit])
         return _divided(edit, rows)
 
     def _combine_rows(self, combine: str, inputs: Any) -> int:
-        """The divisor of `combine`: 1 for `"sum"`, the batch's rows for `"mean"`; a clear error otherwise."""
-        if combine not in ("sum", "mean"):
-            raise ValueError(f"`combine` must be 'sum' or 'mean', got {combine!r}.")
+        """The divisor of `combine`: 1 for `"sum"` and `"solve"`, the batch's rows for `"mean"`; a clear error
+        otherwise."""
+        if combine not in COMBINES:
+            raise ValueError(f"`combine` must be one of {list(COMBINES)}, got {combine!r}.")
         if combine == "sum":
             return 1
         if self.lime_config.editor != "mend":
             raise ValueError(
-                f"combine='mean' divides MEND's summed batch update by its rows; the {self.lime_config.editor!r} "
-                "editor does not sum its rows (KnowledgeEditor averages them, fine-tuning fits them together)."
+                f"combine={combine!r} joins MEND's per-row updates; the {self.lime_config.editor!r} editor does not "
+                "sum its rows (KnowledgeEditor averages them, fine-tuning fits them together)."
             )
-        return int(validate_edit_batch(inputs)["input_ids"].shape[0])
+        return 1 if combine == "solve" else int(validate_edit_batch(inputs)["input_ids"].shape[0])
 
     def edit_many(
         self,
@@ -337,7 +343,8 @@ class LimeModel(BaseTuner):
                 edit is computed on the model already holding the previous ones.
             combine (`str`, *optional*, defaults to `"sum"`): `"batch"` mode, MEND: `"mean"` divides every batch's
                 update by the total number of rows, so the applied edits are the mean of the rows' updates rather
-                than their sum (see [`~LimeModel.edit`]).
+                than their sum; `"solve"` re-solves the output factors of every batch together so that no row's
+                tokens see another row's update (see [`~LimeModel.edit`]).
 
         Returns:
             [`EditGroup`]: the applied edits (`group.revert()` restores the model bit for bit).
@@ -351,12 +358,14 @@ class LimeModel(BaseTuner):
         pairs = self._checked_batches(batches, languages)
         rows = [self._combine_rows(combine, batch) for batch, _ in pairs]  # a bad value or editor: before any edit
         total = sum(rows) if combine == "mean" else 1
-        if combine == "mean" and mode != "batch":
-            raise ValueError("combine='mean' joins the rows of one batched edit: use it with mode='batch'.")
+        if combine != "sum" and mode != "batch":
+            raise ValueError(f"combine={combine!r} joins the rows of one batched edit: use it with mode='batch'.")
         edits: list[Edit] = []
         try:
             if mode == "batch":
                 edits.extend(_divided(self.prepare_edit(batch, language), total) for batch, language in pairs)
+                if combine == "solve":  # across every batch at once: no request interferes with another
+                    solve_merge(edits)
                 for edit, (batch, _) in zip(edits, pairs, strict=True):
                     self._apply_checked(edit, batch)
             else:

@@ -1,0 +1,83 @@
+"""Joining many MEND edits without their interfering: each edit's own tokens see the change they would see alone.
+
+MEND's batched edit sums the rows' rank-one updates, `ΔW = Σ_t b_t a_tᵀ` (`b_t` the mapped gradient times the step
+size, `a_t` the mapped input, one pair per edit token). An edit token `j` (its raw layer input `x_j`) then sees
+`ΔW x_j = Σ_t b_t (a_t · x_j)`: its own row's terms, and every other row's as well. Where the prompts of a relation
+give similar layer inputs, the others' terms dominate as soon as there are a few edits, and the edits stop holding
+(docs/results.md, "many edits").
+
+`combine="solve"` keeps the input factors `A` and chooses new output factors `B'` so that every edit token sees
+exactly what its own row's edit alone would give it:
+
+    B' (G + λ I) = B (G ⊙ M),      G[t, j] = a_t · x_j,      M[t, j] = 1 if t and j are tokens of the same row,
+
+a `T × T` ridge system per layer (`T` the edit tokens; `λ = ridge · mean |G[j, j]|`). One row is left as it was
+(`M` all ones: `B' = B G (G + λI)⁻¹ ≈ B`). What it does to inputs that were not edited is measured, not implied: see
+docs/results.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ..deltas import SOLVE_KEYS, LayerDelta
+
+COMBINES = ("sum", "mean", "solve")  # how an edit joins MEND's per-row updates (LimeModel.edit's `combine`)
+DEFAULT_RIDGE = 0.1  # chosen on the CLDR validation split (docs/results.md §5a)
+
+
+def _layer_system(parts: Sequence[tuple[LayerDelta, torch.Tensor, torch.Tensor]], ridge: float) -> list[LayerDelta]:
+    """New deltas of one layer for `parts` = [(delta, raw inputs x, rows)] of several edits, rows numbered apart."""
+    B = torch.cat([delta.B for delta, _, _ in parts], dim=1).double()  # (d_out, T)
+    A = torch.cat([delta.A for delta, _, _ in parts]).double()  # (T, d_in)
+    X = torch.cat([x for _, x, _ in parts]).double()  # (T, d_in)
+    rows = torch.cat([row for _, _, row in parts])
+    G = A @ X.T  # G[t, j] = a_t · x_j
+    same = rows[:, None] == rows[None, :]
+    scale = G.diagonal().abs().mean().clamp_min(torch.finfo(torch.float64).tiny)
+    system = G + ridge * scale * torch.eye(G.shape[0], dtype=G.dtype, device=G.device)
+    target = B @ (G * same)  # (d_out, T): what each token sees from its own row alone
+    solved = torch.linalg.solve(system.T, target.T).T  # B' system = target
+    counts = [delta.B.shape[1] for delta, _, _ in parts]
+    return [
+        LayerDelta(part.to(delta.B.dtype), delta.A)
+        for (delta, _, _), part in zip(parts, solved.split(counts, dim=1), strict=True)
+    ]
+
+
+def solve_merge(edits: Sequence, ridge: float | None = None) -> None:
+    """
+    Replace the output factors of computed (not applied) MEND edits so that each edit token sees its own row's edit
+    alone (the module docstring), across all `edits` together. In place.
+
+    Args:
+        edits (`Sequence[Edit]`): Edits computed by MEND with their raw keys recorded (`EditInfo.extra[SOLVE_KEYS]`).
+        ridge (`float`, *optional*): The ridge term, relative to the mean diagonal of `G` (`DEFAULT_RIDGE`).
+
+    Raises:
+        ValueError: an edit without recorded keys (not MEND) or with dense deltas, or a bad `ridge`.
+    """
+    ridge = DEFAULT_RIDGE if ridge is None else ridge
+    if isinstance(ridge, bool) or not isinstance(ridge, int | float) or not ridge > 0:
+        raise ValueError(f"`ridge` must be a positive number, got {ridge!r}.")
+    for edit in edits:
+        if SOLVE_KEYS not in edit.info.extra:
+            raise ValueError("combine='solve' needs MEND edits (their factors and the raw inputs of their tokens).")
+    offset = 0
+    parts: dict[str, list] = {}
+    for edit in edits:
+        keys = edit.info.extra[SOLVE_KEYS]
+        n_rows = 0
+        for name, delta in edit.deltas.items():
+            x, rows = keys[name]
+            if delta.A is None or delta.A.shape[0] != x.shape[0]:
+                raise ValueError(f"Layer {name!r}: combine='solve' needs one factor pair per edit token.")
+            parts.setdefault(name, []).append((edit, delta, x, rows + offset))
+            n_rows = max(n_rows, int(rows.max()) + 1 if rows.numel() else 0)
+        offset += n_rows
+    for name, entries in parts.items():
+        merged = _layer_system([(delta, x, rows) for _, delta, x, rows in entries], ridge)
+        for (edit, _, _, _), delta in zip(entries, merged, strict=True):
+            edit.deltas[name] = delta
