@@ -382,7 +382,7 @@ def run_one(editor: Any, scorer: Any, facts: StudyFacts, base: dict, plan: RunPl
     langs = edit_languages(plan.n, plan.setting, languages, args.edit_language)
     requests = [(fact.prompt(lang), fact.new_labels[lang], lang) for fact, lang in zip(chosen, langs, strict=True)]
     start = time.perf_counter()
-    combine = args.combine if plan.mode == "batch" else "sum"
+    combine = used_combine(args.combine, plan.mode)
     group = editor.edit_many(requests, mode=plan.mode, batch_size=args.batch_size, max_length=args.max_length,
                              combine=combine)  # fmt: skip
     edit_seconds = time.perf_counter() - start
@@ -405,7 +405,7 @@ def describe(spec: EditorSpec, editor: Any, plan: RunPlan, args: argparse.Namesp
         "use_lime_mask": bool(config.use_lime_mask), "trained_edit_batch_size": editor.trained_edit_batch_size,
         "ft_settings": FT_TUNED if spec.folder is None else None, "mode": plan.mode, "n": plan.n,
         "setting": plan.setting, "edit_language": args.edit_language if plan.setting == "one" else "mix",
-        "batch_size": args.batch_size, "combine": args.combine if plan.mode == "batch" else "sum",
+        "batch_size": args.batch_size, "combine": used_combine(args.combine, plan.mode),
         "dataset": args.dataset, "split": args.split,
         "languages": list(editor.languages), "edit_relations": facts.edit_relations,
         "locality_relations": facts.locality_relations, "n_locality_same_relation": len(facts.same_relation),
@@ -464,6 +464,11 @@ def append_rows(path: str | Path, rows: Sequence[dict[str, Any]]) -> list[dict[s
     temporary.write_text(json.dumps(every, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(temporary, path)
     return every
+
+
+def used_combine(combine: str, mode: str) -> str:
+    """`--combine` as `edit_many` takes it in `mode`: `"mean"` is for batches only (sequential edits are summed)."""
+    return "sum" if combine == "mean" and mode != "batch" else combine
 
 
 def latest_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -164,10 +164,45 @@ def test_combine_solve_on_one_token_only_applies_the_ridge_and_is_refused_where_
     torch.testing.assert_close(solved.deltas[top].B, plain.deltas[top].B / 1.1, rtol=1e-4, atol=1e-8)
     with pytest.raises(ValueError, match="positive number"):
         solve_merge([plain], ridge=0)
-    with pytest.raises(ValueError, match="use it with mode='batch'"):
-        editor.edit_many(REQUESTS, mode="sequential", combine="solve")
     with pytest.raises(ValueError, match="does not sum its rows"):
         mlm_editor(**{**FT, "languages": LANGS}).edit_many(REQUESTS[:1], combine="solve")
+
+
+def test_sequential_solve_fits_each_edit_to_leave_the_earlier_edits_tokens_alone(monkeypatch):
+    """`mode="sequential", combine="solve"`: each edit's output factors solve the ridge normal equations
+    B' (G Gᵀ + H Hᵀ + λI) = B (G ⊙ M) Gᵀ (B: MEND's factors of that edit, H: over the earlier edits' tokens); the
+    group reverts bit for bit."""
+    import hf_lime.tuner.model as tuner_model
+    from hf_lime.deltas import SOLVE_KEYS
+
+    mend_factors = []
+    real = tuner_model.protect_merge
+
+    def recording(edit, protected, ridge=None):
+        mend_factors.append({key: delta.B.clone() for key, delta in edit.deltas.items()})
+        return real(edit, protected, ridge)
+
+    monkeypatch.setattr(tuner_model, "protect_merge", recording)
+    editor = mend_editor()
+    before = weights(editor)
+    group = editor.edit_many(REQUESTS, mode="sequential", combine="solve")
+    assert len(group.edits) == len(mend_factors) == len(REQUESTS)
+    earlier: dict[str, list[torch.Tensor]] = {}
+    for edit, factors in zip(group.edits, mend_factors, strict=True):
+        for key, delta in edit.deltas.items():
+            x, rows = edit.info.extra[SOLVE_KEYS][key]
+            G = delta.A.double() @ x.double().T
+            normal = G @ G.T
+            if earlier.get(key):
+                H = delta.A.double() @ torch.cat(earlier[key]).double().T
+                normal = normal + H @ H.T
+            system = normal + 0.1 * normal.diagonal().abs().mean() * torch.eye(normal.shape[0], dtype=normal.dtype)
+            solved = delta.B.double()
+            target = factors[key].double() @ (G * (rows[:, None] == rows[None, :])) @ G.T
+            assert (solved @ system - target).norm() <= 1e-5 * solved.norm() * system.norm()
+            earlier.setdefault(key, []).append(x)
+    group.revert()
+    assert unchanged(editor, before)
 
 
 def test_a_sequence_computes_each_edit_on_the_model_holding_the_previous_ones():

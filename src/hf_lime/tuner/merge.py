@@ -14,6 +14,10 @@ exactly what its own row's edit alone would give it:
 a `T × T` ridge system per layer (`T` the edit tokens; `λ = ridge · mean |G[j, j]|`). One row is left as it was
 (`M` all ones: `B' = B G (G + λI)⁻¹ ≈ B`). What it does to inputs that were not edited is measured, not implied: see
 docs/results.md.
+
+Sequential edits ([`protect_merge`]): each new edit's output factors are fitted, by ridge least squares, to give its
+own tokens their own change and the tokens of the edits made before it (their layer inputs when they were made) no
+change, `B' (G Gᵀ + H Hᵀ + λI) = B (G ⊙ M) Gᵀ` with `H[t, p] = a_t · x_p` over the earlier tokens `p`.
 """
 
 from __future__ import annotations
@@ -81,3 +85,36 @@ def solve_merge(edits: Sequence, ridge: float | None = None) -> None:
         merged = _layer_system([(delta, x, rows) for _, delta, x, rows in entries], ridge)
         for (edit, _, _, _), delta in zip(entries, merged, strict=True):
             edit.deltas[name] = delta
+
+
+def protect_merge(edit, protected: dict[str, torch.Tensor], ridge: float | None = None) -> None:
+    """
+    Refit the output factors of one computed (not applied) MEND edit so that the raw inputs in `protected` (the
+    tokens of earlier edits, per layer key) see no change and its own tokens see their own (the module docstring);
+    then add its tokens to `protected`. In place.
+
+    Args:
+        edit (`Edit`): A MEND edit with its keys recorded.
+        protected (`dict[str, torch.Tensor]`): Layer key -> `(P, d_in)` raw inputs to keep; updated.
+        ridge (`float`, *optional*): Relative to the mean diagonal of `G Gᵀ + H Hᵀ` (`DEFAULT_RIDGE`).
+    """
+    ridge = DEFAULT_RIDGE if ridge is None else ridge
+    if isinstance(ridge, bool) or not isinstance(ridge, int | float) or not ridge > 0:
+        raise ValueError(f"`ridge` must be a positive number, got {ridge!r}.")
+    if SOLVE_KEYS not in edit.info.extra:
+        raise ValueError("combine='solve' needs MEND edits (their factors and the raw inputs of their tokens).")
+    for name, delta in list(edit.deltas.items()):
+        x, rows = edit.info.extra[SOLVE_KEYS][name]
+        A, B = delta.A.double(), delta.B.double()
+        G = A @ x.double().T
+        target = B @ (G * (rows[:, None] == rows[None, :]))
+        normal = G @ G.T
+        earlier = protected.get(name)
+        if earlier is not None and earlier.shape[0]:
+            H = A @ earlier.double().T
+            normal = normal + H @ H.T
+        scale = normal.diagonal().abs().mean().clamp_min(torch.finfo(torch.float64).tiny)
+        system = normal + ridge * scale * torch.eye(normal.shape[0], dtype=normal.dtype, device=normal.device)
+        solved = torch.linalg.solve(system.T, (target @ G.T).T).T
+        edit.deltas[name] = LayerDelta(solved.to(delta.B.dtype), delta.A)
+        protected[name] = x if earlier is None else torch.cat([earlier, x])

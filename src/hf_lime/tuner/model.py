@@ -22,7 +22,7 @@ from .context import EditContext, apply_functional_deltas, known_task
 from .edit import Edit
 from .edit_group import EDIT_MODES, EditGroup
 from .layer import LimeLayer
-from .merge import COMBINES, solve_merge
+from .merge import COMBINES, protect_merge, solve_merge
 from .validation import check_batch_fits_model, resolve_language_ids, validate_edit_batch
 
 CONTAINERS = ("lime_editor", "lime_masks", "lime_edit_lrs")
@@ -358,8 +358,8 @@ class LimeModel(BaseTuner):
         pairs = self._checked_batches(batches, languages)
         rows = [self._combine_rows(combine, batch) for batch, _ in pairs]  # a bad value or editor: before any edit
         total = sum(rows) if combine == "mean" else 1
-        if combine != "sum" and mode != "batch":
-            raise ValueError(f"combine={combine!r} joins the rows of one batched edit: use it with mode='batch'.")
+        if combine == "mean" and mode != "batch":
+            raise ValueError("combine='mean' joins the rows of one batched edit: use it with mode='batch'.")
         edits: list[Edit] = []
         try:
             if mode == "batch":
@@ -368,6 +368,12 @@ class LimeModel(BaseTuner):
                     solve_merge(edits)
                 for edit, (batch, _) in zip(edits, pairs, strict=True):
                     self._apply_checked(edit, batch)
+            elif combine == "solve":  # each fitted to leave the earlier edits' tokens as they were
+                protected: dict[str, torch.Tensor] = {}
+                for batch, language in pairs:
+                    edit = self.prepare_edit(batch, language)
+                    protect_merge(edit, protected)
+                    edits.append(self._apply_checked(edit, batch))
             else:
                 for batch, language in pairs:
                     edits.append(self.edit(batch, language))  # each on the model holding the previous ones
