@@ -272,7 +272,7 @@ def test_combine_mean_divides_mends_summed_batch_update_by_its_rows(tmp_path):
     with editor.edit(prompts, answers) as default:  # one fact per language: the rows share one step
         for name, delta in default.deltas.items():
             torch.testing.assert_close(delta.dense(), total[name] / 2)
-    with pytest.raises(ValueError, match="'sum' or 'mean'"):
+    with pytest.raises(ValueError, match=r"must be one of \['sum', 'mean', 'solve'\]"):
         editor.edit(prompts, answers, combine="max")
     ft = mlm_editor(tmp_path, **FT)
     with pytest.raises(ValueError, match="does not sum its rows"):
