@@ -380,3 +380,24 @@ def test_the_tuner_checks_every_batch_before_applying_any():
         assert tuner.applied_edit_ids == []
     with pytest.raises(ValueError, match="one language entry per batch; got 2 batches and 1"):
         tuner.edit_many([good, good], ["en"])
+
+
+def test_a_high_rank_batch_is_applied_as_one_matrix_with_the_same_outputs():
+    """`LayerDelta.compact`: a layer holds the dense update when the factors cost more per row than the matrix."""
+    editor = mend_editor()
+    tuner = editor.model.base_model
+    batch = editor._padded(editor.check_requests(REQUESTS, 128)[1])
+    texts = [PICASSO, "La capitale de la France est [MASK] ."]
+    probe = dict(editor.tokenizer(texts, return_tensors="pt", padding=True))
+    edit = tuner.prepare_edit(batch, [r[2] if isinstance(r, tuple) else r["language"] for r in REQUESTS])
+    with torch.no_grad(), tuner.apply_deltas(edit.deltas):  # the factors, as computed
+        factored = editor.model(**probe).logits
+    edit.apply()
+    stored = [layer._applied[edit.id] for layer in tuner.lime_layers.values() if edit.id in layer._applied]
+    assert stored and any(delta.A is None for delta in stored)  # at least one layer's batch is dense
+    for key, delta in edit.deltas.items():
+        layer_delta = tuner.lime_layers[key]._applied[edit.id]
+        torch.testing.assert_close(layer_delta.dense(), delta.dense(), rtol=1e-5, atol=1e-7)
+    with torch.no_grad():
+        torch.testing.assert_close(editor.model(**probe).logits, factored, rtol=1e-4, atol=1e-5)
+    edit.revert()

@@ -39,6 +39,13 @@ class LayerDelta:
             return x @ B.T
         return (x @ self.A.to(x.dtype).T) @ B.T
 
+    def compact(self) -> LayerDelta:
+        """The cheaper form to apply: the dense update when the factors cost more per input row than the matrix
+        (`rank · (d_in + d_out) > d_in · d_out`, e.g. a batch of hundreds of MEND edits), else itself."""
+        if self.A is None or self.rank * (self.A.shape[1] + self.B.shape[0]) <= self.A.shape[1] * self.B.shape[0]:
+            return self
+        return LayerDelta(self.dense())
+
     def detach(self) -> LayerDelta:
         return LayerDelta(self.B.detach(), None if self.A is None else self.A.detach())
 

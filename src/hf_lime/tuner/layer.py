@@ -82,7 +82,7 @@ class LimeLayer(nn.Module, BaseTunerLayer):
     # ----------------------------------------------------------------------------------------------- deltas
     def add_delta(self, edit_id: int, delta: LayerDelta) -> None:
         self._check_delta(delta)
-        self._applied[edit_id] = delta.detach()
+        self._applied[edit_id] = delta.detach().compact()  # a high-rank batch is applied as one matrix
 
     def remove_delta(self, edit_id: int) -> None:
         self._applied.pop(edit_id, None)
