@@ -433,6 +433,7 @@ def run_editor(spec: EditorSpec, editor: Any, facts: StudyFacts, args: argparse.
                 row = {**describe(spec, editor, plan, args, facts, commit),
                        **run_one(editor, scorer, facts, base, plan, args, languages)}  # fmt: skip
                 print(summary_line(row), flush=True)
+                append_rows(args.results, [row])  # at once: a long study keeps what it measured
                 rows.append(row)
     return rows
 
@@ -545,14 +546,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     )
     print(f"{len(facts.edits)} facts to edit ({facts.edit_relations}), locality: {len(facts.same_relation)} "
           f"same-relation and {len(facts.other)} other-relation facts ({facts.locality_relations})")  # fmt: skip
-    commit, written = git_commit(), []
+    commit, written = git_commit(), []  # each row is appended to --results as soon as it is measured
     for spec in specs:
         editor = load_editor(spec, args.base_model or first.get("base_model"), languages, args.device)
         if list(editor.languages) != languages:
             raise ValueError(f"Editor {spec.name!r} knows {editor.languages}, the study reads {languages}.")
-        new = run_editor(spec, editor, facts, args, languages, commit)
-        append_rows(args.results, new)  # after each editor: a long study keeps what it measured
-        written += new
+        written += run_editor(spec, editor, facts, args, languages, commit)
         del editor
         gc.collect()
     plot_rows(json.loads(Path(args.results).read_text()), args.figure)
