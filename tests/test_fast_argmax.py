@@ -109,3 +109,22 @@ def test_plain_products_turns_the_checked_route_off_inside_the_block():
     assert fast_argmax.chosen_routes() == {} and fast_argmax._COPIES == {}
     fast_argmax.argmax_product(h, weight)
     assert len(fast_argmax.chosen_routes()) == 1
+
+
+def test_many_rows_are_read_a_bounded_number_at_a_time(monkeypatch):
+    monkeypatch.setattr(fast_argmax, "MAX_ROWS", 8)
+    monkeypatch.setattr(fast_argmax, "MIN_ELEMENTS", 0)
+    seen = []
+    real = fast_argmax._plain
+
+    def plain(h, weight, bias):
+        seen.append(h.shape[0])
+        return real(h, weight, bias)
+
+    monkeypatch.setitem(fast_argmax.FORMS, "plain", plain)
+    g = torch.Generator().manual_seed(5)
+    weight, bias = torch.randn(300, 16, generator=g), torch.randn(300, generator=g)
+    h = torch.randn(20, 16, generator=g)
+    assert torch.equal(fast_argmax.argmax_product(h, weight, bias), _plain_ids(h, weight, bias))
+    assert seen and max(seen) <= 8  # 20 rows: 8 + 8 + 4, never all at once
+    assert {key[0] for key in fast_argmax.chosen_routes()} <= {4, 8}

@@ -31,7 +31,7 @@ from .head_product import MARGIN, MIN_ELEMENTS, head_product
 
 UNIT_ROUNDOFF = 2.0**-8  # bfloat16: 8 significant bits
 FLOAT32_ROUNDOFF = 2.0**-24
-MAX_ROWS = 256  # rows per bfloat16 product (bounds the (rows, vocab) scratch)
+MAX_ROWS = 256  # rows per product on either route (bounds the (rows, vocab) logits: 256 MB for 250k tokens)
 
 _STATE = {"enabled": True}
 # (row bucket, weight shape, threads) → "plain" or "checked"
@@ -84,7 +84,7 @@ def _checked_chunk(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 
 
 def _checked(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return torch.cat([_checked_chunk(chunk, weight, bias) for chunk in h.split(MAX_ROWS)])
+    return torch.cat([_checked_chunk(chunk, weight, bias) for chunk in h.split(MAX_ROWS)])  # direct callers too
 
 
 FORMS = {"plain": _plain, "checked": _checked}
@@ -119,6 +119,8 @@ def argmax_product(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     Returns:
         `torch.LongTensor` of shape `(rows,)`.
     """
+    if h.shape[0] > MAX_ROWS:  # bounded memory: at most MAX_ROWS rows of logits at a time, whatever the route
+        return torch.cat([argmax_product(chunk, weight, bias) for chunk in h.split(MAX_ROWS)])
     if not (_STATE["enabled"] and applies(h, weight)):
         return F.linear(h, weight, bias).argmax(dim=-1)
     key = (_bucket(h.shape[0]), tuple(weight.shape), torch.get_num_threads())
