@@ -32,6 +32,24 @@ COMBINES = ("sum", "mean", "solve")  # how an edit joins MEND's per-row updates 
 DEFAULT_RIDGE = 0.1  # chosen on the CLDR validation split (docs/results.md §5a)
 
 
+def _checked_ridge(ridge: float | None) -> float:
+    ridge = DEFAULT_RIDGE if ridge is None else ridge
+    if isinstance(ridge, bool) or not isinstance(ridge, int | float) or not ridge > 0:
+        raise ValueError(f"`ridge` must be a positive number, got {ridge!r}.")
+    return ridge
+
+
+def _check_keys(edit) -> None:
+    if SOLVE_KEYS not in edit.info.extra:
+        raise ValueError("combine='solve' needs MEND edits (their factors and the raw inputs of their tokens).")
+
+
+def _ridged(matrix: torch.Tensor, ridge: float) -> torch.Tensor:
+    """`matrix + λI`, `λ = ridge · mean |diagonal|`."""
+    scale = matrix.diagonal().abs().mean().clamp_min(torch.finfo(torch.float64).tiny)
+    return matrix + ridge * scale * torch.eye(matrix.shape[0], dtype=matrix.dtype, device=matrix.device)
+
+
 def _layer_system(parts: Sequence[tuple[LayerDelta, torch.Tensor, torch.Tensor]], ridge: float) -> list[LayerDelta]:
     """New deltas of one layer for `parts` = [(delta, raw inputs x, rows)] of several edits, rows numbered apart."""
     B = torch.cat([delta.B for delta, _, _ in parts], dim=1).double()  # (d_out, T)
@@ -40,8 +58,7 @@ def _layer_system(parts: Sequence[tuple[LayerDelta, torch.Tensor, torch.Tensor]]
     rows = torch.cat([row for _, _, row in parts])
     G = A @ X.T  # G[t, j] = a_t · x_j
     same = rows[:, None] == rows[None, :]
-    scale = G.diagonal().abs().mean().clamp_min(torch.finfo(torch.float64).tiny)
-    system = G + ridge * scale * torch.eye(G.shape[0], dtype=G.dtype, device=G.device)
+    system = _ridged(G, ridge)
     target = B @ (G * same)  # (d_out, T): what each token sees from its own row alone
     solved = torch.linalg.solve(system.T, target.T).T  # B' system = target
     counts = [delta.B.shape[1] for delta, _, _ in parts]
@@ -63,9 +80,7 @@ def solve_merge(edits: Sequence, ridge: float | None = None) -> None:
     Raises:
         ValueError: an edit without recorded keys (not MEND) or with dense deltas, or a bad `ridge`.
     """
-    ridge = DEFAULT_RIDGE if ridge is None else ridge
-    if isinstance(ridge, bool) or not isinstance(ridge, int | float) or not ridge > 0:
-        raise ValueError(f"`ridge` must be a positive number, got {ridge!r}.")
+    ridge = _checked_ridge(ridge)
     for edit in edits:
         if SOLVE_KEYS not in edit.info.extra:
             raise ValueError("combine='solve' needs MEND edits (their factors and the raw inputs of their tokens).")
@@ -98,11 +113,8 @@ def protect_merge(edit, protected: dict[str, torch.Tensor], ridge: float | None 
         protected (`dict[str, torch.Tensor]`): Layer key -> `(P, d_in)` raw inputs to keep; updated.
         ridge (`float`, *optional*): Relative to the mean diagonal of `G Gᵀ + H Hᵀ` (`DEFAULT_RIDGE`).
     """
-    ridge = DEFAULT_RIDGE if ridge is None else ridge
-    if isinstance(ridge, bool) or not isinstance(ridge, int | float) or not ridge > 0:
-        raise ValueError(f"`ridge` must be a positive number, got {ridge!r}.")
-    if SOLVE_KEYS not in edit.info.extra:
-        raise ValueError("combine='solve' needs MEND edits (their factors and the raw inputs of their tokens).")
+    ridge = _checked_ridge(ridge)
+    _check_keys(edit)
     for name, delta in list(edit.deltas.items()):
         x, rows = edit.info.extra[SOLVE_KEYS][name]
         A, B = delta.A.double(), delta.B.double()
@@ -113,8 +125,7 @@ def protect_merge(edit, protected: dict[str, torch.Tensor], ridge: float | None 
         if earlier is not None and earlier.shape[0]:
             H = A @ earlier.double().T
             normal = normal + H @ H.T
-        scale = normal.diagonal().abs().mean().clamp_min(torch.finfo(torch.float64).tiny)
-        system = normal + ridge * scale * torch.eye(normal.shape[0], dtype=normal.dtype, device=normal.device)
+        system = _ridged(normal, ridge)
         solved = torch.linalg.solve(system.T, (target @ G.T).T).T
         edit.deltas[name] = LayerDelta(solved.to(delta.B.dtype), delta.A)
         protected[name] = x if earlier is None else torch.cat([earlier, x])
