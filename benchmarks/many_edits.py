@@ -102,6 +102,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "re-solves the output factors so that no request's tokens see another's update (hf_lime.tuner.merge); "
         "name the editor apart, e.g. lime_mean=FOLDER.",
     )
+    parser.add_argument(
+        "--preserve",
+        type=int,
+        default=0,
+        help="combine='solve': preserve the keys of this many prompts (edit_many's `preserve`), drawn from the loaded "
+        "facts of every split that no row edits (the pool beyond the largest N) and no locality part reads; 0: none.",
+    )
+    parser.add_argument("--preserve_weight", type=float, default=None, help="edit_many's `preserve_weight`.")
     parser.add_argument("--n_locality", type=int, default=200, help="Facts per locality part at most.")
     parser.add_argument("--locality_share", type=float, default=0.25, help="Subjects kept for locality at most.")
     parser.add_argument("--bootstrap", type=int, default=1000)
@@ -195,6 +203,7 @@ class StudyFacts:
     other: list[Any]
     edit_relations: list[str]
     locality_relations: list[str]
+    known: list[Any]  # every fact loaded (every split), the source of `--preserve`
 
 
 def load_items(args: argparse.Namespace, languages: list[str], label_language: str) -> tuple[list, list]:
@@ -274,12 +283,12 @@ def plan_facts(
             break
         locality_subjects.add(subject)
         same += [item for item in items if item.group == subject and item.relation in edit_relations]
-    edits = _edit_pool(items, edit_relations, locality_subjects, new_objects(complete_items(every_row, languages),
-                       languages), rng)  # fmt: skip
+    known = complete_items(every_row, languages)
+    edits = _edit_pool(items, edit_relations, locality_subjects, new_objects(known, languages), rng)
     edited_subjects = {fact.item.group for fact in edits}
     other = [item for item in items if item.relation in kept and item.group not in edited_subjects]
     rng.shuffle(other)
-    return StudyFacts(edits, same[:n_locality], other[:n_locality], edit_relations, kept)
+    return StudyFacts(edits, same[:n_locality], other[:n_locality], edit_relations, kept, known)
 
 
 def _edit_pool(items: list, edit_relations: list[str], excluded: set[str], objects: dict, rng: random.Random) -> list:
@@ -294,6 +303,17 @@ def _edit_pool(items: list, edit_relations: list[str], excluded: set[str], objec
         seen |= set(item.prompts)
         pool.append(EditFact(item, new))
     return pool
+
+
+def preserve_facts(facts: StudyFacts, languages: Sequence[str], max_n: int, limit: int, seed: int) -> list:
+    """At most `limit` `(prompt, gold answer)` pairs, in every language, of the loaded facts (every split) that no
+    row edits (the first `max_n` of the pool) and no locality part reads; shuffled."""
+    used = {prompt for fact in facts.edits[:max_n] for prompt in fact.item.prompts}
+    used |= {prompt for item in facts.same_relation + facts.other for prompt in item.prompts}
+    items = [item for item in facts.known if not used & set(item.prompts)]
+    pairs = [(item.prompts[item.positions[lang]], item.gold_labels()[lang]) for item in items for lang in languages]
+    random.Random(seed).shuffle(pairs)
+    return pairs[:limit]
 
 
 def edit_languages(n: int, setting: str, languages: Sequence[str], edit_language: str) -> list[str]:
@@ -383,8 +403,9 @@ def run_one(editor: Any, scorer: Any, facts: StudyFacts, base: dict, plan: RunPl
     requests = [(fact.prompt(lang), fact.new_labels[lang], lang) for fact, lang in zip(chosen, langs, strict=True)]
     start = time.perf_counter()
     combine = used_combine(args.combine, plan.mode)
+    preserve = {"preserve": args.moments, "preserve_weight": args.preserve_weight} if args.moments else {}
     group = editor.edit_many(requests, mode=plan.mode, batch_size=args.batch_size, max_length=args.max_length,
-                             combine=combine)  # fmt: skip
+                             combine=combine, **preserve)  # fmt: skip
     edit_seconds = time.perf_counter() - start
     try:
         row = edit_metrics(scorer, chosen, langs, languages, args.bootstrap, args.seed)
@@ -406,6 +427,7 @@ def describe(spec: EditorSpec, editor: Any, plan: RunPlan, args: argparse.Namesp
         "ft_settings": FT_TUNED if spec.folder is None else None, "mode": plan.mode, "n": plan.n,
         "setting": plan.setting, "edit_language": args.edit_language if plan.setting == "one" else "mix",
         "batch_size": args.batch_size, "combine": used_combine(args.combine, plan.mode),
+        "preserve": args.preserve, "preserve_weight": args.preserve_weight if args.preserve else None,
         "dataset": args.dataset, "split": args.split,
         "languages": list(editor.languages), "edit_relations": facts.edit_relations,
         "locality_relations": facts.locality_relations, "n_locality_same_relation": len(facts.same_relation),
@@ -422,6 +444,11 @@ def run_editor(spec: EditorSpec, editor: Any, facts: StudyFacts, args: argparse.
 
     scorer = TargetScorer(editor.model, editor.tokenizer, "masked_lm", None, args.max_length, args.read_batch_size)
     base = base_answers(scorer, facts, languages)
+    args.moments = None
+    if args.preserve:
+        pairs = preserve_facts(facts, languages, max(args.ns), args.preserve, args.seed)
+        args.moments = editor.key_moments(pairs, max_length=args.max_length)
+        print(f"preserving the keys of {len(pairs)} prompts", file=sys.stderr)
     rows = []
     for setting in args.settings:
         for mode in args.modes:

@@ -81,6 +81,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--edit_lr_init", type=float, default=3e-4, help="Initial MEND step size per layer.")
     parser.add_argument("--c_edit", type=float, default=None, help="Weight of the post-edit NLL (default: recipe).")
     parser.add_argument(
+        "--n_edit",
+        type=int,
+        default=1,
+        help="Edits per training episode, made as one batched edit (train for the batch sizes of edit_many).",
+    )
+    parser.add_argument(
         "--n_edits", type=int, default=None, help="Test edits per editing language (default: every held-out fact)."
     )
     parser.add_argument("--seed", type=int, default=0)
@@ -130,7 +136,7 @@ def parse_args() -> argparse.Namespace:
 
 def train_editor(model, tokenizer, splits, languages, args) -> LimeTrainer:
     collator = EpisodeCollator(tokenizer, "masked_lm", max_length=48)
-    common = {"languages": languages, "n_edit": 1, "n_retain": 4}
+    common = {"languages": languages, "n_edit": args.n_edit, "n_retain": 4}
     # 600 training episodes either way: 60 optimizer steps of 10 episodes (reference) or 600 of 1 (cpu); validation
     # six times, early stopping after 4 validations without a better hmean, the best editor kept
     per_step = 10 if args.recipe == "reference" else 1

@@ -44,6 +44,7 @@ from .tuner import LimeConfig
 from .tuner.config import PEFT_TYPE
 from .tuner.edit import Edit
 from .tuner.edit_group import EDIT_MODES, EditGroup
+from .tuner.preserve import key_moments
 
 __all__ = ["LimeEditor", "infer_task", "masked_prompt"]
 
@@ -423,6 +424,8 @@ class LimeEditor:
         batch_size: int | None = None,
         max_length: int = 128,
         combine: str = "sum",
+        preserve: Any = None,
+        preserve_weight: float | None = None,
     ) -> EditGroup:
         """
         Apply several edits at once and return them as one [`~hf_lime.tuner.edit_group.EditGroup`]: it reverts them
@@ -444,6 +447,12 @@ class LimeEditor:
                 re-solves the output factors of all requests together so that each request's tokens see what its
                 edit alone would give them (`hf_lime.tuner.merge`; on the demo's model it keeps 10 and 25 edits
                 holding where the sum does not, docs/results.md §5a).
+            preserve (*optional*): `combine="solve"` only: what the edits should leave alone, as `(prompt, answer)`
+                pairs (facts the model knows; read by [`~LimeEditor.key_moments`]) or the moments it returned. The
+                edits are then fitted as one least-squares update per layer (MEMIT's form with MEND's per-token
+                targets, [`~hf_lime.tuner.merge.preserve_merge`]).
+            preserve_weight (`float`, *optional*): The preserved keys' weight per edit token
+                (`hf_lime.tuner.merge.DEFAULT_PRESERVE_WEIGHT`).
 
         Warns (once per editor) when `mode="batch"` makes more edits than the editor made at once in training
         ([`~LimeEditor.trained_edit_batch_size`], from `training_info`; train with `n_edit` for larger batches).
@@ -474,9 +483,38 @@ class LimeEditor:
         starts = range(0, len(parsed), size)
         batches = [self._padded(examples[i : i + size]) for i in starts]
         languages = [self._row_languages(parsed[i : i + size]) for i in starts]
-        group = self.model.base_model.edit_many(batches, languages, mode=mode, combine=combine)
+        if preserve is not None and not isinstance(preserve, dict):
+            preserve = self.key_moments(preserve, max_length=max_length)
+        group = self.model.base_model.edit_many(
+            batches, languages, mode=mode, combine=combine, preserve=preserve, preserve_weight=preserve_weight
+        )
         group.held = self._held(examples)
         return group
+
+    def key_moments(
+        self, facts: Sequence[Any], batch_size: int = 32, max_length: int = 128
+    ) -> dict[str, torch.Tensor]:
+        """
+        What the edited layers see on `facts`, for `edit_many(..., preserve=...)`: per edited layer, the mean `x xᵀ`
+        of its input over the facts' tokens ([`~hf_lime.tuner.preserve.key_moments`]), on the model as it is now.
+
+        Args:
+            facts (`list`): `(prompt, answer)` pairs or dicts with `prompt` and `answer`, encoded as edits are
+                (for a masked LM the prompt with as many masks as the answer has tokens).
+            batch_size (`int`, *optional*, defaults to `32`): Facts per forward.
+            max_length (`int`, *optional*, defaults to `128`): Maximum tokens per prompt.
+
+        Returns:
+            `dict[str, torch.Tensor]`: layer key -> `(d_in, d_in)` float64 matrix.
+
+        Raises:
+            ValueError: no fact, or a fact that is not a `(prompt, answer)` pair.
+        """
+        examples = [self._encode(*_fact_pair(fact, index), max_length) for index, fact in enumerate(facts)]
+        if not examples or not _positive_int(batch_size):
+            raise ValueError(f"Pass at least one fact and a positive batch_size; got {len(examples)}, {batch_size!r}.")
+        batches = (self._padded(examples[i : i + batch_size]) for i in range(0, len(examples), batch_size))
+        return key_moments(self.model.base_model, batches)
 
     def _check_edit_batch_size(self, size: int) -> None:
         """Warn (once per editor) when a batch applies more edits, all computed on the model as it is, than one
@@ -609,6 +647,15 @@ class LimeEditor:
         nothing is written."""
         self._set_base_name(None)
         return export_edits_as_lora(edits, path, self.config.base_model_name_or_path, revision=self.config.revision)
+
+
+def _fact_pair(fact: Any, index: int) -> tuple[str, str]:
+    """`(prompt, answer)` of a fact given as a pair or a dict; a clear error naming its index otherwise."""
+    if isinstance(fact, dict):
+        fact = (fact.get("prompt"), fact.get("answer"))
+    if not isinstance(fact, tuple | list) or len(fact) != 2 or not all(isinstance(v, str) and v for v in fact):
+        raise ValueError(f"Fact {index}: expected a (prompt, answer) pair of non-empty strings, got {fact!r}.")
+    return fact[0], fact[1]
 
 
 def _positive_int(value: Any) -> bool:

@@ -30,6 +30,8 @@ from ..deltas import SOLVE_KEYS, LayerDelta
 
 COMBINES = ("sum", "mean", "solve")  # how an edit joins MEND's per-row updates (LimeModel.edit's `combine`)
 DEFAULT_RIDGE = 0.1  # chosen on the CLDR validation split (docs/results.md §5a)
+DEFAULT_PRESERVE_WEIGHT = 1.0  # the preserved keys' weight per edit token (preserve_merge)
+PRESERVE_EPS = 1e-6  # conditioning of preserve_merge's normal equations, relative to their mean diagonal
 
 
 def _checked_ridge(ridge: float | None) -> float:
@@ -81,9 +83,16 @@ def solve_merge(edits: Sequence, ridge: float | None = None) -> None:
         ValueError: an edit without recorded keys (not MEND) or with dense deltas, or a bad `ridge`.
     """
     ridge = _checked_ridge(ridge)
+    for name, entries in _layer_parts(edits).items():
+        merged = _layer_system([(delta, x, rows) for _, delta, x, rows in entries], ridge)
+        for (edit, _, _, _), delta in zip(entries, merged, strict=True):
+            edit.deltas[name] = delta
+
+
+def _layer_parts(edits: Sequence) -> dict[str, list[tuple]]:
+    """Per layer key, `(edit, delta, raw inputs x, rows)` of every edit, the rows of different edits numbered apart."""
     for edit in edits:
-        if SOLVE_KEYS not in edit.info.extra:
-            raise ValueError("combine='solve' needs MEND edits (their factors and the raw inputs of their tokens).")
+        _check_keys(edit)
     offset = 0
     parts: dict[str, list] = {}
     for edit in edits:
@@ -96,10 +105,7 @@ def solve_merge(edits: Sequence, ridge: float | None = None) -> None:
             parts.setdefault(name, []).append((edit, delta, x, rows + offset))
             n_rows = max(n_rows, int(rows.max()) + 1 if rows.numel() else 0)
         offset += n_rows
-    for name, entries in parts.items():
-        merged = _layer_system([(delta, x, rows) for _, delta, x, rows in entries], ridge)
-        for (edit, _, _, _), delta in zip(entries, merged, strict=True):
-            edit.deltas[name] = delta
+    return parts
 
 
 def protect_merge(edit, protected: dict[str, torch.Tensor], ridge: float | None = None) -> None:
@@ -129,3 +135,94 @@ def protect_merge(edit, protected: dict[str, torch.Tensor], ridge: float | None 
         solved = torch.linalg.solve(system.T, (target @ G.T).T).T
         edit.deltas[name] = LayerDelta(solved.to(delta.B.dtype), delta.A)
         protected[name] = x if earlier is None else torch.cat([earlier, x])
+
+
+# ------------------------------------------------------------------------------------------------ preservation
+def _checked_weight(weight: float | None) -> float:
+    weight = DEFAULT_PRESERVE_WEIGHT if weight is None else weight
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight >= 0:
+        raise ValueError(f"`preserve_weight` must be a number >= 0, got {weight!r}.")
+    return float(weight)
+
+
+def _own_targets(delta: LayerDelta, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """`(d_out, T)`: what each edit token sees from its own row's update alone, `B (G ⊙ M)`."""
+    G = delta.A.double() @ x.double().T
+    return delta.B.double() @ (G * (rows[:, None] == rows[None, :]))
+
+
+def _preserving_factor(
+    X: torch.Tensor, moments: torch.Tensor, weight: float, extra: torch.Tensor | None
+) -> torch.Tensor:
+    """`X (XᵀX + w T C + PᵀP + εI)⁻¹` — the input factor of the least-squares update that gives the `T` keys `X`
+    their targets and changes the preserved keys (second moment `C`, and the rows `P` of `extra`) as little as it
+    can; `ε` a tiny ridge for conditioning only."""
+    normal = X.T @ X + (weight * X.shape[0]) * moments.to(X)
+    if extra is not None and extra.shape[0]:
+        extra = extra.double()
+        normal = normal + extra.T @ extra
+    normal = _ridged(normal, PRESERVE_EPS)
+    return torch.linalg.solve(normal, X.T).T  # normal is symmetric
+
+
+def _checked_moments(moments: dict[str, torch.Tensor], name: str, d_in: int) -> torch.Tensor:
+    matrix = moments.get(name)
+    if matrix is None or tuple(matrix.shape) != (d_in, d_in):
+        raise ValueError(
+            f"`preserve` needs a ({d_in}, {d_in}) key moment for layer {name!r} (from `key_moments` on this model); "
+            f"got {None if matrix is None else tuple(matrix.shape)}."
+        )
+    return matrix.double()
+
+
+def preserve_merge(edits: Sequence, moments: dict[str, torch.Tensor], weight: float | None = None) -> None:
+    """
+    Refit computed (not applied) MEND edits together as one least-squares update per layer (MEMIT's form with
+    MEND's targets): every edit token `j` should see `v_j`, what its own row's MEND update alone gives it
+    (`B (G ⊙ M)`, as in [`solve_merge`]), and the keys the model usually sees (second moment `C`, from
+    [`~hf_lime.tuner.preserve.key_moments`]) should see no change:
+
+        ΔW = V X (XᵀX + w T C + εI)⁻¹,
+
+    `X` the `T` edit tokens' raw inputs, `w` the weight of the preserved keys per edit token. Each edit keeps its own
+    tokens' part (`V[:, j] a'_jᵀ`), so edits revert one by one. In place.
+
+    Args:
+        edits (`Sequence[Edit]`): MEND edits with their keys recorded (`EditInfo.extra[SOLVE_KEYS]`).
+        moments (`dict[str, torch.Tensor]`): Layer key -> `(d_in, d_in)` mean `x xᵀ` of the keys to preserve.
+        weight (`float`, *optional*): `w` (`DEFAULT_PRESERVE_WEIGHT`); `0` gives each edit token its target alone.
+
+    Raises:
+        ValueError: an edit without keys, a moment missing or of the wrong shape, or a bad `weight`.
+    """
+    weight = _checked_weight(weight)
+    for name, entries in _layer_parts(edits).items():
+        X = torch.cat([x for _, _, x, _ in entries]).double()
+        moment = _checked_moments(moments, name, X.shape[1])
+        targets = torch.cat([_own_targets(delta, x, rows) for _, delta, x, rows in entries], dim=1)
+        factor = _preserving_factor(X, moment, weight, None)
+        start = 0
+        for edit, delta, x, _ in entries:
+            stop = start + x.shape[0]
+            edit.deltas[name] = LayerDelta(
+                targets[:, start:stop].to(delta.B.dtype), factor[start:stop].to(delta.A.dtype)
+            )
+            start = stop
+
+
+def preserve_protect_merge(
+    edit, protected: dict[str, torch.Tensor], moments: dict[str, torch.Tensor], weight: float | None = None
+) -> None:
+    """
+    [`preserve_merge`] for one edit made after others (`mode="sequential"`): the tokens of the earlier edits
+    (`protected`, their raw inputs when they were made) are preserved too, each as one key; then this edit's tokens
+    join `protected`. In place.
+    """
+    weight = _checked_weight(weight)
+    _check_keys(edit)
+    for name, delta in list(edit.deltas.items()):
+        x, rows = edit.info.extra[SOLVE_KEYS][name]
+        moment = _checked_moments(moments, name, x.shape[1])
+        factor = _preserving_factor(x.double(), moment, weight, protected.get(name))
+        edit.deltas[name] = LayerDelta(_own_targets(delta, x, rows).to(delta.B.dtype), factor.to(delta.A.dtype))
+        protected[name] = x if name not in protected else torch.cat([protected[name], x])

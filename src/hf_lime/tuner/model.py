@@ -22,7 +22,7 @@ from .context import EditContext, apply_functional_deltas, known_task
 from .edit import Edit
 from .edit_group import EDIT_MODES, EditGroup
 from .layer import LimeLayer
-from .merge import COMBINES, protect_merge, solve_merge
+from .merge import COMBINES, preserve_merge, preserve_protect_merge, protect_merge, solve_merge
 from .validation import check_batch_fits_model, resolve_language_ids, validate_edit_batch
 
 CONTAINERS = ("lime_editor", "lime_masks", "lime_edit_lrs")
@@ -330,6 +330,8 @@ class LimeModel(BaseTuner):
         languages: Sequence[str | Sequence[str] | None] | None = None,
         mode: str = "batch",
         combine: str = "sum",
+        preserve: dict[str, torch.Tensor] | None = None,
+        preserve_weight: float | None = None,
     ) -> EditGroup:
         """
         Apply several edits, one editor call per batch, and return them as one [`EditGroup`].
@@ -345,6 +347,13 @@ class LimeModel(BaseTuner):
                 update by the total number of rows, so the applied edits are the mean of the rows' updates rather
                 than their sum; `"solve"` re-solves the output factors of every batch together so that no row's
                 tokens see another row's update (see [`~LimeModel.edit`]).
+            preserve (`dict[str, torch.Tensor]`, *optional*): `combine="solve"` only: key moments of what the edits
+                should leave alone ([`~hf_lime.tuner.preserve.key_moments`]); the edits are then fitted together as
+                one least-squares update per layer that gives every edit token its own MEND change and the preserved
+                keys (and, sequentially, the earlier edits' tokens) as little change as it can
+                ([`~hf_lime.tuner.merge.preserve_merge`]).
+            preserve_weight (`float`, *optional*): The preserved keys' weight per edit token
+                (`DEFAULT_PRESERVE_WEIGHT`).
 
         Returns:
             [`EditGroup`]: the applied edits (`group.revert()` restores the model bit for bit).
@@ -360,19 +369,21 @@ class LimeModel(BaseTuner):
         total = sum(rows) if combine == "mean" else 1
         if combine == "mean" and mode != "batch":
             raise ValueError("combine='mean' joins the rows of one batched edit: use it with mode='batch'.")
+        if (preserve is not None or preserve_weight is not None) and combine != "solve":
+            raise ValueError(f"`preserve` refits MEND's factors: use it with combine='solve', not {combine!r}.")
         edits: list[Edit] = []
         try:
             if mode == "batch":
                 edits.extend(_divided(self.prepare_edit(batch, language), total) for batch, language in pairs)
                 if combine == "solve":  # across every batch at once: no request interferes with another
-                    solve_merge(edits)
+                    _batch_merge(edits, preserve, preserve_weight)
                 for edit, (batch, _) in zip(edits, pairs, strict=True):
                     self._apply_checked(edit, batch)
             elif combine == "solve":  # each fitted to leave the earlier edits' tokens as they were
                 protected: dict[str, torch.Tensor] = {}
                 for batch, language in pairs:
                     edit = self.prepare_edit(batch, language)
-                    protect_merge(edit, protected)
+                    _sequential_merge(edit, protected, preserve, preserve_weight)
                     edits.append(self._apply_checked(edit, batch))
             else:
                 for batch, language in pairs:
@@ -562,3 +573,17 @@ def _divided(edit: Edit, divisor: int) -> Edit:
     if divisor > 1:
         edit.deltas = {name: LayerDelta(delta.B / divisor, delta.A) for name, delta in edit.deltas.items()}
     return edit
+
+
+def _batch_merge(edits: list[Edit], preserve: dict | None, weight: float | None) -> None:
+    if preserve is None:
+        solve_merge(edits)
+    else:
+        preserve_merge(edits, preserve, weight)
+
+
+def _sequential_merge(edit: Edit, protected: dict, preserve: dict | None, weight: float | None) -> None:
+    if preserve is None:
+        protect_merge(edit, protected)
+    else:
+        preserve_protect_merge(edit, protected, preserve, weight)

@@ -1,0 +1,133 @@
+"""Preserving what many edits should leave alone: `key_moments` (the mean `x xᵀ` of the edited layers' inputs) and
+`preserve_merge` (MEND's per-token targets fitted by least squares against those keys, MEMIT's form)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_edit_many import REQUESTS, mend_editor, unchanged, weights
+
+from hf_lime.deltas import SOLVE_KEYS
+from hf_lime.tuner.merge import PRESERVE_EPS, preserve_merge
+from hf_lime.tuner.preserve import key_moments
+
+KEEP = [
+    ("Paris is in [MASK] .", "France"),
+    ("Berlin ist in [MASK] .", "Deutschland"),
+    ("Rome is in [MASK] .", "Italy"),
+]
+
+
+def batches(editor, facts):
+    return [editor._padded([editor._encode(prompt, answer, 32) for prompt, answer in facts])]
+
+
+def layer_inputs(editor, facts) -> dict[str, torch.Tensor]:
+    """Every edited layer's input at every token of each fact run alone (no padding), by forward hooks."""
+    seen: dict[str, list[torch.Tensor]] = {}
+    layers = editor.model.base_model.lime_layers
+    hooks = [layer.register_forward_pre_hook(lambda _m, a, k=key: seen.setdefault(k, []).append(a[0][0].detach()))
+             for key, layer in layers.items()]  # fmt: skip
+    try:
+        with torch.no_grad():
+            for fact in facts:
+                batch = batches(editor, [fact])[0]
+                editor.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {key: torch.cat(values).double() for key, values in seen.items()}
+
+
+def test_key_moments_are_the_mean_second_moment_over_attended_tokens_only():
+    editor = mend_editor()
+    padded = batches(editor, KEEP)[0]
+    assert not padded["attention_mask"].all()  # the facts differ in length: padding to ignore
+    moments = editor.key_moments(KEEP, batch_size=2)
+    assert sorted(moments) == sorted(editor.model.base_model.lime_layers)
+    for key, x in layer_inputs(editor, KEEP).items():
+        torch.testing.assert_close(moments[key], x.T @ x / x.shape[0], rtol=1e-5, atol=1e-7)
+        assert moments[key].dtype == torch.float64
+    with pytest.raises(ValueError, match="Fact 1: expected a \\(prompt, answer\\) pair"):
+        editor.key_moments([KEEP[0], ("only a prompt",)])
+    with pytest.raises(ValueError, match="at least one fact"):
+        editor.key_moments([])
+
+
+def _own_targets(edits) -> dict[str, torch.Tensor]:
+    """Per layer, `B (G ⊙ M)` of MEND's own factors: what each edit token would see from its own request alone."""
+    targets: dict[str, list[torch.Tensor]] = {}
+    for edit in edits:
+        for key, delta in edit.deltas.items():
+            x, rows = edit.info.extra[SOLVE_KEYS][key]
+            G = delta.A.double() @ x.double().T
+            targets.setdefault(key, []).append(delta.B.double() @ (G * (rows[:, None] == rows[None, :])))
+    return {key: torch.cat(parts, 1) for key, parts in targets.items()}
+
+
+def _prepared(editor):
+    tuner = editor.model.base_model
+    _, examples = editor.check_requests(REQUESTS)
+    return [tuner.prepare_edit(editor._padded([e]), request[-1] if isinstance(request, tuple) else request["language"])
+            for e, request in zip(examples, REQUESTS, strict=True)]  # fmt: skip
+
+
+@pytest.mark.parametrize("weight", [0.0, 3.0])
+def test_preserve_merge_solves_the_least_squares_normal_equations(weight):
+    """ΔW (XᵀX + w T C + εI) = V X: X the edit tokens' raw inputs, V their own MEND targets, C the key moments."""
+    editor = mend_editor()
+    edits = _prepared(editor)
+    targets = _own_targets(edits)
+    moments = key_moments(editor.model.base_model, batches(editor, KEEP))
+    preserve_merge(edits, moments, weight)
+    for key, V in targets.items():
+        X = torch.cat([edit.info.extra[SOLVE_KEYS][key][0] for edit in edits]).double()
+        total = sum(edit.deltas[key].dense().double() for edit in edits)
+        normal = X.T @ X + weight * X.shape[0] * moments[key]
+        eye = torch.eye(normal.shape[0], dtype=normal.dtype)
+        normal = normal + PRESERVE_EPS * normal.diagonal().abs().mean() * eye
+        residual = total @ normal - V @ X
+        assert residual.norm() <= 1e-4 * (V @ X).norm()
+
+
+def test_a_larger_preserve_weight_changes_the_preserved_keys_less():
+    editor = mend_editor()
+    keys = layer_inputs(editor, KEEP)
+    moments = editor.key_moments(KEEP)
+    change = []
+    for weight in (0.0, 10.0, 1000.0):
+        edits = _prepared(editor)
+        preserve_merge(edits, moments, weight)
+        total = _total(edits)
+        change.append(sum(float((total[k].double() @ x.T).norm()) for k, x in keys.items()))
+    assert change[0] > change[1] > change[2]
+
+
+@pytest.mark.parametrize("mode", ["batch", "sequential"])
+def test_edit_many_with_preserve_reverts_bit_for_bit_and_checks_its_arguments(mode):
+    editor = mend_editor()
+    before = weights(editor)
+    plain = editor.edit_many(REQUESTS, mode=mode, combine="solve")
+    plain_total = {k: v.clone() for k, v in _total(plain.edits).items()}
+    plain.revert()
+    group = editor.edit_many(REQUESTS, mode=mode, combine="solve", preserve=KEEP, preserve_weight=5.0)
+    assert len(group.held) == len(REQUESTS)
+    assert any(not torch.allclose(_total(group.edits)[k], plain_total[k]) for k in plain_total)
+    group.revert()
+    assert unchanged(editor, before)
+    with pytest.raises(ValueError, match="use it with combine='solve'"):
+        editor.edit_many(REQUESTS, mode=mode, preserve=KEEP)
+    bad = {key: torch.eye(3, dtype=torch.float64) for key in editor.model.base_model.lime_layers}
+    with pytest.raises(ValueError, match="key moment for layer"):
+        editor.edit_many(REQUESTS, mode=mode, combine="solve", preserve=bad)
+    with pytest.raises(ValueError, match="preserve_weight"):
+        editor.edit_many(REQUESTS, mode=mode, combine="solve", preserve=KEEP, preserve_weight=-1)
+    assert unchanged(editor, before)
+
+
+def _total(edits) -> dict[str, torch.Tensor]:
+    total: dict[str, torch.Tensor] = {}
+    for edit in edits:
+        for key, delta in edit.deltas.items():
+            total[key] = total.get(key, 0) + delta.dense()
+    return total
