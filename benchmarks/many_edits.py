@@ -427,7 +427,7 @@ def describe(spec: EditorSpec, editor: Any, plan: RunPlan, args: argparse.Namesp
         "ft_settings": FT_TUNED if spec.folder is None else None, "mode": plan.mode, "n": plan.n,
         "setting": plan.setting, "edit_language": args.edit_language if plan.setting == "one" else "mix",
         "batch_size": args.batch_size, "combine": used_combine(args.combine, plan.mode),
-        "preserve": args.preserve, "preserve_weight": args.preserve_weight if args.preserve else None,
+        "preserve": args.preserve, "preserve_weight": preserve_weight(args) if args.preserve else None,
         "dataset": args.dataset, "split": args.split,
         "languages": list(editor.languages), "edit_relations": facts.edit_relations,
         "locality_relations": facts.locality_relations, "n_locality_same_relation": len(facts.same_relation),
@@ -463,6 +463,12 @@ def run_editor(spec: EditorSpec, editor: Any, facts: StudyFacts, args: argparse.
                 append_rows(args.results, [row])  # at once: a long study keeps what it measured
                 rows.append(row)
     return rows
+
+
+def preserve_weight(args: argparse.Namespace) -> float:
+    from hf_lime.tuner.merge import DEFAULT_PRESERVE_WEIGHT
+
+    return DEFAULT_PRESERVE_WEIGHT if args.preserve_weight is None else args.preserve_weight
 
 
 def summary_line(row: dict[str, Any]) -> str:

@@ -30,7 +30,7 @@ from ..deltas import SOLVE_KEYS, LayerDelta
 
 COMBINES = ("sum", "mean", "solve")  # how an edit joins MEND's per-row updates (LimeModel.edit's `combine`)
 DEFAULT_RIDGE = 0.1  # chosen on the CLDR validation split (docs/results.md §5a)
-DEFAULT_PRESERVE_WEIGHT = 1.0  # the preserved keys' weight per edit token (preserve_merge)
+DEFAULT_PRESERVE_WEIGHT = 0.3  # per edit token; chosen on the CLDR validation split (docs/results.md §5a)
 PRESERVE_EPS = 1e-6  # conditioning of preserve_merge's normal equations, relative to their mean diagonal
 
 
