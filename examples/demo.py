@@ -125,6 +125,13 @@ def parse_args() -> argparse.Namespace:
         default=None,
         help="Read this saved demo editor on --eval_split instead of training one (writes only the report).",
     )
+    parser.add_argument(
+        "--preserve_weight",
+        type=float,
+        default=None,
+        help="Edit with combine='solve' and preserve= the key moments of the training split's facts (every language) "
+        "at this weight (hf_lime.tuner.merge.preserve_merge); default: MEND's plain edit.",
+    )
     parser.add_argument("--n_neighbours", type=int, default=5, help="Same-relation facts scored per edit.")
     parser.add_argument("--n_retain", type=int, default=3, help="Facts of other relations scored per edit.")
     args = parser.parse_args()
@@ -234,7 +241,8 @@ def evaluate(model, tokenizer, splits, languages: list[str], args):
     # every language, so each test item is usable in each editing language
     every_object = candidate_table([row for split in splits.values() for row in split])
     held_out = splits[args.eval_split]
-    result = evaluate_editor(model, tokenizer, held_out, "masked_lm", languages=languages,
+    options = preserve_options(model, tokenizer, splits["train"], args.preserve_weight)
+    result = evaluate_editor(model, tokenizer, held_out, "masked_lm", languages=languages, edit_options=options,
                              n_edits=args.n_edits or len(held_out), n_retain=args.n_retain,
                              n_neighbours=args.n_neighbours, seed=args.seed, max_length=48, scoring="open",
                              extra_scorings=("candidates",), candidates=every_object, bootstrap=1000,
@@ -246,6 +254,18 @@ def evaluate(model, tokenizer, splits, languages: list[str], args):
           f"transfer {ranked['transfer']:.3f}")  # fmt: skip
     save_report(result, Path(args.output_dir))
     return result
+
+
+def preserve_options(model, tokenizer, train: list[dict], weight: float | None) -> dict:
+    """`--preserve_weight`: `edit_options` that fit every edit against the key moments of the training facts (their
+    prompts with as many masks as their answers have tokens, in every language); `{}` without it."""
+    if weight is None:
+        return {}
+    facts = [(prompt.replace("[Y]", "[MASK]"), target) for row in train
+             for prompt, target in zip(row["prompts"], row["targets"], strict=True)]  # fmt: skip
+    moments = LimeEditor(model, tokenizer, task="masked_lm").key_moments(facts)
+    logger.info("preserving the keys of %d training prompts (weight %g)", len(facts), weight)
+    return {"combine": "solve", "preserve": moments, "preserve_weight": weight}
 
 
 def evaluate_saved(args: argparse.Namespace) -> None:

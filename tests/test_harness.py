@@ -503,3 +503,25 @@ def test_sequence_span_lengths_follow_the_objects_of_each_language(world):
     assert [scorer.span_length(it, "fr") for it in parsed] == [again.span_length(it, "fr") for it in parsed]
     with pytest.raises(ValueError, match="mask token"):
         SequenceScorer(base, type("NoMask", (), {"mask_token": None})(), parsed, seed=0, max_length=8, batch_size=1)
+
+
+def test_edit_options_reach_every_edit_and_are_recorded(world):
+    """`edit_options` go to every `model.edit` call (here a MEND edit fitted against key moments) and into
+    `settings["edit_options"]` (tensor dicts as their layer count)."""
+    from hf_lime.tuner.preserve import key_moments
+
+    tokenizer, items, base = world
+    model = make_model(base, step_size=1e-2)
+    moments = key_moments(model.base_model, [tokenizer(["a b c"], return_tensors="pt")])
+    calls = []
+    real = model.base_model.edit
+
+    def recording(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    model.base_model.edit = recording
+    result = run(model, tokenizer, items, edit_options={"combine": "solve", "preserve": moments})
+    assert len(calls) == result.metrics["n_edits"] and result.metrics["n_edits"] > 0
+    assert all(call["combine"] == "solve" and call["preserve"] is moments for call in calls)
+    assert result.settings["edit_options"] == {"combine": "solve", "preserve": f"{len(moments)} layers"}

@@ -131,3 +131,22 @@ def _total(edits) -> dict[str, torch.Tensor]:
         for key, delta in edit.deltas.items():
             total[key] = total.get(key, 0) + delta.dense()
     return total
+
+
+def test_a_single_edit_with_preserve_is_the_merge_of_its_mend_factors_and_reverts():
+    editor = mend_editor()
+    before = weights(editor)
+    moments = editor.key_moments(KEEP)
+    tuner = editor.model.base_model
+    _, examples = editor.check_requests(REQUESTS[:1])
+    expected = tuner.prepare_edit(editor._padded(examples), "en")
+    preserve_merge([expected], moments, 2.0)
+    edit = editor.edit("Dante was born in [MASK] .", "Florence", language="en", preserve=moments, preserve_weight=2.0)
+    for key, delta in edit.deltas.items():
+        torch.testing.assert_close(delta.dense(), expected.deltas[key].dense(), rtol=1e-4, atol=1e-7)
+    edit.revert()
+    assert unchanged(editor, before)
+    with pytest.raises(ValueError, match="use it with combine='solve'"):
+        editor.edit("Dante was born in [MASK] .", "Florence", language="en", combine="sum", preserve=moments)
+    assert unchanged(editor, before)
+

@@ -373,6 +373,8 @@ class LimeEditor:
         language: str | Sequence[str] | None = None,
         max_length: int = 128,
         combine: str | None = None,
+        preserve: Any = None,
+        preserve_weight: float | None = None,
     ) -> Edit:
         """
         Edit the model so that `text` gives `target`, and return the applied [`Edit`] (`edit.revert()` undoes it).
@@ -395,7 +397,13 @@ class LimeEditor:
                 step, as for different facts), `"mean"` divides that update by the number of rows (one step shared by
                 rows stating one fact); see [`~LimeModel.edit`]. Default: `"mean"` for a MEND edit given as a
                 per-language dict (one fact; measured on the demo: every language's own answer 0.43 at same-relation
-                locality 0.91, against 0.37 at 0.38 with `"sum"`), `"sum"` otherwise.
+                locality 0.91, against 0.37 at 0.38 with `"sum"`), `"sum"` otherwise; `"solve"` with `preserve`.
+            preserve (*optional*): MEND: what the edit should leave alone, as `(prompt, answer)` facts or the moments
+                [`~LimeEditor.key_moments`] returned (compute them once for many edits); the edit is then the
+                least-squares update that gives its tokens their MEND change and those keys as little change as it
+                can (`combine="solve"`, [`~hf_lime.tuner.merge.preserve_merge`]).
+            preserve_weight (`float`, *optional*): The preserved keys' weight per edit token
+                (`hf_lime.tuner.merge.DEFAULT_PRESERVE_WEIGHT`).
 
         Returns:
             [`Edit`]: the applied edit (one batched edit of every row: one revert undoes them all).
@@ -408,6 +416,8 @@ class LimeEditor:
         ...             {"en": "Addis Ababa", "fr": "Addis-Abeba"})  # doctest: +SKIP
         ```
         """
+        if combine is None and preserve is not None:
+            combine = "solve"
         if combine is None:
             one_fact = isinstance(text, Mapping) or isinstance(target, Mapping)
             combine = "mean" if one_fact and self.config.editor == "mend" else "sum"
@@ -415,7 +425,10 @@ class LimeEditor:
         examples = [self._encode(t, y, max_length) for t, y in zip(texts, targets, strict=True)]
         batch = {key: value.to(self.device) for key, value in pad_batch(self.tokenizer, examples).items()}
         rows = language if language is None or isinstance(language, str) else list(language)
-        return self.model.base_model.edit(batch, language=rows, combine=combine)
+        preserve = self._moments(preserve, max_length)
+        return self.model.base_model.edit(
+            batch, language=rows, combine=combine, preserve=preserve, preserve_weight=preserve_weight
+        )
 
     def edit_many(
         self,
@@ -483,13 +496,18 @@ class LimeEditor:
         starts = range(0, len(parsed), size)
         batches = [self._padded(examples[i : i + size]) for i in starts]
         languages = [self._row_languages(parsed[i : i + size]) for i in starts]
-        if preserve is not None and not isinstance(preserve, dict):
-            preserve = self.key_moments(preserve, max_length=max_length)
+        preserve = self._moments(preserve, max_length)
         group = self.model.base_model.edit_many(
             batches, languages, mode=mode, combine=combine, preserve=preserve, preserve_weight=preserve_weight
         )
         group.held = self._held(examples)
         return group
+
+    def _moments(self, preserve: Any, max_length: int) -> dict[str, torch.Tensor] | None:
+        """`preserve` as key moments: given, or read from `(prompt, answer)` facts."""
+        return (
+            preserve if preserve is None or isinstance(preserve, dict) else self.key_moments(preserve, 32, max_length)
+        )
 
     def key_moments(
         self, facts: Sequence[Any], batch_size: int = 32, max_length: int = 128

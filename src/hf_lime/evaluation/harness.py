@@ -209,7 +209,7 @@ def _append(records: dict, plan: _EditPlan, predictions, references, languages, 
 
 
 def _run_edit(model: Any, readers: _Readers, plan: _EditPlan, eval_languages: list[str], records: dict,
-              extra_records: dict[str, dict]) -> None:  # fmt: skip
+              extra_records: dict[str, dict], edit_options: dict[str, Any]) -> None:  # fmt: skip
     """Apply one edit; score its item in every evaluation language (`"edit"` records), its neighbours and retain
     items at their targets (`"neighbour"`, `"retain"`) and over their whole sequence (`"sequence"`); revert it."""
     scorer, sequence = readers.scorer, readers.sequence
@@ -218,7 +218,7 @@ def _run_edit(model: Any, readers: _Readers, plan: _EditPlan, eval_languages: li
     retain_pairs = [(item, language) for item in plan.retain for language in eval_languages]
     target_pairs = neighbour_pairs + (retain_pairs if readers.retain_at_target else [])
     batch = scorer.edit_batch(plan.item, plan.language, plan.labels[plan.language])
-    edit = model.edit(batch, language=plan.language, retain_inputs=_locality_batch(scorer, plan))
+    edit = model.edit(batch, language=plan.language, retain_inputs=_locality_batch(scorer, plan), **edit_options)
     try:  # one scoring pass for the edit and the locality queries read at their target
         predictions = scorer.predict(queries + _gold_queries(target_pairs))
         read_sequences = sequence.predict(retain_pairs) if sequence is not None else []
@@ -334,6 +334,7 @@ def evaluate_editor(
     candidates: Mapping[tuple[str, str], Sequence[str]] | None = None,
     exclude_ids: Collection[str] = (),
     cache_bytes: int = DEFAULT_MAX_BYTES,
+    edit_options: Mapping[str, Any] | None = None,
 ) -> EvaluationResult:
     """Edit each chosen item in each edit language, score it and unrelated items in every language, revert.
 
@@ -411,6 +412,9 @@ def evaluate_editor(
             (`hf_lime.prefix_cache`): every prompt's hidden states entering the first edited block are computed once
             and reused after every edit, since the blocks below it never change (same answers up to float
             rounding). `0` disables it; models it does not support run without it.
+        edit_options (`Mapping[str, Any]`, *optional*): Further keyword arguments of every `model.edit` call, e.g.
+            `{"combine": "solve", "preserve": moments}` (`LimeModel.edit`); recorded in `settings["edit_options"]`
+            (a tensor dict such as key moments as its layer count).
 
     Before any edit, the unedited model answers every edit record too: `settings["pre_edit_floor"]` is the share it
     already gets right (overall, `reliability`, `transfer`), the edit success of an editor that changes nothing.
@@ -474,14 +478,14 @@ def evaluate_editor(
         floors = {name: _pre_edit_floor(reader, plans, eval_languages) for name, reader in
                   {scoring: readers.scorer, **readers.extra}.items()}  # fmt: skip
         for plan in tqdm(plans, desc="Editing", unit="edit", disable=not progress):
-            _run_edit(model, readers, plan, eval_languages, records, extra_records)
+            _run_edit(model, readers, plan, eval_languages, records, extra_records, dict(edit_options or {}))
     settings = _settings(model, task, edit_languages, eval_languages, plans, counts, new_target, seed)
     _warn_short_retain(settings, counts)
     settings["prefix_cache"] = _cache_summary(cache, cache_bytes)
     settings.update(distinct_facts=distinct_facts, n_facts=len({plan.item.id for plan in plans}),
                     n_locality=n_locality, locality=locality, extra_scorings=list(readers.extra),
                     candidates="every given object" if candidates is not None else "the evaluated items' objects",
-                    n_excluded=len(set(exclude_ids)))  # fmt: skip
+                    n_excluded=len(set(exclude_ids)), edit_options=_described(edit_options))  # fmt: skip
 
     def result(name: str, columns: dict) -> EvaluationResult:
         metrics = compute_xl_edit_metrics(**columns, bootstrap=bootstrap, seed=seed)
@@ -507,6 +511,13 @@ def _scoring_cache(model: Any, max_bytes: int) -> Iterator[PrefixCache | None]:
     finally:
         if cache is not None:
             cache.detach()
+
+
+def _described(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """`edit_options` for settings.json: a tensor dict (key moments) as `"<n> layers"`."""
+    return {
+        key: f"{len(value)} layers" if isinstance(value, Mapping) else value for key, value in (options or {}).items()
+    }
 
 
 def _cache_summary(cache: PrefixCache | None, max_bytes: int) -> dict[str, Any] | None:

@@ -261,6 +261,8 @@ class LimeModel(BaseTuner):
         retain_inputs: Any = None,
         *,
         combine: str = "sum",
+        preserve: dict[str, torch.Tensor] | None = None,
+        preserve_weight: float | None = None,
     ) -> Edit:
         """
         Compute an edit and apply it.
@@ -280,6 +282,12 @@ class LimeModel(BaseTuner):
                 re-solved so that every row's tokens see what that row's edit alone would give them, with a ridge:
                 rows about different facts stop interfering; `hf_lime.tuner.merge`). `"mean"` and `"solve"` are for
                 MEND only: KnowledgeEditor already averages its rows' shifts and fine-tuning fits all rows at once.
+            preserve (`dict[str, torch.Tensor]`, *optional*): With `combine="solve"`: key moments of what the edit
+                should leave alone ([`~hf_lime.tuner.preserve.key_moments`]); the edit is then the least-squares
+                update that gives its tokens their MEND change and those keys as little change as it can
+                ([`~hf_lime.tuner.merge.preserve_merge`]).
+            preserve_weight (`float`, *optional*): The preserved keys' weight per edit token
+                (`DEFAULT_PRESERVE_WEIGHT`).
 
         Returns:
             [`Edit`]: the applied edit; `edit.revert()` restores the model bit for bit.
@@ -287,7 +295,10 @@ class LimeModel(BaseTuner):
         The editor runs in evaluation mode here (deterministic gates, frozen statistics) whatever `model.training`
         says; training uses [`~LimeModel.compute_edit`].
         """
-        return self._apply_checked(self.prepare_edit(inputs, language, retain_inputs, combine=combine), inputs)
+        prepared = self.prepare_edit(
+            inputs, language, retain_inputs, combine=combine, preserve=preserve, preserve_weight=preserve_weight
+        )
+        return self._apply_checked(prepared, inputs)
 
     def prepare_edit(
         self,
@@ -296,6 +307,8 @@ class LimeModel(BaseTuner):
         retain_inputs: Any = None,
         *,
         combine: str = "sum",
+        preserve: dict[str, torch.Tensor] | None = None,
+        preserve_weight: float | None = None,
     ) -> Edit:
         """
         Compute an edit on the model as it is now, without applying it: the returned [`Edit`] is `"created"` and
@@ -303,11 +316,12 @@ class LimeModel(BaseTuner):
         that the edited outputs are finite.
         """
         rows = self._combine_rows(combine, inputs)
+        _check_preserve(combine, preserve, preserve_weight)
         with torch.no_grad(), self._editor_eval_mode():
             output = self.compute_edit(inputs, language, retain_inputs)
         edit = Edit(_checked_deltas(output.deltas), self.lime_layers, output.info, self._base_model_name())
         if combine == "solve":
-            solve_merge([edit])
+            _batch_merge([edit], preserve, preserve_weight)
         return _divided(edit, rows)
 
     def _combine_rows(self, combine: str, inputs: Any) -> int:
@@ -369,8 +383,7 @@ class LimeModel(BaseTuner):
         total = sum(rows) if combine == "mean" else 1
         if combine == "mean" and mode != "batch":
             raise ValueError("combine='mean' joins the rows of one batched edit: use it with mode='batch'.")
-        if (preserve is not None or preserve_weight is not None) and combine != "solve":
-            raise ValueError(f"`preserve` refits MEND's factors: use it with combine='solve', not {combine!r}.")
+        _check_preserve(combine, preserve, preserve_weight)
         edits: list[Edit] = []
         try:
             if mode == "batch":
@@ -573,6 +586,11 @@ def _divided(edit: Edit, divisor: int) -> Edit:
     if divisor > 1:
         edit.deltas = {name: LayerDelta(delta.B / divisor, delta.A) for name, delta in edit.deltas.items()}
     return edit
+
+
+def _check_preserve(combine: str, preserve: dict | None, weight: float | None) -> None:
+    if (preserve is not None or weight is not None) and combine != "solve":
+        raise ValueError(f"`preserve` refits MEND's factors: use it with combine='solve', not {combine!r}.")
 
 
 def _batch_merge(edits: list[Edit], preserve: dict | None, weight: float | None) -> None:
