@@ -149,4 +149,3 @@ def test_a_single_edit_with_preserve_is_the_merge_of_its_mend_factors_and_revert
     with pytest.raises(ValueError, match="use it with combine='solve'"):
         editor.edit("Dante was born in [MASK] .", "Florence", language="en", combine="sum", preserve=moments)
     assert unchanged(editor, before)
-
