@@ -149,3 +149,35 @@ def test_a_single_edit_with_preserve_is_the_merge_of_its_mend_factors_and_revert
     with pytest.raises(ValueError, match="use it with combine='solve'"):
         editor.edit("Dante was born in [MASK] .", "Florence", language="en", combine="sum", preserve=moments)
     assert unchanged(editor, before)
+
+
+def test_a_sequence_with_preserve_refits_every_edit_from_its_own_mend_factors(monkeypatch):
+    """`mode="sequential"` with `preserve`: each edit is computed on the model holding the earlier ones (their refitted
+    form), and after the last one the group's deltas are `preserve_merge` of every edit's own MEND factors."""
+    import copy
+
+    from hf_lime.tuner.model import LimeModel
+
+    editor = mend_editor()
+    before = weights(editor)
+    moments = editor.key_moments(KEEP)
+    made, applied_before = [], []
+    real = LimeModel.prepare_edit
+
+    def recording(self, *args, **kwargs):
+        applied_before.append(len(self.applied_edit_ids))
+        edit = real(self, *args, **kwargs)
+        made.append(copy.copy(edit))
+        made[-1].deltas = dict(edit.deltas)
+        return edit
+
+    monkeypatch.setattr(LimeModel, "prepare_edit", recording)
+    group = editor.edit_many(REQUESTS, mode="sequential", combine="solve", preserve=moments, preserve_weight=2.0)
+    assert applied_before == list(range(len(REQUESTS)))  # edit k was computed with the k earlier ones applied
+    preserve_merge(made, moments, 2.0)
+    for edit, expected in zip(group.edits, made, strict=True):
+        assert edit.state == "applied"
+        for key, delta in edit.deltas.items():
+            torch.testing.assert_close(delta.dense(), expected.deltas[key].dense(), rtol=1e-4, atol=1e-7)
+    group.revert()
+    assert unchanged(editor, before)

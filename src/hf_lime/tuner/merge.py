@@ -208,30 +208,3 @@ def preserve_merge(edits: Sequence, moments: dict[str, torch.Tensor], weight: fl
                 targets[:, start:stop].to(delta.B.dtype), factor[start:stop].to(delta.A.dtype)
             )
             start = stop
-
-
-def preserve_protect_merge(
-    edit, protected: dict[str, torch.Tensor], moments: dict[str, torch.Tensor], weight: float | None = None
-) -> None:
-    """
-    [`protect_merge`] with the preserved keys in its system (`mode="sequential"`): the edit's output factors solve
-    `B' (G Gᵀ + H Hᵀ + w T A C Aᵀ + λI) = B (G ⊙ M) Gᵀ` — its own tokens given their own change, the earlier edits'
-    tokens (`H`) and the keys of second moment `C` (`moments`) none, `λ` as in [`protect_merge`]; then this edit's
-    tokens join `protected`. In place.
-    """
-    weight = _checked_weight(weight)
-    _check_keys(edit)
-    for name, delta in list(edit.deltas.items()):
-        x, rows = edit.info.extra[SOLVE_KEYS][name]
-        moment = _checked_moments(moments, name, x.shape[1])
-        A, B = delta.A.double(), delta.B.double()
-        G = A @ x.double().T
-        target = B @ (G * (rows[:, None] == rows[None, :]))
-        normal = G @ G.T + (weight * x.shape[0]) * (A @ moment @ A.T)
-        earlier = protected.get(name)
-        if earlier is not None and earlier.shape[0]:
-            H = A @ earlier.double().T
-            normal = normal + H @ H.T
-        solved = torch.linalg.solve(_ridged(normal, DEFAULT_RIDGE).T, (target @ G.T).T).T
-        edit.deltas[name] = LayerDelta(solved.to(delta.B.dtype), delta.A)
-        protected[name] = x if earlier is None else torch.cat([earlier, x])

@@ -22,7 +22,7 @@ from .context import EditContext, apply_functional_deltas, known_task
 from .edit import Edit
 from .edit_group import EDIT_MODES, EditGroup
 from .layer import LimeLayer
-from .merge import COMBINES, preserve_merge, preserve_protect_merge, protect_merge, solve_merge
+from .merge import COMBINES, preserve_merge, protect_merge, solve_merge
 from .validation import check_batch_fits_model, resolve_language_ids, validate_edit_batch
 
 CONTAINERS = ("lime_editor", "lime_masks", "lime_edit_lrs")
@@ -364,8 +364,8 @@ class LimeModel(BaseTuner):
             preserve (`dict[str, torch.Tensor]`, *optional*): `combine="solve"` only: key moments of what the edits
                 should leave alone ([`~hf_lime.tuner.preserve.key_moments`]); the edits are then fitted together as
                 one least-squares update per layer that gives every edit token its own MEND change and the preserved
-                keys (and, sequentially, the earlier edits' tokens) as little change as it can
-                ([`~hf_lime.tuner.merge.preserve_merge`]).
+                keys as little change as it can ([`~hf_lime.tuner.merge.preserve_merge`]); sequentially, each new
+                edit is computed on the model holding the earlier ones and then all of them are refitted together.
             preserve_weight (`float`, *optional*): The preserved keys' weight per edit token
                 (`DEFAULT_PRESERVE_WEIGHT`).
 
@@ -392,11 +392,13 @@ class LimeModel(BaseTuner):
                     _batch_merge(edits, preserve, preserve_weight)
                 for edit, (batch, _) in zip(edits, pairs, strict=True):
                     self._apply_checked(edit, batch)
+            elif combine == "solve" and preserve is not None:
+                self._refit_sequence(pairs, edits, preserve, preserve_weight)
             elif combine == "solve":  # each fitted to leave the earlier edits' tokens as they were
                 protected: dict[str, torch.Tensor] = {}
                 for batch, language in pairs:
                     edit = self.prepare_edit(batch, language)
-                    _sequential_merge(edit, protected, preserve, preserve_weight)
+                    protect_merge(edit, protected)
                     edits.append(self._apply_checked(edit, batch))
             else:
                 for batch, language in pairs:
@@ -406,6 +408,24 @@ class LimeModel(BaseTuner):
                 edit.revert()  # a no-op for an edit that was computed but not applied
             raise
         return EditGroup(edits, mode=mode)
+
+    def _refit_sequence(self, pairs: list, edits: list[Edit], preserve: dict, weight: float | None) -> None:
+        """`mode="sequential"` with `preserve`: each new edit is computed by MEND on the model holding the earlier
+        ones, then all the edits so far are refitted together against the preserved keys ([`preserve_merge`] from
+        every edit's own MEND factors) and applied again; `edits` is filled as they are made."""
+        originals: list[dict[str, LayerDelta]] = []
+        for batch, language in pairs:
+            edit = self.prepare_edit(batch, language)
+            originals.append(dict(edit.deltas))
+            for earlier in reversed(edits):
+                earlier.revert()
+            edits.append(edit)
+            for made, factors in zip(edits, originals, strict=True):
+                made.deltas = dict(factors)
+            preserve_merge(edits, preserve, weight)
+            for earlier in edits[:-1]:
+                earlier.apply()
+            self._apply_checked(edit, batch)
 
     def _checked_batches(self, batches: Sequence[Any], languages: Sequence[Any] | None) -> list[tuple[Any, Any]]:
         """`(batch, language)` pairs, each checked by `check_edit_inputs` (the error names the batch's index)."""
@@ -598,10 +618,3 @@ def _batch_merge(edits: list[Edit], preserve: dict | None, weight: float | None)
         solve_merge(edits)
     else:
         preserve_merge(edits, preserve, weight)
-
-
-def _sequential_merge(edit: Edit, protected: dict, preserve: dict | None, weight: float | None) -> None:
-    if preserve is None:
-        protect_merge(edit, protected)
-    else:
-        preserve_protect_merge(edit, protected, preserve, weight)
