@@ -154,6 +154,10 @@ def parse_args() -> argparse.Namespace:
                    help="How retain items are read: at their target, or over the whole sequence with a random-length "
                         "mask span (the LiME reference's protocol; run ids get '-seqloc' and a trained editor is "
                         "reused from the target run's best checkpoint when present).")  # fmt: skip
+    p.add_argument("--preserve_weight", type=float, default=None,
+                   help="Read the editor of the run without --variant (trained, not retrained) with every edit "
+                        "fitted against the key moments of the training split's facts at this weight (edit_many's "
+                        "`preserve`, hf_lime.tuner.merge.preserve_merge); needs --variant.")  # fmt: skip
     p.add_argument("--variant", default=None,
                    help="Name of a recipe variant (e.g. 'cedit0.1' with --c_edit 0.1): appended to the run ids "
                         "('-<variant>') and kept apart from the default recipe's rows in the summary.")  # fmt: skip
@@ -327,6 +331,8 @@ def run_one(run: dict, task: dict, args) -> tuple[dict, dict]:
     model.eval()
     # FT with its locality term sees unrelated training-split prompts at edit time (never the scored retain items)
     options = evaluation_options(run, task, args)
+    if args.preserve_weight is not None:
+        options["edit_options"] = preserve_options(model, tokenizer, task, args.preserve_weight)
     result = evaluate_editor(model, tokenizer, task["splits"]["test"], task["task"], **options)
     result.settings.update(label_language=task["label_language"], split="test", chosen_on=CHOSEN_ON)
     editing = None
@@ -370,6 +376,17 @@ def evaluation_options(run: dict, task: dict, args) -> dict:
     return {**options, **strict}
 
 
+def preserve_options(model, tokenizer, task: dict, weight: float) -> dict:
+    """`--preserve_weight`: every edit fitted against the key moments of the training split's facts, all languages."""
+    from hf_lime import LimeEditor
+    from hf_lime.data.items import fact_pairs
+
+    facts = fact_pairs(task["splits"]["train"], task["languages"])
+    moments = LimeEditor(model, tokenizer, task=task["task"]).key_moments(facts, max_length=64)
+    logger.info("preserving the keys of %d training prompts (weight %g)", len(facts), weight)
+    return {"combine": "solve", "preserve": moments, "preserve_weight": weight}
+
+
 def untrained_twin_of(run: dict, base, task: dict, args) -> tuple[torch.nn.Module, str]:
     """`twin`: a fresh adapter (seeded as the `all` run's, so its networks are the ones that run started from) with
     the trained step sizes, masks and centring statistics of that run's best checkpoint; and that checkpoint."""
@@ -391,16 +408,22 @@ def untrained_twin_of(run: dict, base, task: dict, args) -> tuple[torch.nn.Modul
 
 
 def trained_editor(run: dict, args) -> dict | None:
-    """The best checkpoint of the target-protocol run of the same configuration, for a `-seqloc` run (or None)."""
-    if run["locality"] == "target" or run["training"] in ("untrained", "twin"):
+    """The best checkpoint of the target-protocol run of the same configuration, for a `-seqloc` run, or of the run
+    without the variant, for a `--preserve_weight` run (or None)."""
+    if run["training"] in ("untrained", "twin"):
         return None
-    base_id = run["id"].removesuffix(SEQUENCE_SUFFIX)
+    if args.preserve_weight is not None:
+        base_id = run["id"].replace(f"-{run['variant']}", "", 1)
+    elif run["locality"] == "target":
+        return None
+    else:
+        base_id = run["id"].removesuffix(SEQUENCE_SUFFIX)
     summary_path = Path(args.runs_dir) / f"{base_id}.json"
-    if not summary_path.exists():
-        return None
-    summary = json.loads(summary_path.read_text())
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     path = Path(args.output_dir) / base_id / "checkpoints" / str(summary.get("best_checkpoint"))
     if not (path / "adapter_config.json").exists():
+        if args.preserve_weight is not None:  # a reading of a trained editor: never train one for it
+            raise FileNotFoundError(f"{run['id']} reads the editor of {base_id}, which is not at {path}.")
         return None
     logger.info("reusing the editor of %s (%s)", base_id, path)
     return {"path": path, "episodes": summary["episodes"]}
@@ -410,6 +433,8 @@ def grid(args) -> list[dict]:
     variant = args.variant
     if variant is not None and not re.fullmatch(r"[A-Za-z0-9_.]+", variant):
         raise ValueError(f"--variant must be letters, digits, '_' or '.', got {variant!r}")
+    if args.preserve_weight is not None and not variant:
+        raise ValueError("--preserve_weight reads a trained editor another way: name the reading with --variant.")
     suffix = (f"-{variant}" if variant else "") + (SEQUENCE_SUFFIX if args.locality == "sequence" else "")
     suffix += STRICT_SUFFIX if args.reading == "strict" else ""
     return [

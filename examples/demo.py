@@ -39,6 +39,7 @@ from hf_lime import LimeConfig, LimeEditor
 from hf_lime.data import load_cldr_facts
 from hf_lime.data.encoding import target_token_ids
 from hf_lime.data.episodes import EpisodeCollator, EpisodeDataset
+from hf_lime.data.items import fact_pairs
 from hf_lime.evaluation import json_safe
 from hf_lime.real_models.prepare import prepare_model
 from hf_lime.trainer import LimeTrainer, LimeTrainingArguments
@@ -261,8 +262,7 @@ def preserve_options(model, tokenizer, train: list[dict], weight: float | None) 
     prompts with as many masks as their answers have tokens, in every language); `{}` without it."""
     if weight is None:
         return {}
-    facts = [(prompt.replace("[Y]", "[MASK]"), target) for row in train
-             for prompt, target in zip(row["prompts"], row["targets"], strict=True)]  # fmt: skip
+    facts = fact_pairs(train)
     moments = LimeEditor(model, tokenizer, task="masked_lm").key_moments(facts)
     logger.info("preserving the keys of %d training prompts (weight %g)", len(facts), weight)
     return {"combine": "solve", "preserve": moments, "preserve_weight": weight}

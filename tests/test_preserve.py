@@ -181,3 +181,16 @@ def test_a_sequence_with_preserve_refits_every_edit_from_its_own_mend_factors(mo
             torch.testing.assert_close(delta.dense(), expected.deltas[key].dense(), rtol=1e-4, atol=1e-7)
     group.revert()
     assert unchanged(editor, before)
+
+
+def test_fact_pairs_are_every_language_s_prompt_and_answer_with_a_mask():
+    from hf_lime.data.items import fact_pairs
+
+    rows = [{"languages": ["en", "fr"], "prompts": ["X is in [Y] .", "X est en [Y] ."], "targets": ["Asia", "Asie"]},
+            {"languages": ["en", "fr"], "prompts": ["Y is in [Y] .", ""], "targets": ["Europe", ""]}]  # fmt: skip
+    assert fact_pairs(rows) == [
+        ("X is in [MASK] .", "Asia"),
+        ("X est en [MASK] .", "Asie"),
+        ("Y is in [MASK] .", "Europe"),
+    ]
+    assert fact_pairs(rows, ["fr"]) == [("X est en [MASK] .", "Asie")]

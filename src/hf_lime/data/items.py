@@ -69,3 +69,16 @@ def target_table(items: Iterable[ParsedItem]) -> dict[str, list[tuple[str, dict[
         for lang, label in item.gold_labels().items():
             labels.setdefault(lang, label)
     return {relation: sorted(targets.items()) for relation, targets in table.items()}
+
+
+def fact_pairs(rows: Iterable[Mapping[str, Any]], languages: Iterable[str] | None = None) -> list[tuple[str, str]]:
+    """Every `(prompt, gold answer)` of masked-LM fact rows (the common schema), in each language (of `languages`,
+    when given) where the row has both, the `[Y]` placeholder written as `[MASK]`: facts for
+    `LimeEditor.key_moments` (what edits should leave alone)."""
+    keep = None if languages is None else set(languages)
+    return [
+        (prompt.replace("[Y]", "[MASK]"), target)
+        for row in rows
+        for lang, prompt, target in zip(row["languages"], row["prompts"], row["targets"], strict=True)
+        if (keep is None or lang in keep) and prompt and target
+    ]
