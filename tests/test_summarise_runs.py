@@ -114,7 +114,7 @@ def test_sequence_runs_reuse_the_target_runs_best_editor(reproduce, tmp_path):
 
     configs = ["mend-all-off", "ft_tuned-untrained-off"]
     args = SimpleNamespace(datasets=["mlama"], configs=configs, seeds=[0], locality="sequence", variant=None,
-                           reading="lenient", runs_dir=str(tmp_path / "runs"),
+                           reading="lenient", runs_dir=str(tmp_path / "runs"), preserve_weight=None,
                            output_dir=str(tmp_path / "out"))  # fmt: skip
     runs = reproduce.grid(args)
     assert [r["id"] for r in runs] == ["mlama-mend-all-off-seed0-seqloc", "mlama-ft_tuned-untrained-off-seed0-seqloc"]
@@ -140,6 +140,29 @@ def test_sequence_runs_reuse_the_target_runs_best_editor(reproduce, tmp_path):
     args.variant = "c edit/0.1"
     with pytest.raises(ValueError, match="--variant"):
         reproduce.grid(args)
+
+
+def test_a_preserve_reading_reuses_the_trained_editor_and_never_trains(reproduce, tmp_path):
+    from types import SimpleNamespace
+
+    args = SimpleNamespace(datasets=["mlama"], configs=["mend-all-off"], seeds=[0], locality="target", variant=None,
+                           reading="strict", runs_dir=str(tmp_path / "runs"), preserve_weight=0.3,
+                           output_dir=str(tmp_path / "out"))  # fmt: skip
+    with pytest.raises(ValueError, match="name the reading with --variant"):
+        reproduce.grid(args)
+    args.variant = "preserve0.3"
+    run = reproduce.grid(args)[0]
+    assert run["id"] == "mlama-mend-all-off-seed0-preserve0.3-strict"
+    with pytest.raises(FileNotFoundError, match="reads the editor of mlama-mend-all-off-seed0-strict"):
+        reproduce.trained_editor(run, args)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "mlama-mend-all-off-seed0-strict.json").write_text(
+        json.dumps({"best_checkpoint": "checkpoint-400", "episodes": 800})
+    )
+    folder = tmp_path / "out" / "mlama-mend-all-off-seed0-strict" / "checkpoints" / "checkpoint-400"
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text("{}")
+    assert reproduce.trained_editor(run, args) == {"path": folder, "episodes": 800}
 
 
 def test_configurations_parse_and_build_their_adapters(reproduce):
