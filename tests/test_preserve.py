@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_edit_many import REQUESTS, mend_editor, unchanged, weights
+from test_edit_many import REQUESTS, dense, mend_editor, unchanged, weights
 
 from hf_lime.deltas import SOLVE_KEYS
 from hf_lime.tuner.merge import PRESERVE_EPS, preserve_merge
@@ -98,7 +98,7 @@ def test_a_larger_preserve_weight_changes_the_preserved_keys_less():
     for weight in (0.0, 10.0, 1000.0):
         edits = _prepared(editor)
         preserve_merge(edits, moments, weight)
-        total = _total(edits)
+        total = dense(edits)
         change.append(sum(float((total[k].double() @ x.T).norm()) for k, x in keys.items()))
     assert change[0] > change[1] > change[2]
 
@@ -108,11 +108,11 @@ def test_edit_many_with_preserve_reverts_bit_for_bit_and_checks_its_arguments(mo
     editor = mend_editor()
     before = weights(editor)
     plain = editor.edit_many(REQUESTS, mode=mode, combine="solve")
-    plain_total = {k: v.clone() for k, v in _total(plain.edits).items()}
+    plain_total = {k: v.clone() for k, v in dense(plain.edits).items()}
     plain.revert()
     group = editor.edit_many(REQUESTS, mode=mode, combine="solve", preserve=KEEP, preserve_weight=5.0)
     assert len(group.held) == len(REQUESTS)
-    assert any(not torch.allclose(_total(group.edits)[k], plain_total[k]) for k in plain_total)
+    assert any(not torch.allclose(dense(group.edits)[k], plain_total[k]) for k in plain_total)
     group.revert()
     assert unchanged(editor, before)
     with pytest.raises(ValueError, match="use it with combine='solve'"):
@@ -123,14 +123,6 @@ def test_edit_many_with_preserve_reverts_bit_for_bit_and_checks_its_arguments(mo
     with pytest.raises(ValueError, match="preserve_weight"):
         editor.edit_many(REQUESTS, mode=mode, combine="solve", preserve=KEEP, preserve_weight=-1)
     assert unchanged(editor, before)
-
-
-def _total(edits) -> dict[str, torch.Tensor]:
-    total: dict[str, torch.Tensor] = {}
-    for edit in edits:
-        for key, delta in edit.deltas.items():
-            total[key] = total.get(key, 0) + delta.dense()
-    return total
 
 
 def test_a_single_edit_with_preserve_is_the_merge_of_its_mend_factors_and_reverts():
