@@ -50,6 +50,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -277,9 +279,21 @@ def close_process_group() -> None:
         torch.distributed.destroy_process_group()
 
 
+def exit_other_processes() -> None:
+    """After a successful run, every process but the main one leaves without the interpreter's teardown: it has
+    written nothing and waits on nothing, and the teardown of its communication threads (FSDP's and gloo's) can still
+    abort it ("terminate called without an active exception"), which `accelerate launch` reports as a failed run."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(0)
+
+
 if __name__ == "__main__":
     torch.set_num_threads(max(1, torch.get_num_threads()))
     try:
         main()
     finally:
         close_process_group()
+    exit_other_processes()
