@@ -11,8 +11,9 @@ import gzip
 import json
 from pathlib import Path
 
+from demo_controls import compare
+
 from hf_lime.evaluation import json_safe
-from hf_lime.metrics import compare_xl_edit_metrics
 
 METRICS = ("reliability", "transfer", "locality_same_relation", "locality_other", "edit_success",
            "hmean_same_relation")  # fmt: skip
@@ -31,10 +32,7 @@ def main() -> None:
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--json", default=None, help="Also write the differences here.")
     args = parser.parse_args()
-    base, cand = read_records(args.baseline), read_records(args.candidate)
-    groups = base["group_ids"]
-    strip = [{k: v for k, v in records.items() if k != "group_ids"} for records in (base, cand)]
-    result = compare_xl_edit_metrics(*strip, group_ids=groups, bootstrap=args.bootstrap)
+    result = compare(read_records(args.candidate), read_records(args.baseline), args.bootstrap, METRICS)
     print(f"candidate − baseline, paired over the same edits ({args.candidate} − {args.baseline}):")
     for metric in METRICS:
         value = result[metric]
@@ -42,7 +40,7 @@ def main() -> None:
         print(f"  {metric:<24} baseline {value['baseline']:.3f}  candidate {value['candidate']:.3f}  "
               f"difference {value['difference']:+.3f} [{low:+.3f}, {high:+.3f}]")  # fmt: skip
     if args.json:
-        Path(args.json).write_text(json.dumps(json_safe({m: result[m] for m in METRICS}), indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(json_safe(result), indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -83,11 +83,13 @@ def ft_twin(editor: LimeEditor, base_path: str) -> torch.nn.Module:
     return get_peft_model(base, config).eval()
 
 
-def compare(trained: dict, control: dict, bootstrap: int) -> dict:
+def compare(trained: dict, control: dict, bootstrap: int, metrics: tuple[str, ...] = METRICS) -> dict:
+    """`metrics` of `trained − control`, paired over the same edits (records with `group_ids`), intervals over
+    facts."""
     groups = control["group_ids"]
     strip = [{k: v for k, v in records.items() if k != "group_ids"} for records in (control, trained)]
     result = compare_xl_edit_metrics(*strip, group_ids=groups, bootstrap=bootstrap)
-    return {name: result[name] for name in METRICS}
+    return {name: result[name] for name in metrics}
 
 
 def main() -> None:

@@ -396,14 +396,14 @@ class RunPlan:
 
 
 def run_one(editor: Any, scorer: Any, facts: StudyFacts, base: dict, plan: RunPlan, args: argparse.Namespace,
-            languages: list[str]) -> dict[str, Any]:  # fmt: skip
+            languages: list[str], moments: dict | None = None) -> dict[str, Any]:  # fmt: skip
     """Apply the first `plan.n` edits with `edit_many`, read every metric, revert; the row's measured fields."""
     chosen = facts.edits[: plan.n]
     langs = edit_languages(plan.n, plan.setting, languages, args.edit_language)
     requests = [(fact.prompt(lang), fact.new_labels[lang], lang) for fact, lang in zip(chosen, langs, strict=True)]
     start = time.perf_counter()
     combine = used_combine(args.combine, plan.mode)
-    preserve = {"preserve": args.moments, "preserve_weight": args.preserve_weight} if args.moments else {}
+    preserve = {"preserve": moments, "preserve_weight": args.preserve_weight} if moments else {}
     group = editor.edit_many(requests, mode=plan.mode, batch_size=args.batch_size, max_length=args.max_length,
                              combine=combine, **preserve)  # fmt: skip
     edit_seconds = time.perf_counter() - start
@@ -444,10 +444,10 @@ def run_editor(spec: EditorSpec, editor: Any, facts: StudyFacts, args: argparse.
 
     scorer = TargetScorer(editor.model, editor.tokenizer, "masked_lm", None, args.max_length, args.read_batch_size)
     base = base_answers(scorer, facts, languages)
-    args.moments = None
+    moments = None
     if args.preserve:
         pairs = preserve_facts(facts, languages, max(args.ns), args.preserve, args.seed)
-        args.moments = editor.key_moments(pairs, max_length=args.max_length)
+        moments = editor.key_moments(pairs, max_length=args.max_length)
         print(f"preserving the keys of {len(pairs)} prompts", file=sys.stderr)
     rows = []
     for setting in args.settings:
@@ -458,7 +458,7 @@ def run_editor(spec: EditorSpec, editor: Any, facts: StudyFacts, args: argparse.
                     continue
                 plan = RunPlan(setting, mode, n)
                 row = {**describe(spec, editor, plan, args, facts, commit),
-                       **run_one(editor, scorer, facts, base, plan, args, languages)}  # fmt: skip
+                       **run_one(editor, scorer, facts, base, plan, args, languages, moments)}  # fmt: skip
                 print(summary_line(row), flush=True)
                 append_rows(args.results, [row])  # at once: a long study keeps what it measured
                 rows.append(row)

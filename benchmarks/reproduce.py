@@ -68,6 +68,7 @@ from hf_lime import LimeConfig
 from hf_lime.data import load_mlama, load_mlama_candidates, load_xnli
 from hf_lime.data.episodes import EpisodeCollator, EpisodeDataset
 from hf_lime.evaluation import evaluate_editing_protocol, evaluate_editor
+from hf_lime.evaluation.edit_options import preserve_edit_options
 from hf_lime.real_models.prepare import prepare_model
 from hf_lime.tasks import model_label2id
 from hf_lime.trainer import LimeTrainer, LimeTrainingArguments
@@ -332,7 +333,15 @@ def run_one(run: dict, task: dict, args) -> tuple[dict, dict]:
     # FT with its locality term sees unrelated training-split prompts at edit time (never the scored retain items)
     options = evaluation_options(run, task, args)
     if args.preserve_weight is not None:
-        options["edit_options"] = preserve_options(model, tokenizer, task, args.preserve_weight)
+        options["edit_options"] = preserve_edit_options(
+            model,
+            tokenizer,
+            task["task"],
+            task["splits"]["train"],
+            args.preserve_weight,
+            task["languages"],
+            max_length=64,
+        )
     result = evaluate_editor(model, tokenizer, task["splits"]["test"], task["task"], **options)
     result.settings.update(label_language=task["label_language"], split="test", chosen_on=CHOSEN_ON)
     editing = None
@@ -374,17 +383,6 @@ def evaluation_options(run: dict, task: dict, args) -> dict:
     if task["task"] == "masked_lm":
         strict.update(n_neighbours=args.n_neighbours, extra_scorings=("candidates",), candidates=task["candidates"])
     return {**options, **strict}
-
-
-def preserve_options(model, tokenizer, task: dict, weight: float) -> dict:
-    """`--preserve_weight`: every edit fitted against the key moments of the training split's facts, all languages."""
-    from hf_lime import LimeEditor
-    from hf_lime.data.items import fact_pairs
-
-    facts = fact_pairs(task["splits"]["train"], task["languages"])
-    moments = LimeEditor(model, tokenizer, task=task["task"]).key_moments(facts, max_length=64)
-    logger.info("preserving the keys of %d training prompts (weight %g)", len(facts), weight)
-    return {"combine": "solve", "preserve": moments, "preserve_weight": weight}
 
 
 def untrained_twin_of(run: dict, base, task: dict, args) -> tuple[torch.nn.Module, str]:

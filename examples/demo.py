@@ -39,8 +39,8 @@ from hf_lime import LimeConfig, LimeEditor
 from hf_lime.data import load_cldr_facts
 from hf_lime.data.encoding import target_token_ids
 from hf_lime.data.episodes import EpisodeCollator, EpisodeDataset
-from hf_lime.data.items import fact_pairs
 from hf_lime.evaluation import json_safe
+from hf_lime.evaluation.edit_options import preserve_edit_options
 from hf_lime.real_models.prepare import prepare_model
 from hf_lime.trainer import LimeTrainer, LimeTrainingArguments
 from hf_lime.trainer.curves import CURVES_FILE, plot_training_curves
@@ -242,7 +242,12 @@ def evaluate(model, tokenizer, splits, languages: list[str], args):
     # every language, so each test item is usable in each editing language
     every_object = candidate_table([row for split in splits.values() for row in split])
     held_out = splits[args.eval_split]
-    options = preserve_options(model, tokenizer, splits["train"], args.preserve_weight)
+    # --preserve_weight: each edit fitted against the key moments of the training facts (no held-out fact among them)
+    options = (
+        {}
+        if args.preserve_weight is None
+        else preserve_edit_options(model, tokenizer, "masked_lm", splits["train"], args.preserve_weight)
+    )
     result = evaluate_editor(model, tokenizer, held_out, "masked_lm", languages=languages, edit_options=options,
                              n_edits=args.n_edits or len(held_out), n_retain=args.n_retain,
                              n_neighbours=args.n_neighbours, seed=args.seed, max_length=48, scoring="open",
@@ -255,17 +260,6 @@ def evaluate(model, tokenizer, splits, languages: list[str], args):
           f"transfer {ranked['transfer']:.3f}")  # fmt: skip
     save_report(result, Path(args.output_dir))
     return result
-
-
-def preserve_options(model, tokenizer, train: list[dict], weight: float | None) -> dict:
-    """`--preserve_weight`: `edit_options` that fit every edit against the key moments of the training facts (their
-    prompts with as many masks as their answers have tokens, in every language); `{}` without it."""
-    if weight is None:
-        return {}
-    facts = fact_pairs(train)
-    moments = LimeEditor(model, tokenizer, task="masked_lm").key_moments(facts)
-    logger.info("preserving the keys of %d training prompts (weight %g)", len(facts), weight)
-    return {"combine": "solve", "preserve": moments, "preserve_weight": weight}
 
 
 def evaluate_saved(args: argparse.Namespace) -> None:

@@ -23,7 +23,8 @@ def records(edit_correct: list[str]) -> dict:
     }  # fmt: skip
 
 
-def test_the_difference_of_two_readings_is_paired_per_edit(tmp_path):
+def test_the_difference_of_two_readings_is_paired_per_edit(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # it reuses demo_controls.compare
     spec = importlib.util.spec_from_file_location("compare_records", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

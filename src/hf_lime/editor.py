@@ -506,7 +506,9 @@ class LimeEditor:
     def _moments(self, preserve: Any, max_length: int) -> dict[str, torch.Tensor] | None:
         """`preserve` as key moments: given, or read from `(prompt, answer)` facts."""
         return (
-            preserve if preserve is None or isinstance(preserve, dict) else self.key_moments(preserve, 32, max_length)
+            preserve
+            if preserve is None or isinstance(preserve, dict)
+            else self.key_moments(preserve, max_length=max_length)
         )
 
     def key_moments(

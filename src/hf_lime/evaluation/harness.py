@@ -477,8 +477,9 @@ def evaluate_editor(
         _read_unedited(readers, plans, eval_languages)
         floors = {name: _pre_edit_floor(reader, plans, eval_languages) for name, reader in
                   {scoring: readers.scorer, **readers.extra}.items()}  # fmt: skip
+        options = dict(edit_options or {})
         for plan in tqdm(plans, desc="Editing", unit="edit", disable=not progress):
-            _run_edit(model, readers, plan, eval_languages, records, extra_records, dict(edit_options or {}))
+            _run_edit(model, readers, plan, eval_languages, records, extra_records, options)
     settings = _settings(model, task, edit_languages, eval_languages, plans, counts, new_target, seed)
     _warn_short_retain(settings, counts)
     settings["prefix_cache"] = _cache_summary(cache, cache_bytes)

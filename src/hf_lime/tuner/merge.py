@@ -151,17 +151,11 @@ def _own_targets(delta: LayerDelta, x: torch.Tensor, rows: torch.Tensor) -> torc
     return delta.B.double() @ (G * (rows[:, None] == rows[None, :]))
 
 
-def _preserving_factor(
-    X: torch.Tensor, moments: torch.Tensor, weight: float, extra: torch.Tensor | None
-) -> torch.Tensor:
-    """`X (XᵀX + w T C + PᵀP + εI)⁻¹` — the input factor of the least-squares update that gives the `T` keys `X`
-    their targets and changes the preserved keys (second moment `C`, and the rows `P` of `extra`) as little as it
-    can; `ε` a tiny ridge for conditioning only."""
-    normal = X.T @ X + (weight * X.shape[0]) * moments.to(X)
-    if extra is not None and extra.shape[0]:
-        extra = extra.double()
-        normal = normal + extra.T @ extra
-    normal = _ridged(normal, PRESERVE_EPS)
+def _preserving_factor(X: torch.Tensor, moments: torch.Tensor, weight: float) -> torch.Tensor:
+    """`X (XᵀX + w T C + εI)⁻¹` — the input factor of the least-squares update that gives the `T` keys `X` their
+    targets and changes the preserved keys (second moment `C`) as little as it can; `ε` a tiny ridge for
+    conditioning only."""
+    normal = _ridged(X.T @ X + (weight * X.shape[0]) * moments.to(X), PRESERVE_EPS)
     return torch.linalg.solve(normal, X.T).T  # normal is symmetric
 
 
@@ -172,7 +166,7 @@ def _checked_moments(moments: dict[str, torch.Tensor], name: str, d_in: int) -> 
             f"`preserve` needs a ({d_in}, {d_in}) key moment for layer {name!r} (from `key_moments` on this model); "
             f"got {None if matrix is None else tuple(matrix.shape)}."
         )
-    return matrix.double()
+    return matrix
 
 
 def preserve_merge(edits: Sequence, moments: dict[str, torch.Tensor], weight: float | None = None) -> None:
@@ -200,7 +194,7 @@ def preserve_merge(edits: Sequence, moments: dict[str, torch.Tensor], weight: fl
         X = torch.cat([x for _, _, x, _ in entries]).double()
         moment = _checked_moments(moments, name, X.shape[1])
         targets = torch.cat([_own_targets(delta, x, rows) for _, delta, x, rows in entries], dim=1)
-        factor = _preserving_factor(X, moment, weight, None)
+        factor = _preserving_factor(X, moment, weight)
         start = 0
         for edit, delta, x, _ in entries:
             stop = start + x.shape[0]
