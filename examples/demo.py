@@ -41,6 +41,7 @@ from hf_lime.data.encoding import target_token_ids
 from hf_lime.data.episodes import EpisodeCollator, EpisodeDataset
 from hf_lime.evaluation import json_safe
 from hf_lime.evaluation.edit_options import preserve_edit_options
+from hf_lime.head_product import fast_bfloat16
 from hf_lime.real_models.prepare import prepare_model
 from hf_lime.trainer import LimeTrainer, LimeTrainingArguments
 from hf_lime.trainer.curves import CURVES_FILE, plot_training_curves
@@ -135,7 +136,25 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--n_neighbours", type=int, default=5, help="Same-relation facts scored per edit.")
     parser.add_argument("--n_retain", type=int, default=3, help="Facts of other relations scored per edit.")
+    parser.add_argument(
+        "--eval_workers",
+        type=int,
+        default=None,
+        help="Processes the evaluation's edits are shared among, one thread each (evaluate_editor's num_workers; "
+        "default: torch's thread count, e.g. OMP_NUM_THREADS=2 under `make demo`).",
+    )
+    parser.add_argument(
+        "--head_dtype",
+        choices=["auto", "float32", "bfloat16"],
+        default="auto",
+        help="Vocabulary products of the editor's training episodes (LimeTrainingArguments.head_dtype); 'auto': "
+        "bfloat16 on CPUs with bfloat16 instructions (AVX512-BF16, AMX), float32 elsewhere and on GPUs.",
+    )
     args = parser.parse_args()
+    if args.eval_workers is None:
+        args.eval_workers = torch.get_num_threads()
+    if args.head_dtype == "auto":
+        args.head_dtype = "bfloat16" if fast_bfloat16() and not torch.cuda.is_available() else "float32"
     if args.model_dir is None:
         suffix = "" if args.label_language == "own" else f"-{args.label_language}-names"
         args.model_dir = f"outputs/models/me5-small-cldr{suffix}"
@@ -162,6 +181,7 @@ def train_editor(model, tokenizer, splits, languages, args) -> LimeTrainer:
         use_cpu=not torch.cuda.is_available(),
         seed=args.seed,
         report_to="none",
+        head_dtype=args.head_dtype,
         **overrides,
     )
     trainer = LimeTrainer(
@@ -252,7 +272,7 @@ def evaluate(model, tokenizer, splits, languages: list[str], args):
                              n_edits=args.n_edits or len(held_out), n_retain=args.n_retain,
                              n_neighbours=args.n_neighbours, seed=args.seed, max_length=48, scoring="open",
                              extra_scorings=("candidates",), candidates=every_object, bootstrap=1000,
-                             return_records=True)  # fmt: skip
+                             return_records=True, num_workers=args.eval_workers)  # fmt: skip
     result.settings.update(label_language=args.label_language, split=args.eval_split, chosen_on=CHOSEN_ON)
     print(format_table(result))
     ranked = result.readings["candidates"].metrics
@@ -299,7 +319,7 @@ def main() -> None:
     info = {"base_model": str(Path(folder).resolve()), "dataset": "CLDR facts (babel)", "languages": languages,
             "setting": "all -> all", "recipe": args.recipe, "label_language": args.label_language,
             "max_steps": trainer.args.max_steps, "global_step": trainer.state.global_step,
-            "best_checkpoint": trainer.state.best_model_checkpoint, "scoring": "open",
+            "best_checkpoint": trainer.state.best_model_checkpoint, "scoring": "open", "head_dtype": args.head_dtype,
             **trainer.episode_settings()}  # fmt: skip
     editor = LimeEditor(model, tokenizer, task="masked_lm", training_info=info, metrics=json_safe(result.metrics))
     editor.save_pretrained(output_dir, base_model_name_or_path=info["base_model"])

@@ -65,6 +65,44 @@ def test_values_and_all_three_gradients_match_linear(tune_small, rows):
     assert {key[0] for key in chosen_forms()} == {"forward", "backward"}
 
 
+@pytest.mark.parametrize("live", [[0], [1, 4], [], [0, 1, 2, 3, 4]])
+def test_rows_outside_the_loss_are_skipped_in_the_backward(tune_small, monkeypatch, live):
+    """Rows whose logits get no gradient (passengers of a capture) give exact zeros and are not multiplied."""
+    h, weight, bias = _operands(5)
+    upstream = torch.zeros(5, weight.shape[0])
+    upstream[live] = torch.randn(len(live), weight.shape[0])
+    seen = []
+    monkeypatch.setitem(hp.BACKWARDS, "plain", lambda grad, w: seen.append(grad.shape[0]) or grad @ w)
+    leaf, reference = h.clone().requires_grad_(), h.clone().requires_grad_()
+    (head_product(leaf, weight, bias) * upstream).sum().backward()
+    (F.linear(reference, weight, bias) * upstream).sum().backward()
+    torch.testing.assert_close(leaf.grad, reference.grad)
+    assert set(seen) <= {len(live)} and (len(seen) > 0) == (len(live) > 0)
+    dead = [row for row in range(5) if row not in live]
+    assert torch.equal(leaf.grad[dead], torch.zeros(len(dead), h.shape[1]))
+
+
+def test_low_precision_products_are_close_and_only_for_a_frozen_weight(tune_small):
+    h, weight, bias = _operands(4, vocab=300, hidden=32)
+    leaf = h.clone().requires_grad_()
+    expected = F.linear(h, weight, bias)
+    with hp.low_precision(torch.bfloat16):
+        out = head_product(leaf, weight, bias)
+        trainable = head_product(h, weight.clone().requires_grad_(), bias)
+    assert out.dtype == torch.float32 and not torch.equal(out, expected)
+    torch.testing.assert_close(out, expected, atol=0.15, rtol=0.02)
+    torch.testing.assert_close(trainable, expected)  # a weight that trains keeps the float32 product
+    upstream = torch.zeros_like(out)
+    upstream[1:3] = torch.randn(2, out.shape[1])
+    (out * upstream).sum().backward()  # after the block: the forward's choice holds
+    torch.testing.assert_close(leaf.grad, upstream @ weight, atol=0.3, rtol=0.02)
+    assert torch.equal(leaf.grad[[0, 3]], torch.zeros(2, h.shape[1]))
+    assert len(hp._COPIES) == 1
+    with pytest.raises(ValueError, match="bfloat16 or None"), hp.low_precision(torch.float16):
+        pass
+    assert isinstance(hp.fast_bfloat16(), bool)
+
+
 def test_a_double_backward_goes_through(tune_small):
     h, weight, bias = _operands(3)
     h.requires_grad_()

@@ -238,6 +238,7 @@ def test_rejects_mismatched_languages_and_untrainable_editors(world, tmp_path):
         ({"remove_unused_columns": True}, "remove_unused_columns"),
         ({"early_stopping_patience": 3}, "load_best_model_at_end"),
         ({"early_stopping_patience": 0, "eval_strategy": "steps", "load_best_model_at_end": True}, "patience"),
+        ({"head_dtype": "float16"}, "head_dtype"),
     ],
 )
 def test_training_arguments_validation(tmp_path, kwargs, message):
@@ -369,3 +370,23 @@ def test_the_trainer_keeps_freed_memory_on_a_cpu_when_asked(world, tmp_path, mon
     trainer = make_trainer(world, tmp_path, keep_freed_memory=keep)
     assert trainer.args.keep_freed_memory is keep
     assert len(calls) == int(keep)
+
+
+def test_bfloat16_head_products_train_the_editor_and_are_recorded(world, tmp_path, monkeypatch):
+    """`head_dtype="bfloat16"`: the episodes' vocabulary products run on the bfloat16 copy (counted here, with the
+    size threshold lowered so the tiny model's head qualifies) and the editor still learns."""
+    import hf_lime.head_product as hp
+
+    monkeypatch.setattr(hp, "MIN_ELEMENTS", 0)
+    calls = []
+    real = hp._LowHeadProduct.forward
+    monkeypatch.setattr(hp._LowHeadProduct, "forward", staticmethod(lambda *a: calls.append(1) or real(*a)))
+    trainer = make_trainer(world, tmp_path, max_steps=4, head_dtype="bfloat16")
+    before = _trainable(trainer.model)
+    trainer.train()
+    assert calls, "no product ran in bfloat16"
+    after = _trainable(trainer.model)
+    assert all(not torch.equal(before[n], after[n]) for n in before)
+    assert trainer._training_info()["head_dtype"] == "bfloat16"
+    with hp.low_precision(None):  # outside training the products are float32 again
+        assert hp._LOW["dtype"] is None

@@ -20,14 +20,14 @@ bias changes in place.
 from __future__ import annotations
 
 import time
-import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 
-from .head_product import MARGIN, MIN_ELEMENTS, head_product
+from .head_product import _COPIES, MARGIN, MIN_ELEMENTS, head_product
+from .head_product import bfloat16_copy as _low_copy
 
 UNIT_ROUNDOFF = 2.0**-8  # bfloat16: 8 significant bits
 FLOAT32_ROUNDOFF = 2.0**-24
@@ -36,24 +36,6 @@ MAX_ROWS = 256  # rows per product on either route (bounds the (rows, vocab) log
 _STATE = {"enabled": True}
 # (row bucket, weight shape, threads) → "plain" or "checked"
 _CHOICES: dict[tuple, str] = {}
-# id(weight) → (weakref to it, its data pointer and version, bfloat16 copy, largest row norm)
-_COPIES: dict[int, tuple] = {}
-
-
-def _low_copy(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None, float]:
-    """`W` and `b` in bfloat16 and the largest float32 row norm of `W`, kept while `weight` lives and neither it nor
-    `bias` has changed."""
-    stamp = tuple((t.data_ptr(), t._version) if t is not None else None for t in (weight, bias))
-    entry = _COPIES.get(id(weight))
-    if entry is not None and entry[0]() is weight and entry[1] == stamp:
-        return entry[2]
-    for key in [key for key, value in _COPIES.items() if value[0]() is None]:
-        del _COPIES[key]
-    with torch.no_grad():
-        low_bias = None if bias is None else bias.detach().to(torch.bfloat16)
-        copy = (weight.detach().to(torch.bfloat16), low_bias, float(weight.detach().norm(dim=1).max()))
-    _COPIES[id(weight)] = (weakref.ref(weight), stamp, copy)
-    return copy
 
 
 def _plain(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

@@ -12,6 +12,8 @@ import torch
 from transformers import EarlyStoppingCallback, Trainer
 from transformers.utils import logging
 
+from ..head_product import LOW_DTYPES as HEAD_DTYPES
+from ..head_product import low_precision
 from .episode import EDIT_LR_PREFIX, EPISODE_METRICS, GATE_PREFIX, NONFINITE, run_episode
 from .malloc import keep_freed_memory
 from .training_args import LimeTrainingArguments
@@ -108,7 +110,8 @@ class LimeTrainer(Trainer):
             if self._window_starts:
                 _broadcast_editor_buffers(peft_model.base_model.editor)
             self._window_starts = self.accelerator.sync_gradients
-        output = run_episode(peft_model, episode, self.task, a.c_edit, a.c_loc, a.c_l0)
+        with low_precision(HEAD_DTYPES[a.head_dtype]):
+            output = run_episode(peft_model, episode, self.task, a.c_edit, a.c_loc, a.c_l0)
         if fsdp_training:
             self._editor_state = editor_state_logs(peft_model.base_model)
         return output
@@ -206,6 +209,7 @@ class LimeTrainer(Trainer):
             "c_edit": args.c_edit,
             "c_loc": args.c_loc,
             "c_l0": args.c_l0,
+            "head_dtype": args.head_dtype,
             "languages": list(self._peft_model().base_model.languages),
             **self.episode_settings(),
         }
