@@ -118,6 +118,7 @@ def time_ours(args: argparse.Namespace) -> None:
             use_cpu=True,
             seed=0,
             dataloader_num_workers=0,
+            head_dtype=args.head_dtype,
         )
         trainer = LimeTrainer(
             model=model,
@@ -140,6 +141,7 @@ def time_ours(args: argparse.Namespace) -> None:
             "optimizer_steps": trainer.state.global_step,
             "attention": attention,
             "threads": torch.get_num_threads(),
+            "head_dtype": args.head_dtype,
             "parts": stats.summary(),
         },
     )
@@ -148,7 +150,8 @@ def time_ours(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    add_driver_commands(sub, "data_dir")
+    timed = add_driver_commands(sub, "data_dir")
+    timed.add_argument("--head_dtype", choices=["float32", "bfloat16"], default="float32")
     args = parser.parse_args(argv)
     if args.command == "checksum":
         write_json(args.out, {"side": "ours", **checksum(args.model_dir)})

@@ -130,9 +130,9 @@ def write_json(path: str | Path, payload: dict) -> None:
     Path(path).write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def add_driver_commands(sub, location: str) -> None:
+def add_driver_commands(sub, location: str):
     """The `checksum` and `time` commands both drivers take; `time` also takes `--<location>` (the reference's
-    checkout, or our side's data folder)."""
+    checkout, or our side's data folder). Returns the `time` parser (for a side's own options)."""
     check = sub.add_parser("checksum")
     check.add_argument("--model_dir", required=True)
     check.add_argument("--out", required=True)
@@ -143,3 +143,4 @@ def add_driver_commands(sub, location: str) -> None:
     timed.add_argument("--warmup", type=int, required=True)
     timed.add_argument("--steps", type=int, required=True)
     timed.add_argument("--out", required=True)
+    return timed

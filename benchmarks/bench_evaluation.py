@@ -9,10 +9,14 @@ editing language, alternating three paths `--rounds` times each:
 - `cached`: the frozen-prefix cache (`hf_lime.prefix_cache`), float32 argmaxes;
 - `fast`: `evaluate_editor`'s default, the cache and the checked bfloat16 argmax (`hf_lime.fast_argmax`).
 
-All three give the same records (checked). Prints the median edits per second of each path and the ratios to
-`uncached`; `--json` writes them.
+- `workers` (with `--workers N`, N > 1): `fast` with the edits shared among N forked one-thread processes
+  (`evaluate_editor(num_workers=N)`); give the other paths `--threads N` so that every path has the same cores.
+
+All paths give the same records (checked and reported). Prints the median edits per second of each path and the
+ratios to `uncached`; `--json` writes them.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_evaluation.py --editor outputs/demo --n_edits 6 --rounds 2
+    python benchmarks/bench_evaluation.py --editor outputs/demo --n_edits 6 --rounds 2 --threads 2 --workers 2
 
 `--editor` is a folder written by `make demo` (the editor, its `settings.json`, and through its base model path the
 fact model).
@@ -43,6 +47,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="Timed evaluations of each path (alternating).")
     parser.add_argument("--warmup", type=int, default=1, help="Untimed rounds first (the product routes get chosen).")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=1, help="Also time `fast` in this many worker processes.")
     parser.add_argument("--json", default=None, help="Write the figures to this file.")
     args = parser.parse_args()
     if args.n_edits < 1 or args.rounds < 1 or args.threads < 1 or args.warmup < 0:
@@ -67,27 +72,29 @@ def main() -> None:
     # the demo's own evaluation (its settings.json), on the first `n_edits` facts per editing language
     options = {**demo_options(Path(args.editor), languages, splits), "n_edits": args.n_edits, "progress": False}
     model = editor.model.eval()
-    paths = ("uncached", "cached", "fast")
+    paths = ("uncached", "cached", "fast") + (("workers",) if args.workers > 1 else ())
     times: dict[str, list[float]] = {path: [] for path in paths}
     records: dict[str, dict] = {}
     for round_index in range(-args.warmup, args.rounds):
         for path in paths if round_index % 2 == 0 else paths[::-1]:
-            plain = fast_argmax.plain_products() if path != "fast" else nullcontext()
+            plain = fast_argmax.plain_products() if path in ("uncached", "cached") else nullcontext()
+            workers = args.workers if path == "workers" else 1
             start = time.perf_counter()
             with plain:
-                result = evaluate_editor(model, editor.tokenizer, splits["test"], "masked_lm",
+                result = evaluate_editor(model, editor.tokenizer, splits["test"], "masked_lm", num_workers=workers,
                                          cache_bytes=0 if path == "uncached" else 1 << 30, **options)  # fmt: skip
             if round_index >= 0:
                 times[path].append(time.perf_counter() - start)
             records.setdefault(path, result.records)
-    same = records["fast"] == records["cached"] == records["uncached"]
+    same = all(records[path] == records["uncached"] for path in paths)
     n_edits = args.n_edits * len(languages)
     rate = {path: n_edits / statistics.median(values) for path, values in times.items()}
     ratios = {path: rate[path] / rate["uncached"] for path in paths}
-    report = {"cpu": cpu_name(), "threads": args.threads, "edits": n_edits, "rounds": args.rounds,
-              "warmup": args.warmup, "seconds": times, "edits_per_second": rate, "ratio_to_uncached": ratios,
-              "ratio": ratios["fast"], "same_records": same}  # fmt: skip
-    print(f"{n_edits} edits, {args.rounds} rounds, {args.threads} thread(s), {report['cpu']}")
+    report = {"cpu": cpu_name(), "threads": args.threads, "workers": args.workers, "edits": n_edits,
+              "rounds": args.rounds, "warmup": args.warmup, "seconds": times, "edits_per_second": rate,
+              "ratio_to_uncached": ratios, "ratio": ratios[paths[-1]], "same_records": same}  # fmt: skip
+    print(f"{n_edits} edits, {args.rounds} rounds, {args.threads} thread(s), {args.workers} worker(s), "
+          f"{report['cpu']}")  # fmt: skip
     for path in paths:
         print(f"{path:>9}: median {statistics.median(times[path]):.1f} s = {rate[path]:.3f} edits/s "
               f"({ratios[path]:.2f}x uncached)")  # fmt: skip

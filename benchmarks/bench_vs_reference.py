@@ -110,6 +110,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "bert-base-multilingual-cased.",
     )
     parser.add_argument("--work_dir", default=str(DEFAULT_WORK_DIR), help="Models, the reference's cwd, logs.")
+    parser.add_argument(
+        "--ours_head_dtype",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="hf_lime's LimeTrainingArguments.head_dtype (float32: the like-for-like comparison; the reference has "
+        "no bfloat16 option).",
+    )
     parser.add_argument("--json", default=None, help="Write every run and the summary here.")
     args = parser.parse_args(argv)
     if args.steps is None:
@@ -177,7 +184,8 @@ def format_report(shape: str, editor_parameters: int, runs: list[dict], summary:
             f"{side:<9}  median of {s['runs']} run medians {s['median_s']:.4f} s/step; "
             f"peak RSS median {s['median_peak_rss_mib']:.1f} MiB (max {s['max_peak_rss_mib']:.1f})"
         )
-    lines.append(f"speed-up (reference / hf_lime): {summary['speedup']:.2f}x")
+    dtypes = sorted({run.get("head_dtype", "float32") for run in runs if run.get("side") == "ours"})
+    lines.append(f"speed-up (reference / hf_lime): {summary['speedup']:.2f}x (hf_lime's head products: {dtypes})")
     lines.append(f"peak memory (hf_lime / reference): {summary['memory_ratio']:.2f}x")
     lines.append("")
     lines.append("rows per step, tokens and target tokens per row (first run of each side):")
@@ -374,7 +382,7 @@ def time_run(args, side: str, round_index: int, pythons: dict, model_dir: Path, 
     if side == "reference":
         extra, cwd = ["--reference_dir", str(Path(args.reference_dir).resolve())], ref_cwd
     else:
-        extra, cwd = ["--data_dir", str(Path(args.data_dir).resolve())], None
+        extra, cwd = ["--data_dir", str(Path(args.data_dir).resolve()), "--head_dtype", args.ours_head_dtype], None
     command = [pythons[side], str(HERE / f"_{side}_driver.py"), "time", *common, *extra]
     run_child(command, work / "logs" / f"{args.shape}-round{round_index}-{side}.log", args.threads, cwd=cwd)
     run = {"round": round_index, **json.loads(out.read_text(encoding="utf-8"))}

@@ -77,6 +77,9 @@ def test_summary_is_the_median_of_run_medians_and_the_ratios(bench):
     assert summary["memory_ratio"] == pytest.approx(0.9)
     text = bench.format_report("small", 13_224_966, runs, summary)
     assert "4.00x" in text and "0.90x" in text and "13,224,966" in text
+    assert "head products: ['float32']" in text  # runs without the field were float32
+    bf16 = [{**run, "head_dtype": "bfloat16"} if run["side"] == "ours" else run for run in runs]
+    assert "head products: ['bfloat16']" in bench.format_report("small", 13_224_966, bf16, summary)
     with pytest.raises(ValueError, match="ours"):
         bench.summarise(runs[:1])
 
