@@ -215,8 +215,7 @@ def head_product(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     """
     if h.dim() != 2 or not tuned(weight, h.shape[0]) or h.dtype != weight.dtype:
         return F.linear(h, weight, bias)
-    frozen = not weight.requires_grad and (bias is None or not bias.requires_grad)
-    if _LOW["dtype"] is not None and frozen:
+    if _LOW["dtype"] is not None and not weight.requires_grad and (bias is None or not bias.requires_grad):
         return _LowHeadProduct.apply(h, weight, bias)
     return _HeadProduct.apply(h, weight, bias)
 

@@ -573,7 +573,7 @@ def _workers(requested: int, model: Any, n_plans: int) -> int:
     if not supported:
         logger.warning("num_workers=%d ignored, the edits run in this process: %s", requested, reason)
         return 1
-    if any(p.device.type != "cpu" for p in itertools.islice(model.parameters(), 1)):
+    if next(model.parameters()).device.type != "cpu":
         logger.warning("num_workers=%d ignored: the model is not on the CPU", requested)
         return 1
     return min(requested, n_plans)
