@@ -1,6 +1,7 @@
 """The test matrix: every family × editor (mend, ke, ft) × mask (off, language, shared) runs the shared checks of
 `testing_common.py` — an edit lowers the loss, revert is bit-exact (of single edits, and of batches and sequences of
-edits), save/load reproduces, the files are written, rows riding along in the edit's forward change nothing.
+edits), save/load reproduces, the files are written, rows riding along in the edit's forward change nothing, a
+training episode sharing its rows' lower blocks (`run_episode(prefix=...)`) gives the same loss and gradients.
 The fine-tuning editor has no inputs to mask, so it runs with masks off only."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from testing_common import (
     check_passenger_rows_change_nothing,
     check_revert_is_bit_exact,
     check_save_load_reproduces,
+    check_shared_prefix_episode,
 )
 
 CASES = [
@@ -51,3 +53,11 @@ def test_passenger_rows_change_nothing(case):
 @MATRIX
 def test_edit_many_reverts_bit_exactly(case):
     check_edit_many_reverts_bit_exactly(case.model(), case.task)
+
+
+TRAINED = [case for case in CASES if case.editor != "ft"]  # the fine-tuning editor has nothing to train
+
+
+@pytest.mark.parametrize("case", TRAINED, ids=[case.id for case in TRAINED])
+def test_shared_prefix_episode_matches(case):
+    check_shared_prefix_episode(case.model(), case.task)

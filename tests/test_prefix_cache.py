@@ -406,3 +406,25 @@ def test_benchmark_smoke_run(tmp_path):
     assert result["speedup"] > 0 and result["max_abs_diff"] <= ATOL
     assert result["cache"]["invalidations"] == 0 and result["cache"]["misses"] == 4
     assert result["first_block"] == 3 and result["blocks"] == 6
+
+
+@EACH_FAMILY
+def test_prefill_stores_rows_for_later_forwards(family):
+    model, inputs = lime_model(family), padded_inputs()
+    plain = logits(model, inputs)
+    with prefix_cache(model) as cache:
+        with torch.no_grad():
+            assert cache.prefill(**inputs) == 3 and len(cache) == 3
+            assert cache.prefill(**rows(inputs, [2, 0])) == 0  # stored already: nothing runs
+        assert (cache.misses, cache.hits) == (3, 0)
+        assert_close(logits(model, rows(inputs, [1, 2])), plain[[1, 2]])
+        assert (cache.misses, cache.hits, cache.bypassed) == (3, 2, 0)
+
+
+def test_prefill_bypasses_what_the_forward_would():
+    model, inputs = lime_model("bert-mlm"), padded_inputs()
+    lower = model.get_base_model().bert.embeddings.word_embeddings.weight
+    lower.requires_grad_(True)
+    with prefix_cache(model) as cache:
+        assert cache.prefill(**inputs) == 0 and len(cache) == 0
+        assert cache.bypass_reasons == {"grad": 1}

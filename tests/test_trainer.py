@@ -390,3 +390,25 @@ def test_bfloat16_head_products_train_the_editor_and_are_recorded(world, tmp_pat
     assert trainer._training_info()["head_dtype"] == "bfloat16"
     with hp.low_precision(None):  # outside training the products are float32 again
         assert hp._LOW["dtype"] is None
+
+
+def test_prefix_cache_trains_the_same_editor(world, tmp_path):
+    """`prefix_cache=True` (the default: every episode's rows run the lower blocks once) trains the editor that
+    `prefix_cache=False` trains, up to float rounding, and its episodes really start at the first edited block."""
+    from hf_lime.prefix_cache import PrefixCache
+
+    prefills = []
+    real = PrefixCache.prefill
+    trained = {}
+    for flag in (False, True):
+        torch.manual_seed(0)  # the same initial editor
+        trainer = make_trainer(world, tmp_path / str(flag), max_steps=3, prefix_cache=flag)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(PrefixCache, "prefill", lambda self, **kw: prefills.append(real(self, **kw)) or prefills[-1])
+            trainer.train()
+        trained[flag] = _trainable(trainer.model)
+        assert (trainer._prefix_cache is not None) == flag
+    assert len(prefills) == 3 and all(rows > 0 for rows in prefills)  # one prefill per episode batch, all rows new
+    assert trained[True].keys() == trained[False].keys()
+    for name, value in trained[False].items():
+        torch.testing.assert_close(trained[True][name], value, rtol=1e-4, atol=1e-6, msg=name)

@@ -151,6 +151,39 @@ def check_passenger_rows_change_nothing(model, batch, task: str, language: str =
         torch.testing.assert_close(riding.deltas[key].dense(), delta.dense(), rtol=1e-4, atol=1e-6)
 
 
+def check_shared_prefix_episode(model, task: str) -> None:
+    """A training episode whose rows run the unedited lower blocks once (`run_episode(prefix=...)`: the edit,
+    update and retain rows of three widths prefilled in one forward) gives the loss, metrics and gradients of the
+    episode without it, and its capture and edited forwards start at the first edited block for every row."""
+    from hf_lime.prefix_cache import PrefixCache
+    from hf_lime.trainer.episode import run_episode
+
+    def part(seed: int, rows: int, seq_len: int, language: int) -> dict[str, torch.Tensor]:
+        batch = make_batch(task, batch_size=rows, seq_len=seq_len, seed=seed)
+        return {**batch, "lang_ids": torch.full((rows,), language)}
+
+    episode = {"edit": part(1, 2, 6, 0), "update": part(2, 2, 9, 1), "retain": part(3, 3, 7, 2)}
+    perturb_trainables(model, scale=0.01)
+    model.train()
+    cache = PrefixCache(model)
+    runs = []
+    for prefix in (None, cache):
+        model.zero_grad()
+        torch.manual_seed(0)  # the masks' training-mode samples
+        out = run_episode(model, episode, task, c_edit=0.1, c_loc=1.0, c_l0=1.0, prefix=prefix)
+        out.loss.backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        runs.append((out.loss.detach(), out.metrics, grads))
+    assert (cache.misses, cache.hits, cache.bypassed) == (7, 10, 0)  # prefill 7 rows; capture 2 + 3, edited 2 + 3
+    assert len(cache) == 0 and not cache._handles  # hooks off, rows freed after the episode
+    (loss, metrics, grads), (shared_loss, shared_metrics, shared_grads) = runs
+    torch.testing.assert_close(shared_loss, loss, rtol=1e-4, atol=1e-6)
+    assert shared_metrics.keys() == metrics.keys()
+    assert sorted(shared_grads) == sorted(grads) and grads
+    for name, grad in grads.items():
+        torch.testing.assert_close(shared_grads[name], grad, rtol=1e-3, atol=1e-5, msg=name)
+
+
 def check_edit_many_reverts_bit_exactly(model, task: str) -> None:
     """A batch and a sequence of edits (`LimeModel.edit_many`, batches of different sizes and languages) change the
     outputs, and reverting the group (by `revert()` or by leaving its `with` block) restores the outputs and every

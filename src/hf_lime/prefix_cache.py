@@ -180,6 +180,36 @@ class PrefixCache:
         self._store.clear()
         self._stamp = None
 
+    def prefill(self, **inputs: Any) -> int:
+        """
+        Compute and store the rows of a batch that are not stored yet, running the body only up to block `k`.
+
+        A later forward of the same rows (the same padded inputs) skips blocks `0..k-1`: a training episode prefills
+        its edit, update and retain rows in one forward, then its capture and edited forwards run only the top
+        blocks (`LimeTrainingArguments.prefix_cache`).
+
+        Args:
+            **inputs: The body's keyword arguments as the later forwards pass them (`input_ids`, `attention_mask`,
+                `token_type_ids`...).
+
+        Returns:
+            `int`: The rows computed: 0 when every row was stored, or when the cache cannot serve these inputs now
+            (then counted in `bypassed`).
+        """
+        call, reason = self._bind((), inputs)
+        if reason is None:
+            reason = self._check_lower_part(call["input_ids"].device.type)
+        keys = _row_keys(call, call["input_ids"].shape[0]) if reason is None else None
+        if keys is None:
+            self.bypassed += 1
+            self.bypass_reasons[reason or "inputs not batched by row"] += 1
+            return 0
+        missing = [i for i, key in enumerate(keys) if self._store.get(key) is None]
+        if missing:
+            self._store_rows([keys[i] for i in missing], self._compute_rows(call, missing))
+            self.misses += len(missing)
+        return len(missing)
+
     @contextmanager
     def paused(self) -> Iterator[None]:
         """Forwards inside this block run without the cache (and are not counted); the rows are kept."""

@@ -248,17 +248,18 @@ def concat_batches(batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Te
     left only), so the rows give what they gave in their own batches.
     """
     width = max(batch["input_ids"].shape[1] for batch in batches)
-    keys = [key for key in batches[0] if key != "lang_ids"]
+    padded = [pad_right(batch, width) for batch in batches]
+    return {key: torch.cat([batch[key] for batch in padded]) for key in batches[0] if key != "lang_ids"}
+
+
+def pad_right(batch: Mapping[str, torch.Tensor], width: int) -> dict[str, torch.Tensor]:
+    """`batch` with its `(rows, seq)` tensors padded on the right to `width` columns (attention 0, labels -100,
+    id 0); other entries (e.g. `lang_ids`) unchanged. See `concat_batches` for why right padding changes nothing."""
     out = {}
-    for key in keys:
-        parts = []
-        for batch in batches:
-            value = batch[key]
-            if value.dim() == 2 and value.shape[1] < width:
-                fill = IGNORE_INDEX if key == "labels" else 0
-                value = F.pad(value, (0, width - value.shape[1]), value=fill)
-            parts.append(value)
-        out[key] = torch.cat(parts)
+    for key, value in batch.items():
+        if key != "lang_ids" and value.dim() == 2 and value.shape[1] < width:
+            value = F.pad(value, (0, width - value.shape[1]), value=IGNORE_INDEX if key == "labels" else 0)
+        out[key] = value
     return out
 
 

@@ -9,15 +9,16 @@ vocabulary logits elsewhere (`hf_lime.head`).
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from ..data.encoding import concat_batches
+from ..data.encoding import concat_batches, pad_right
 from ..head import TargetLogits, target_logits
 from ..metrics.xl_edit import harmonic_mean
+from ..prefix_cache import KEYED_INPUTS, PrefixCache
 
 # Logged metric names, defined once (see docs/training.md).
 LOSS_EDIT, LOSS_LOC, LOSS_L0 = "loss/edit", "loss/loc", "loss/l0"
@@ -76,7 +77,38 @@ def _root_kept_unsharded(peft_model):
         peft_model.set_reshard_after_backward(True, recurse=False)
 
 
-def run_episode(peft_model, episode: dict[str, dict], task: str, c_edit: float, c_loc: float, c_l0: float):
+@contextmanager
+def shared_prefix(cache: PrefixCache, episode: dict[str, dict]):
+    """
+    Run the episode's rows through the blocks below the first edited one once, in one forward.
+
+    Pads the edit, update and retain batches to one width (right padding changes none of their outputs), stores
+    the hidden states entering block `k` of every row in `cache` and yields the padded episode: inside the block,
+    the capture forward (edit and retain rows) and the edited forward (update and retain rows) start at block `k`.
+    The hooks come off and the rows are freed on exit (the autograd graph keeps what its backward needs).
+    """
+    width = max(part["input_ids"].shape[1] for part in episode.values())
+    padded = {name: pad_right(part, width) for name, part in episode.items()}
+    parts = [part for part in padded.values() if part["input_ids"].shape[0] > 0]
+    inputs = {key: torch.cat([part[key] for part in parts]) for key in KEYED_INPUTS if key in parts[0]}
+    cache.attach()
+    try:
+        with torch.no_grad():
+            cache.prefill(**inputs)
+        yield padded
+    finally:
+        cache.detach()
+
+
+def run_episode(
+    peft_model,
+    episode: dict[str, dict],
+    task: str,
+    c_edit: float,
+    c_loc: float,
+    c_l0: float,
+    prefix: PrefixCache | None = None,
+):
     """
     Compute one episode's loss and metrics through the functional path (the base model is never modified).
 
@@ -85,10 +117,17 @@ def run_episode(peft_model, episode: dict[str, dict], task: str, c_edit: float, 
         episode (`dict`): `{"edit", "update", "retain"}` batches from `EpisodeCollator`, each with `lang_ids`.
         task (`str`): `"masked_lm"`, `"seq_cls"` or `"causal_lm"`.
         c_edit, c_loc, c_l0 (`float`): Loss weights.
+        prefix ([`~hf_lime.prefix_cache.PrefixCache`], *optional*): A detached cache of `peft_model`: the rows then
+            run the blocks below the first edited one once (`shared_prefix`); the same loss up to float rounding.
 
     Returns:
         [`EpisodeOutput`].
     """
+    with shared_prefix(prefix, episode) if prefix is not None else nullcontext(episode) as episode:
+        return _run_episode(peft_model, episode, task, c_edit, c_loc, c_l0)
+
+
+def _run_episode(peft_model, episode: dict[str, dict], task: str, c_edit: float, c_loc: float, c_l0: float):
     tuner = peft_model.base_model
     edit, update, retain = episode["edit"], episode["update"], episode["retain"]
     languages = edit["lang_ids"] if tuner.languages else None  # ids, resolved once by the dataset

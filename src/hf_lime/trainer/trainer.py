@@ -14,6 +14,7 @@ from transformers.utils import logging
 
 from ..head_product import LOW_DTYPES as HEAD_DTYPES
 from ..head_product import low_precision
+from ..prefix_cache import PrefixCache
 from .episode import EDIT_LR_PREFIX, EPISODE_METRICS, GATE_PREFIX, NONFINITE, run_episode
 from .malloc import keep_freed_memory
 from .training_args import LimeTrainingArguments
@@ -21,6 +22,7 @@ from .training_args import LimeTrainingArguments
 logger = logging.get_logger(__name__)
 
 GROUPS = ("editor", "masks", "edit_lrs")
+EPISODE_PREFIX_BYTES = 1 << 30  # bound of one episode's stored rows (freed after each episode)
 
 
 class LimeTrainer(Trainer):
@@ -88,6 +90,8 @@ class LimeTrainer(Trainer):
         # under FSDP the editor's parameters are whole only inside the forward: its logged state is read there
         self._editor_state: dict[str, float] = {}
         self._window_starts = True  # the next training episode opens a gradient-accumulation window
+        self._prefix_cache: PrefixCache | None = None  # the episodes' frozen-prefix cache, made at the first episode
+        self._prefix_cache_model = None
         _install_episode_forward(model, self)
 
     def _peft_model(self):
@@ -111,10 +115,25 @@ class LimeTrainer(Trainer):
                 _broadcast_editor_buffers(peft_model.base_model.editor)
             self._window_starts = self.accelerator.sync_gradients
         with low_precision(HEAD_DTYPES[a.head_dtype]):
-            output = run_episode(peft_model, episode, self.task, a.c_edit, a.c_loc, a.c_l0)
+            output = run_episode(peft_model, episode, self.task, a.c_edit, a.c_loc, a.c_l0, self._prefix(peft_model))
         if fsdp_training:
             self._editor_state = editor_state_logs(peft_model.base_model)
         return output
+
+    def _prefix(self, peft_model) -> PrefixCache | None:
+        """The episodes' frozen-prefix cache (`LimeTrainingArguments.prefix_cache`), made once; `None` when off, under
+        FSDP, or for a model whose blocks the cache cannot find (e.g. a classifier without a block list)."""
+        if not self.args.prefix_cache or self.is_fsdp_enabled:
+            return None
+        if self._prefix_cache is None or self._prefix_cache_model is not peft_model:
+            try:
+                self._prefix_cache = PrefixCache(peft_model, max_bytes=EPISODE_PREFIX_BYTES)
+            except ValueError as error:
+                logger.warning("Episodes run without the frozen-prefix cache: %s", error)
+                self.args.prefix_cache = False
+                return None
+            self._prefix_cache_model = peft_model
+        return self._prefix_cache
 
     def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys=None):
         """Run the episode in eval mode (deterministic masks); editing needs gradients, so enable them."""

@@ -128,6 +128,11 @@ class LimeTrainingArguments(TrainingArguments):
             float32 sums and float32 logits (`hf_lime.head_product.low_precision`). 2–3× faster products on CPUs with
             bfloat16 instructions (AVX512-BF16, AMX; slower without them), at bfloat16 rounding of the training
             losses. Edits made after training and every evaluation stay in float32.
+        prefix_cache (`bool`, *optional*, defaults to `True`):
+            Run the blocks below the first edited one once per episode: the edit, update and retain rows (padded to
+            one width) go through them in one forward, and the edit's capture and the edited forward start from
+            those hidden states (`hf_lime.prefix_cache`; the frozen base runs in evaluation mode, so they are what a
+            full forward computes). Off under FSDP, whose sharded blocks run only inside the wrapped forward.
 
     Named recipes (`LIME_RECIPES`, `from_recipe`): `"reference"`, the LiME reference code's MEND recipe (the demo's,
     on 600 episodes), and `"cpu"`, one episode per optimizer step.
@@ -165,6 +170,9 @@ class LimeTrainingArguments(TrainingArguments):
     )
     head_dtype: str = field(
         default="float32", metadata={"help": "'float32' or 'bfloat16': the vocabulary products of training episodes."}
+    )
+    prefix_cache: bool = field(
+        default=True, metadata={"help": "Run an episode's rows through the unedited lower blocks once."}
     )
     # changed defaults
     remove_unused_columns: bool = field(default=False, metadata={"help": "Episodes are nested dicts: keep False."})
