@@ -89,6 +89,7 @@ def time_ours(args: argparse.Namespace) -> None:
         mend_rank=1920,
         num_top_layers=NUM_TOP_LAYERS,
         edit_lr_init=1e-4,
+        mend_compute_dtype=args.mend_dtype,
     )
     model = get_peft_model(base, config)
     editor_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -142,6 +143,7 @@ def time_ours(args: argparse.Namespace) -> None:
             "attention": attention,
             "threads": torch.get_num_threads(),
             "head_dtype": args.head_dtype,
+            "mend_dtype": args.mend_dtype,
             "parts": stats.summary(),
         },
     )
@@ -152,6 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     timed = add_driver_commands(sub, "data_dir")
     timed.add_argument("--head_dtype", choices=["float32", "bfloat16"], default="float32")
+    timed.add_argument("--mend_dtype", choices=["float32", "bfloat16"], default="float32")
     args = parser.parse_args(argv)
     if args.command == "checksum":
         write_json(args.out, {"side": "ours", **checksum(args.model_dir)})
