@@ -2,14 +2,17 @@
 
 The demo's evaluation (`examples/demo.py`: the strict reading, ranking among every CLDR object as a second reading,
 5 same-relation neighbours and 3 other facts per edit, every language) on the first `--n_edits` held-out facts per
-editing language, alternating three paths `--rounds` times each:
+editing language, alternating four paths `--rounds` times each, each adding one speed-up to the one before:
 
-- `uncached`: no frozen-prefix cache (`cache_bytes=0`) and every vocabulary argmax a float32 product
-  (`hf_lime.fast_argmax.plain_products`): the evaluation before either speed-up;
-- `cached`: the frozen-prefix cache (`hf_lime.prefix_cache`), float32 argmaxes;
-- `fast`: `evaluate_editor`'s default, the cache and the checked bfloat16 argmax (`hf_lime.fast_argmax`).
+- `uncached`: no frozen-prefix cache (`cache_bytes=0`), every vocabulary argmax a float32 product
+  (`hf_lime.fast_argmax.plain_products`), one prompt length per forward (`length_bucket=1`): the evaluation
+  before the speed-ups;
+- `cached`: the frozen-prefix cache (`hf_lime.prefix_cache`);
+- `fast`: and the checked bfloat16 argmax (`hf_lime.fast_argmax`);
+- `bucketed`: `evaluate_editor`'s default: and prompts right-padded to a multiple of 8 tokens, batched by padded
+  width (`length_bucket=8`: fewer, fuller forwards).
 
-- `workers` (with `--workers N`, N > 1): `fast` with the edits shared among N forked one-thread processes
+- `workers` (with `--workers N`, N > 1): `bucketed` with the edits shared among N forked one-thread processes
   (`evaluate_editor(num_workers=N)`); give the other paths `--threads N` so that every path has the same cores.
 
 All paths give the same records (checked and reported). Prints the median edits per second of each path and the
@@ -72,17 +75,21 @@ def main() -> None:
     # the demo's own evaluation (its settings.json), on the first `n_edits` facts per editing language
     options = {**demo_options(Path(args.editor), languages, splits), "n_edits": args.n_edits, "progress": False}
     model = editor.model.eval()
-    paths = ("uncached", "cached", "fast") + (("workers",) if args.workers > 1 else ())
+    paths = ("uncached", "cached", "fast", "bucketed") + (("workers",) if args.workers > 1 else ())
     times: dict[str, list[float]] = {path: [] for path in paths}
     records: dict[str, dict] = {}
     for round_index in range(-args.warmup, args.rounds):
         for path in paths if round_index % 2 == 0 else paths[::-1]:
             plain = fast_argmax.plain_products() if path in ("uncached", "cached") else nullcontext()
-            workers = args.workers if path == "workers" else 1
+            path_options = {
+                "num_workers": args.workers if path == "workers" else 1,
+                "cache_bytes": 0 if path == "uncached" else 1 << 30,
+                "length_bucket": 8 if path in ("bucketed", "workers") else 1,
+            }
             start = time.perf_counter()
             with plain:
-                result = evaluate_editor(model, editor.tokenizer, splits["test"], "masked_lm", num_workers=workers,
-                                         cache_bytes=0 if path == "uncached" else 1 << 30, **options)  # fmt: skip
+                result = evaluate_editor(model, editor.tokenizer, splits["test"], "masked_lm", **path_options,
+                                         **options)  # fmt: skip
             if round_index >= 0:
                 times[path].append(time.perf_counter() - start)
             records.setdefault(path, result.records)

@@ -205,3 +205,46 @@ def test_fewer_unrelated_facts_than_asked_warns_and_reads_those_there_are(world)
         result = run(make_model(base), tokenizer, items, n_retain=50, return_records=True)
     assert result.settings["retain_per_edit"] == 12.0  # the other relation's 12 subjects
     assert not math.isnan(result.metrics["locality_other"])
+
+
+def test_length_buckets_give_the_same_records_in_fewer_forwards(world):
+    """Scored prompts right-padded to a multiple of `length_bucket` and batched by padded width: the same records
+    (every reading) as one length per forward, from fewer forwards."""
+    tokenizer, items, base = world
+    # prompts of 8 to 11 tokens: up to 3 known words in front of some of them
+    items = [{**item, "prompts": ["in " * (i % 4) + text for text in item["prompts"]]} for i, item in enumerate(items)]
+    options = {"locality": "both", "extra_scorings": ("candidates",), "return_records": True}
+    results, forwards = {}, {}
+    for bucket in (1, 3, 8):
+        model = make_model(base)
+        forwards[bucket] = 0
+
+        def count(*_, bucket=bucket):
+            forwards[bucket] += 1
+
+        handle = model.get_base_model().bert.register_forward_pre_hook(count)
+        results[bucket] = run(model, tokenizer, items, length_bucket=bucket, **options)
+        handle.remove()
+        assert results[bucket].settings["length_bucket"] == bucket
+    for bucket in (3, 8):
+        assert results[bucket].records == results[1].records
+        assert results[bucket].readings["candidates"].records == results[1].readings["candidates"].records
+    assert forwards[8] < forwards[3] < forwards[1], forwards
+    with pytest.raises(ValueError, match="length_bucket"):
+        run(make_model(base), tokenizer, items, length_bucket=0)
+
+
+def test_length_batches_and_buckets():
+    from types import SimpleNamespace
+
+    from hf_lime.evaluation.candidates import length_batches, length_bucket
+
+    lengths = [5, 9, 8, 3, 16, 17]
+    assert length_batches(lengths, batch_size=8) == [[3], [0], [2], [1], [4], [5]]
+    assert length_batches(lengths, batch_size=8, bucket=8) == [[0, 2, 3], [1, 4], [5]]  # widths 8, 16, 24
+    assert length_batches(lengths, batch_size=2, bucket=8) == [[0, 2], [3], [1, 4], [5]]
+    assert length_bucket(SimpleNamespace(padding_side="right"), 8) == 8
+    assert length_bucket(SimpleNamespace(padding_side="left"), 8) == 1  # left padding would move the positions
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match="length_bucket"):
+            length_bucket(SimpleNamespace(padding_side="right"), bad)

@@ -204,7 +204,9 @@ def encode_example(
     return _encode_causal_lm(tokenizer, prompt, target, max_length)
 
 
-def pad_batch(tokenizer: Any, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+def pad_batch(
+    tokenizer: Any, examples: Sequence[Mapping[str, Any]], pad_to_multiple_of: int | None = None
+) -> dict[str, torch.Tensor]:
     """Pad encoded examples (from `encode_example`) into a batch of tensors, with transformers' collators.
 
     ``input_ids``, ``attention_mask`` and ``token_type_ids`` are padded by `tokenizer.pad` (the tokenizer's pad id
@@ -214,6 +216,7 @@ def pad_batch(tokenizer: Any, examples: Sequence[Mapping[str, Any]]) -> dict[str
     Args:
         tokenizer (`PreTrainedTokenizerBase`): provides ``pad_token_id`` and ``padding_side``.
         examples (`Sequence[Mapping[str, Any]]`): encoded examples with the same keys.
+        pad_to_multiple_of (`int`, *optional*): Pad to a multiple of this many tokens (the collators' option).
 
     Returns:
         `dict[str, torch.Tensor]`: the padded batch.
@@ -234,9 +237,11 @@ def pad_batch(tokenizer: Any, examples: Sequence[Mapping[str, Any]]) -> dict[str
         raise ValueError(f"padding_side must be 'left' or 'right', got {tokenizer.padding_side!r}.")
     features = [{key: list(value) if key != "labels" else value for key, value in e.items()} for e in examples]
     if "labels" in keys and not all(isinstance(e["labels"], int) for e in examples):
-        collator = DataCollatorForTokenClassification(tokenizer, label_pad_token_id=IGNORE_INDEX, return_tensors="pt")
+        collator = DataCollatorForTokenClassification(
+            tokenizer, label_pad_token_id=IGNORE_INDEX, pad_to_multiple_of=pad_to_multiple_of, return_tensors="pt"
+        )
     else:
-        collator = DataCollatorWithPadding(tokenizer, return_tensors="pt")
+        collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to_multiple_of, return_tensors="pt")
     batch = dict(collator(features))
     return {key: value.long() for key, value in batch.items()}
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -18,14 +19,24 @@ from ..data.encoding import PLACEHOLDER, pad_batch, target_token_ids
 from ..head import logits_at
 
 
-def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped into batches of rows of one length (at most `batch_size` each), in order of length: no row is
-    padded, so a prompt is the same row whatever else is scored with it (what a prefix cache keys on)."""
+def length_batches(lengths: Sequence[int], batch_size: int, bucket: int = 1) -> list[list[int]]:
+    """Indices grouped into batches of rows of one width (at most `batch_size` each), in order of width. A row's
+    width is its length rounded up to a multiple of `bucket` (1: its own length, no padding), so a prompt is the same
+    padded row whatever else is scored with it (what a prefix cache keys on); pad each batch with
+    `pad_to_multiple_of=bucket`."""
     groups: dict[int, list[int]] = {}
     for index, length in enumerate(lengths):
-        groups.setdefault(length, []).append(index)
+        groups.setdefault(-(-length // bucket) * bucket, []).append(index)
     return [group[start : start + batch_size] for _, group in sorted(groups.items())
             for start in range(0, len(group), batch_size)]  # fmt: skip
+
+
+def length_bucket(tokenizer: Any, bucket: int) -> int:
+    """The bucket rows are padded to: `bucket` for a tokenizer that pads on the right (padding past a row's tokens
+    changes none of their outputs), 1 (no padding) for one that pads on the left (it would move the positions)."""
+    if isinstance(bucket, bool) or not isinstance(bucket, int) or bucket < 1:
+        raise ValueError(f"`length_bucket` must be an int >= 1, got {bucket!r}.")
+    return bucket if getattr(tokenizer, "padding_side", "right") == "right" else 1
 
 
 @dataclass(frozen=True)
@@ -47,6 +58,8 @@ class CandidateRanker:
         candidates (`Mapping[tuple[str, str], Sequence[str]]`): `(relation, language)` -> candidate labels.
         max_length (`int`, *optional*, defaults to `128`): Maximum tokens per prompt.
         batch_size (`int`, *optional*, defaults to `64`): Prompts per forward pass.
+        bucket (`int`, *optional*, defaults to `1`): Prompts are right-padded to a multiple of this many tokens and
+            batched by padded width (`length_batches`): fewer, larger forwards (1: one length per forward).
 
     Example:
 
@@ -65,11 +78,12 @@ class CandidateRanker:
         candidates: Mapping[tuple[str, str], Sequence[str]],
         max_length: int = 128,
         batch_size: int = 64,
+        bucket: int = 1,
     ) -> None:
         if tokenizer.mask_token is None:
             raise ValueError("Ranking candidates needs a masked LM tokenizer with a mask token.")
         self.model, self.tokenizer = model, tokenizer
-        self.max_length, self.batch_size = max_length, batch_size
+        self.max_length, self.batch_size, self.bucket = max_length, batch_size, length_bucket(tokenizer, bucket)
         self.labels: dict[tuple[str, str], list[str]] = {}
         self.ids: dict[tuple[str, str], list[tuple[int, ...]]] = {}
         for key, labels in candidates.items():
@@ -117,10 +131,11 @@ class CandidateRanker:
         jobs = self._jobs(queries)
         best: list[tuple[float, str]] = [(float("-inf"), "") for _ in queries]
         mask_id = self.tokenizer.mask_token_id
-        for indices in length_batches([len(ids) for _, _, ids in jobs], self.batch_size):  # rows of one length
+        for indices in length_batches([len(ids) for _, _, ids in jobs], self.batch_size, self.bucket):
             chunk = [jobs[i] for i in indices]
             rows = [{"input_ids": ids, "attention_mask": [1] * len(ids)} for _, _, ids in chunk]
-            batch = {key: value.to(device) for key, value in pad_batch(self.tokenizer, rows).items()}
+            batch = pad_batch(self.tokenizer, rows, pad_to_multiple_of=self.bucket)
+            batch = {key: value.to(device) for key, value in batch.items()}
             keep = batch["input_ids"] == mask_id
             logprobs = torch.log_softmax(logits_at(self.model, batch, keep, self.vocab).float(), dim=-1)
             for (index, k, _), scores in zip(chunk, logprobs.split([k for _, k, _ in chunk]), strict=True):

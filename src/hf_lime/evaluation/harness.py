@@ -27,6 +27,7 @@ from ..languages import check_language_subset, check_languages
 from ..metrics import compute_xl_edit_metrics
 from ..prefix_cache import DEFAULT_MAX_BYTES, PrefixCache
 from ..tasks import check_task, model_label2id
+from .candidates import length_bucket as length_bucket_of
 from .report import EvaluationResult
 from .scoring import LOCALITY_PROTOCOLS, SCORINGS, SequenceScorer, TargetScorer, make_scorer
 from .scoring import digest as _digest
@@ -34,6 +35,7 @@ from .workers import fork_supported, run_forked
 
 logger = logging.getLogger(__name__)
 
+LENGTH_BUCKET = 8  # scored prompts are right-padded to a multiple of this many tokens (`length_bucket`)
 RECORD_FIELDS = ("predictions", "references", "edit_ids", "edit_languages", "eval_languages", "kinds", "group_ids")
 """The keys of `EvaluationResult.records`: exactly the inputs of `compute_xl_edit_metrics` and `lime_xl_edit`
 (`group_ids` is the id of the item an edit was made from: the edits of one item in several languages are one group
@@ -338,6 +340,7 @@ def evaluate_editor(
     cache_bytes: int = DEFAULT_MAX_BYTES,
     edit_options: Mapping[str, Any] | None = None,
     num_workers: int = 1,
+    length_bucket: int = LENGTH_BUCKET,
 ) -> EvaluationResult:
     """Edit each chosen item in each edit language, score it and unrelated items in every language, revert.
 
@@ -415,6 +418,11 @@ def evaluate_editor(
             (`hf_lime.prefix_cache`): every prompt's hidden states entering the first edited block are computed once
             and reused after every edit, since the blocks below it never change (same answers up to float
             rounding). `0` disables it; models it does not support run without it.
+        length_bucket (`int`, *optional*, defaults to `8`): Scored prompts are padded on the right to a multiple of
+            this many tokens and batched by padded width: fewer, fuller forwards after each edit (a prompt is still
+            the same padded row every time, as the prefix cache needs). Right padding changes none of a prompt's
+            outputs (up to float rounding); tokenizers that pad on the left are not padded (1). `1`: one length per
+            forward. Recorded in `settings["length_bucket"]`.
         edit_options (`Mapping[str, Any]`, *optional*): Further keyword arguments of every `model.edit` call, e.g.
             `{"combine": "solve", "preserve": moments}` (`LimeModel.edit`); recorded in `settings["edit_options"]`
             (a tensor dict such as key moments as its layer count).
@@ -467,7 +475,8 @@ def evaluate_editor(
     edit_languages, eval_languages = _resolve_languages(model, languages, edit_languages, eval_languages)
     parsed = _parse_items(items, set(edit_languages) | set(eval_languages))
     label2id = label2id if label2id is not None else model_label2id(model, task)
-    scorer_args = (model, tokenizer, task, label2id, max_length, batch_size, parsed, candidates)
+    bucket = length_bucket_of(tokenizer, _check_int("length_bucket", length_bucket, 1))
+    scorer_args = (model, tokenizer, task, label2id, max_length, batch_size, parsed, candidates, bucket)
     readers = _Readers(
         scorer=make_scorer(scoring, *scorer_args),
         sequence=(SequenceScorer(model, tokenizer, parsed, seed, max_length, min(batch_size, 8))
@@ -507,6 +516,7 @@ def evaluate_editor(
     _warn_short_retain(settings, counts)
     settings["prefix_cache"] = _cache_summary(cache, cache_bytes, counters)
     settings["num_workers"] = workers
+    settings["length_bucket"] = bucket
     settings.update(distinct_facts=distinct_facts, n_facts=len({plan.item.id for plan in plans}),
                     n_locality=n_locality, locality=locality, extra_scorings=list(readers.extra),
                     candidates="every given object" if candidates is not None else "the evaluated items' objects",

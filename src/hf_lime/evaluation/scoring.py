@@ -36,7 +36,7 @@ from ..data.encoding import (
 from ..data.items import ParsedItem, parse_item, target_table
 from ..fast_argmax import argmax_product
 from ..head import hidden_at, output_layer, target_positions, target_predictions
-from .candidates import CandidateRanker, RankingQuery, length_batches
+from .candidates import CandidateRanker, RankingQuery, length_batches, length_bucket
 
 SCORINGS = ("open", "candidates")
 LOCALITY_PROTOCOLS = ("target", "sequence", "both")
@@ -64,9 +64,11 @@ def cached_answers(cache: dict, pairs: Sequence[tuple[ParsedItem, str]], answer)
 class TargetScorer:
     """Open-vocabulary answers at the target positions (or classes); see the module docstring."""
 
-    def __init__(self, model: Any, tokenizer: Any, task: str, label2id, max_length: int, batch_size: int) -> None:
+    def __init__(self, model: Any, tokenizer: Any, task: str, label2id, max_length: int, batch_size: int,
+                 bucket: int = 1) -> None:  # fmt: skip
         self.model, self.tokenizer, self.task = model, tokenizer, task
         self.label2id, self.max_length, self.batch_size = label2id, max_length, batch_size
+        self.bucket = length_bucket(tokenizer, bucket)  # queries are padded to a multiple of it (`predict`)
         self.device = next(model.parameters()).device
         self._base: dict[tuple[str, str], str] = {}
 
@@ -95,8 +97,9 @@ class TargetScorer:
         """A padded batch of `(item, language, target)` rows (e.g. locality inputs shown to an editor)."""
         return self._batch([self.encode(*row) for row in rows])
 
-    def _batch(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        return {key: value.to(self.device) for key, value in pad_batch(self.tokenizer, features).items()}
+    def _batch(self, features: Sequence[Mapping[str, Any]], multiple: int | None = None) -> dict[str, torch.Tensor]:
+        batch = pad_batch(self.tokenizer, features, pad_to_multiple_of=multiple)
+        return {key: value.to(self.device) for key, value in batch.items()}
 
     def _render(self, ids: list[int] | int) -> str:
         if self.task == "seq_cls":
@@ -115,8 +118,8 @@ class TargetScorer:
         features = [self.encode(*query) for query in queries]
         predictions: list[str] = [""] * len(features)
         pending: list[tuple[list[int], list[int], torch.Tensor]] = []  # (indices, targets per row, hidden rows)
-        for indices in length_batches([len(f["input_ids"]) for f in features], self.batch_size):
-            batch = self._batch([features[i] for i in indices])
+        for indices in length_batches([len(f["input_ids"]) for f in features], self.batch_size, self.bucket):
+            batch = self._batch([features[i] for i in indices], self.bucket)
             rows = self._target_rows(batch)
             if rows is None:
                 for index, ids in zip(indices, self._predict_batch(batch), strict=True):
@@ -171,15 +174,16 @@ class RankingScorer(TargetScorer):
     """
 
     def __init__(self, model: Any, tokenizer: Any, task: str, label2id, max_length: int, batch_size: int,
-                 items: Sequence[ParsedItem],
-                 candidates: Mapping[tuple[str, str], Sequence[str]] | None = None) -> None:  # fmt: skip
+                 items: Sequence[ParsedItem], candidates: Mapping[tuple[str, str], Sequence[str]] | None = None,
+                 bucket: int = 1) -> None:  # fmt: skip
         if task != "masked_lm":
             raise ValueError(f"scoring='candidates' ranks objects with a masked LM; task={task!r} needs 'open'.")
-        super().__init__(model, tokenizer, task, label2id, max_length, batch_size)
+        super().__init__(model, tokenizer, task, label2id, max_length, batch_size, bucket)
         table = {key: list(labels) for key, labels in candidate_table(items).items()}
         for key, labels in (candidates or {}).items():
             table.setdefault(tuple(key), []).extend(str(label) for label in labels if str(label).strip())
-        self.ranker = CandidateRanker(model, tokenizer, table, max_length=max_length, batch_size=batch_size)
+        self.ranker = CandidateRanker(model, tokenizer, table, max_length=max_length, batch_size=batch_size,
+                                      bucket=bucket)  # fmt: skip
 
     def reference(self, item: ParsedItem, language: str, target: str) -> str:
         return target
@@ -192,14 +196,15 @@ class RankingScorer(TargetScorer):
 
 
 def make_scorer(scoring: str, model, tokenizer, task: str, label2id, max_length: int, batch_size: int,
-                items: Sequence[ParsedItem],
-                candidates: Mapping[tuple[str, str], Sequence[str]] | None = None) -> TargetScorer:  # fmt: skip
-    """The scorer of `scoring` (`"open"` or `"candidates"`; `candidates` adds objects to rank)."""
+                items: Sequence[ParsedItem], candidates: Mapping[tuple[str, str], Sequence[str]] | None = None,
+                bucket: int = 1) -> TargetScorer:  # fmt: skip
+    """The scorer of `scoring` (`"open"` or `"candidates"`; `candidates` adds objects to rank; `bucket`: queries
+    right-padded to a multiple of it and batched by padded width)."""
     if scoring not in SCORINGS:
         raise ValueError(f"Unknown scoring {scoring!r}; allowed values are {SCORINGS}.")
     if scoring == "candidates":
-        return RankingScorer(model, tokenizer, task, label2id, max_length, batch_size, items, candidates)
-    return TargetScorer(model, tokenizer, task, label2id, max_length, batch_size)
+        return RankingScorer(model, tokenizer, task, label2id, max_length, batch_size, items, candidates, bucket)
+    return TargetScorer(model, tokenizer, task, label2id, max_length, batch_size, bucket)
 
 
 class SequenceScorer:
