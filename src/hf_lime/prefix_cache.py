@@ -196,14 +196,10 @@ class PrefixCache:
             `int`: The rows computed: 0 when every row was stored, or when the cache cannot serve these inputs now
             (then counted in `bypassed`).
         """
-        call, reason = self._bind((), inputs)
-        if reason is None:
-            reason = self._check_lower_part(call["input_ids"].device.type)
-        keys = _row_keys(call, call["input_ids"].shape[0]) if reason is None else None
-        if keys is None:
-            self.bypassed += 1
-            self.bypass_reasons[reason or "inputs not batched by row"] += 1
+        served = self._served((), inputs)
+        if served is None:
             return 0
+        call, keys = served
         missing = [i for i, key in enumerate(keys) if self._store.get(key) is None]
         if missing:
             self._store_rows([keys[i] for i in missing], self._compute_rows(call, missing))
@@ -254,6 +250,12 @@ class PrefixCache:
             return None
         self._restore_blocks()  # in case a forward died before its post-hook
         self._pending = None
+        served = self._served(args, kwargs)
+        return None if served is None else ((), self._prepare(*served))
+
+    def _served(self, args: tuple, kwargs: dict) -> tuple[dict[str, Any], list[Key]] | None:
+        """The body's arguments and one key per row, or `None` (counted as bypassed) when the cache cannot serve
+        this call."""
         call, reason = self._bind(args, kwargs)
         if reason is None:
             reason = self._check_lower_part(call["input_ids"].device.type)
@@ -265,7 +267,7 @@ class PrefixCache:
             self.bypassed += 1
             self.bypass_reasons[reason] += 1
             return None
-        return (), self._prepare(call, keys)
+        return call, keys
 
     def _body_post_hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         if self._filling:

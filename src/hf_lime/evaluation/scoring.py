@@ -90,14 +90,15 @@ class TargetScorer:
             ) from error
 
     def edit_batch(self, item: ParsedItem, language: str, target: str) -> dict[str, torch.Tensor]:
-        """The batch `model.edit` gets: the item's prompt in `language` with `target` as the new answer."""
-        return self._batch([self.encode(item, language, target)])
+        """The batch `model.edit` gets: the item's prompt in `language` with `target` as the new answer (padded as
+        the scored queries are: the same row as the reliability query, so the prefix cache serves it)."""
+        return self._batch([self.encode(item, language, target)], self.bucket)
 
     def inputs_batch(self, rows: Sequence[tuple[ParsedItem, str, str]]) -> dict[str, torch.Tensor]:
         """A padded batch of `(item, language, target)` rows (e.g. locality inputs shown to an editor)."""
-        return self._batch([self.encode(*row) for row in rows])
+        return self._batch([self.encode(*row) for row in rows], self.bucket)
 
-    def _batch(self, features: Sequence[Mapping[str, Any]], multiple: int | None = None) -> dict[str, torch.Tensor]:
+    def _batch(self, features: Sequence[Mapping[str, Any]], multiple: int) -> dict[str, torch.Tensor]:
         batch = pad_batch(self.tokenizer, features, pad_to_multiple_of=multiple)
         return {key: value.to(self.device) for key, value in batch.items()}
 
