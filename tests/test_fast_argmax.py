@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from peft import get_peft_model
 
-from hf_lime import LimeConfig, fast_argmax
+from hf_lime import LimeConfig, fast_argmax, head_product
 
 
 @pytest.fixture(autouse=True)
@@ -98,7 +98,7 @@ def test_scorers_read_the_same_answers_through_the_checked_route(family, monkeyp
     expected = target_logits(model, batch, task).predictions()
     scorer = TargetScorer(model, None, task, None, max_length=32, batch_size=8)
     assert scorer._predict_batch(batch) == expected
-    assert len(fast_argmax._COPIES) == 1  # the checked route ran
+    assert len(head_product._COPIES) == 1  # the checked route ran
 
 
 def test_plain_products_turns_the_checked_route_off_inside_the_block():
@@ -106,7 +106,7 @@ def test_plain_products_turns_the_checked_route_off_inside_the_block():
     weight, h = torch.randn(65536, 256, generator=g), torch.randn(5, 256, generator=g)
     with fast_argmax.plain_products():
         assert torch.equal(fast_argmax.argmax_product(h, weight), _plain_ids(h, weight, None))
-    assert fast_argmax.chosen_routes() == {} and fast_argmax._COPIES == {}
+    assert fast_argmax.chosen_routes() == {} and head_product._COPIES == {}
     fast_argmax.argmax_product(h, weight)
     assert len(fast_argmax.chosen_routes()) == 1
 

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-from .head_product import _COPIES, MARGIN, MIN_ELEMENTS, head_product
+from .head_product import MARGIN, MIN_ELEMENTS, clear_copies, head_product
 from .head_product import bfloat16_copy as _low_copy
 
 UNIT_ROUNDOFF = 2.0**-8  # bfloat16: 8 significant bits
@@ -141,4 +141,4 @@ def reset(routes: bool = True, copies: bool = True) -> None:
     if routes:
         _CHOICES.clear()
     if copies:
-        _COPIES.clear()
+        clear_copies()

@@ -64,6 +64,11 @@ def bfloat16_copy(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torc
     return copy
 
 
+def clear_copies() -> None:
+    """Drop every bfloat16 copy made by `bfloat16_copy` (they are made again on next use)."""
+    _COPIES.clear()
+
+
 def fast_bfloat16() -> bool:
     """Whether this CPU has bfloat16 instructions (AVX512-BF16 or AMX), where `low_precision` products are faster."""
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
