@@ -89,8 +89,8 @@ def shared_prefix(cache: PrefixCache, episode: dict[str, dict]):
     """
     width = max(part["input_ids"].shape[1] for part in episode.values())
     padded = {name: pad_right(part, width) for name, part in episode.items()}
-    parts = [part for part in padded.values() if part["input_ids"].shape[0] > 0]
-    inputs = {key: torch.cat([part[key] for part in parts]) for key in KEYED_INPUTS if key in parts[0]}
+    joint = concat_batches(list(padded.values()))
+    inputs = {key: joint[key] for key in KEYED_INPUTS if key in joint}
     cache.attach()
     try:
         with torch.no_grad():

@@ -90,8 +90,8 @@ class LimeTrainer(Trainer):
         # under FSDP the editor's parameters are whole only inside the forward: its logged state is read there
         self._editor_state: dict[str, float] = {}
         self._window_starts = True  # the next training episode opens a gradient-accumulation window
-        self._prefix_cache: PrefixCache | None = None  # the episodes' frozen-prefix cache, made at the first episode
-        self._prefix_cache_model = None
+        # the episodes' frozen-prefix cache: made at the first episode; False where the model has none
+        self._prefix_cache: PrefixCache | bool | None = None
         _install_episode_forward(model, self)
 
     def _peft_model(self):
@@ -123,16 +123,15 @@ class LimeTrainer(Trainer):
     def _prefix(self, peft_model) -> PrefixCache | None:
         """The episodes' frozen-prefix cache (`LimeTrainingArguments.prefix_cache`), made once; `None` when off, under
         FSDP, or for a model whose blocks the cache cannot find (e.g. a classifier without a block list)."""
-        if not self.args.prefix_cache or self.is_fsdp_enabled:
+        if not self.args.prefix_cache or self.is_fsdp_enabled or self._prefix_cache is False:
             return None
-        if self._prefix_cache is None or self._prefix_cache_model is not peft_model:
+        if self._prefix_cache is None:  # the episode forward is installed on one model: made once for it
             try:
                 self._prefix_cache = PrefixCache(peft_model, max_bytes=EPISODE_PREFIX_BYTES)
             except ValueError as error:
                 logger.warning("Episodes run without the frozen-prefix cache: %s", error)
-                self.args.prefix_cache = False
+                self._prefix_cache = False
                 return None
-            self._prefix_cache_model = peft_model
         return self._prefix_cache
 
     def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys=None):
