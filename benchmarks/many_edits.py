@@ -106,8 +106,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--preserve",
         type=int,
         default=0,
-        help="combine='solve': preserve the keys of this many prompts (edit_many's `preserve`), drawn from the loaded "
-        "facts of every split that no row edits (the pool beyond the largest N) and no locality part reads; 0: none.",
+        help="combine='solve': preserve the keys of this many prompts (edit_many's `preserve`: the edits are then "
+        "refitted layer by layer, hf_lime.tuner.refit), drawn from the loaded facts of every split that no row edits "
+        "(the pool beyond the largest N) and no locality part reads; 0: none.",
     )
     parser.add_argument("--preserve_weight", type=float, default=None, help="edit_many's `preserve_weight`.")
     parser.add_argument("--n_locality", type=int, default=200, help="Facts per locality part at most.")
@@ -466,9 +467,9 @@ def run_editor(spec: EditorSpec, editor: Any, facts: StudyFacts, args: argparse.
 
 
 def preserve_weight(args: argparse.Namespace) -> float:
-    from hf_lime.tuner.merge import DEFAULT_PRESERVE_WEIGHT
+    from hf_lime.tuner.refit import DEFAULT_REFIT_WEIGHT
 
-    return DEFAULT_PRESERVE_WEIGHT if args.preserve_weight is None else args.preserve_weight
+    return DEFAULT_REFIT_WEIGHT if args.preserve_weight is None else args.preserve_weight
 
 
 def summary_line(row: dict[str, Any]) -> str:

@@ -10,6 +10,7 @@ from test_edit_many import REQUESTS, dense, mend_editor, unchanged, weights
 from hf_lime.deltas import SOLVE_KEYS
 from hf_lime.tuner.merge import PRESERVE_EPS, preserve_merge
 from hf_lime.tuner.preserve import key_moments
+from hf_lime.tuner.refit import refit_layers
 
 KEEP = [
     ("Paris is in [MASK] .", "France"),
@@ -145,7 +146,7 @@ def test_a_single_edit_with_preserve_is_the_merge_of_its_mend_factors_and_revert
 
 def test_a_sequence_with_preserve_refits_every_edit_from_its_own_mend_factors(monkeypatch):
     """`mode="sequential"` with `preserve`: each edit is computed on the model holding the earlier ones (their refitted
-    form), and after the last one the group's deltas are `preserve_merge` of every edit's own MEND factors."""
+    form), and after the last one the group's deltas are `refit_layers` of every edit's own MEND factors."""
     import copy
 
     from hf_lime.tuner.model import LimeModel
@@ -153,11 +154,12 @@ def test_a_sequence_with_preserve_refits_every_edit_from_its_own_mend_factors(mo
     editor = mend_editor()
     before = weights(editor)
     moments = editor.key_moments(KEEP)
-    made, applied_before = [], []
+    made, applied_before, batches = [], [], []
     real = LimeModel.prepare_edit
 
     def recording(self, *args, **kwargs):
         applied_before.append(len(self.applied_edit_ids))
+        batches.append(args[0])
         edit = real(self, *args, **kwargs)
         made.append(copy.copy(edit))
         made[-1].deltas = dict(edit.deltas)
@@ -166,13 +168,13 @@ def test_a_sequence_with_preserve_refits_every_edit_from_its_own_mend_factors(mo
     monkeypatch.setattr(LimeModel, "prepare_edit", recording)
     group = editor.edit_many(REQUESTS, mode="sequential", combine="solve", preserve=moments, preserve_weight=2.0)
     assert applied_before == list(range(len(REQUESTS)))  # edit k was computed with the k earlier ones applied
-    preserve_merge(made, moments, 2.0)
-    for edit, expected in zip(group.edits, made, strict=True):
-        assert edit.state == "applied"
-        for key, delta in edit.deltas.items():
-            torch.testing.assert_close(delta.dense(), expected.deltas[key].dense(), rtol=1e-4, atol=1e-7)
+    assert all(edit.state == "applied" for edit in group.edits)
     group.revert()
     assert unchanged(editor, before)
+    refit_layers(editor.model.base_model, made, batches, moments, 2.0)
+    for edit, expected in zip(group.edits, made, strict=True):
+        for key, delta in edit.deltas.items():
+            torch.testing.assert_close(delta.dense(), expected.deltas[key].dense(), rtol=1e-4, atol=1e-7)
 
 
 def test_fact_pairs_are_every_language_s_prompt_and_answer_with_a_mask():

@@ -462,10 +462,11 @@ class LimeEditor:
                 holding where the sum does not, docs/results.md §5a).
             preserve (*optional*): `combine="solve"` only: what the edits should leave alone, as `(prompt, answer)`
                 pairs (facts the model knows; read by [`~LimeEditor.key_moments`]) or the moments it returned. The
-                edits are then fitted as one least-squares update per layer (MEMIT's form with MEND's per-token
-                targets, [`~hf_lime.tuner.merge.preserve_merge`]).
+                edits are then refitted together layer by layer, each layer on the inputs the refitted layers below
+                give (MEMIT's form and order with MEND's per-token targets, [`~hf_lime.tuner.refit.refit_layers`]);
+                in `"batch"` mode the requests that did not hold are weighted up and all refitted again.
             preserve_weight (`float`, *optional*): The preserved keys' weight per edit token
-                (`hf_lime.tuner.merge.DEFAULT_PRESERVE_WEIGHT`).
+                (`hf_lime.tuner.refit.DEFAULT_REFIT_WEIGHT`).
 
         Warns (once per editor) when `mode="batch"` makes more edits than the editor made at once in training
         ([`~LimeEditor.trained_edit_batch_size`], from `training_info`; train with `n_edit` for larger batches).

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..deltas import SOLVE_KEYS, EditInfo, LayerDelta
+from ..deltas import SOLVE_KEYS, SOLVE_POSITIONS, EditInfo, LayerDelta
 from .base import BaseEditor, EditorOutput, LayerSpec
 from .lowered import LoweredWeights, lowered_low_rank
 
@@ -249,6 +249,7 @@ class MendEditor(BaseEditor):
         info = EditInfo(loss_before=captured.loss)
         if not torch.is_grad_enabled():  # an edit (not a training episode): keep the keys `combine="solve"` reads
             info.extra[SOLVE_KEYS] = {spec.key: _edit_keys(captured, spec.key) for spec in self.layers}
+            info.extra[SOLVE_POSITIONS] = {spec.key: _key_positions(captured, spec.key) for spec in self.layers}
         return EditorOutput(deltas=deltas, info=info)
 
 
@@ -257,6 +258,12 @@ def _edit_keys(captured, key: str) -> tuple[torch.Tensor, torch.Tensor]:
     x, delta = captured.inputs[key], captured.grads[key]
     keep = (x != 0).any(-1) & (delta != 0).any(-1)
     return x[keep].detach(), captured.token_rows.to(keep.device)[keep]
+
+
+def _key_positions(captured, key: str) -> torch.Tensor:
+    """The indices of `_edit_keys`' tokens among the edit batch's attended tokens."""
+    x, delta = captured.inputs[key], captured.grads[key]
+    return ((x != 0).any(-1) & (delta != 0).any(-1)).nonzero().squeeze(1)
 
 
 def _per_row_rms_scaled(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

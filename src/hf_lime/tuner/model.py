@@ -23,6 +23,7 @@ from .edit import Edit
 from .edit_group import EDIT_MODES, EditGroup
 from .layer import LimeLayer
 from .merge import COMBINES, preserve_merge, protect_merge, solve_merge
+from .refit import FAILED_BOOST, REFIT_ROUNDS, refit_layers
 from .validation import check_batch_fits_model, resolve_language_ids, validate_edit_batch
 
 CONTAINERS = ("lime_editor", "lime_masks", "lime_edit_lrs")
@@ -320,8 +321,10 @@ class LimeModel(BaseTuner):
         with torch.no_grad(), self._editor_eval_mode():
             output = self.compute_edit(inputs, language, retain_inputs)
         edit = Edit(_checked_deltas(output.deltas), self.lime_layers, output.info, self._base_model_name())
-        if combine == "solve":
-            _batch_merge([edit], preserve, preserve_weight)
+        if combine == "solve" and preserve is not None:  # one edit: on its own keys (edit_many refits layer by layer)
+            preserve_merge([edit], preserve, preserve_weight)
+        elif combine == "solve":
+            solve_merge([edit])
         return _divided(edit, rows)
 
     def _combine_rows(self, combine: str, inputs: Any) -> int:
@@ -362,12 +365,14 @@ class LimeModel(BaseTuner):
                 than their sum; `"solve"` re-solves the output factors of every batch together so that no row's
                 tokens see another row's update (see [`~LimeModel.edit`]).
             preserve (`dict[str, torch.Tensor]`, *optional*): `combine="solve"` only: key moments of what the edits
-                should leave alone ([`~hf_lime.tuner.preserve.key_moments`]); the edits are then fitted together as
-                one least-squares update per layer that gives every edit token its own MEND change and the preserved
-                keys as little change as it can ([`~hf_lime.tuner.merge.preserve_merge`]); sequentially, each new
-                edit is computed on the model holding the earlier ones and then all of them are refitted together.
+                should leave alone ([`~hf_lime.tuner.preserve.key_moments`]); the edits are then refitted together
+                layer by layer, in forward order, each layer on the inputs the refitted layers below give: every
+                edit token follows its own request's MEND edit and the preserved keys change as little as they can
+                ([`~hf_lime.tuner.refit.refit_layers`]). In `"batch"` mode requests that do not hold are then
+                weighted up and all refitted again (`REFIT_ROUNDS` fits at most); sequentially, each new edit is
+                computed on the model holding the earlier ones and then all of them are refitted together.
             preserve_weight (`float`, *optional*): The preserved keys' weight per edit token
-                (`DEFAULT_PRESERVE_WEIGHT`).
+                (`hf_lime.tuner.refit.DEFAULT_REFIT_WEIGHT`).
 
         Returns:
             [`EditGroup`]: the applied edits (`group.revert()` restores the model bit for bit).
@@ -386,10 +391,12 @@ class LimeModel(BaseTuner):
         _check_preserve(combine, preserve, preserve_weight)
         edits: list[Edit] = []
         try:
-            if mode == "batch":
+            if mode == "batch" and preserve is not None:
+                self._refit_batch(pairs, edits, preserve, preserve_weight)
+            elif mode == "batch":
                 edits.extend(_divided(self.prepare_edit(batch, language), total) for batch, language in pairs)
                 if combine == "solve":  # across every batch at once: no request interferes with another
-                    _batch_merge(edits, preserve, preserve_weight)
+                    solve_merge(edits)
                 for edit, (batch, _) in zip(edits, pairs, strict=True):
                     self._apply_checked(edit, batch)
             elif combine == "solve" and preserve is not None:
@@ -409,20 +416,54 @@ class LimeModel(BaseTuner):
             raise
         return EditGroup(edits, mode=mode)
 
+    def _refit_batch(self, pairs: list, edits: list[Edit], preserve: dict, weight: float | None) -> None:
+        """`mode="batch"` with `preserve`: every request's MEND edit computed on the model as it is, then all refitted
+        together layer by layer ([`~hf_lime.tuner.refit.refit_layers`]) and applied; while some request does not
+        hold, the failed ones are weighted up (`FAILED_BOOST`) and all refitted again (`REFIT_ROUNDS` fits at most).
+        `edits` is filled as they are made."""
+        edits.extend(self.prepare_edit(batch, language) for batch, language in pairs)
+        batches = [batch for batch, _ in pairs]
+        own = [dict(edit.deltas) for edit in edits]
+        singles: list = []
+        rows = [torch.ones(batch["input_ids"].shape[0], dtype=torch.float64) for batch in batches]
+        for fit in range(REFIT_ROUNDS):
+            for edit, deltas in zip(edits, own, strict=True):
+                edit.deltas = dict(deltas)
+            refit_layers(self, edits, batches, preserve, weight, row_weights=rows, singles=singles)
+            for edit, batch in zip(edits, batches, strict=True):
+                self._apply_checked(edit, batch)
+            held = [self._rows_held(batch) for batch in batches]
+            if fit == REFIT_ROUNDS - 1 or all(bool(h.all()) for h in held):
+                return
+            for edit in reversed(edits):
+                edit.revert()
+            rows = [r * torch.where(h, 1.0, FAILED_BOOST).double() for r, h in zip(rows, held, strict=True)]
+
+    @torch.no_grad()
+    def _rows_held(self, batch: Any) -> torch.Tensor:
+        """Per row of an edit batch, whether the model gives its target now (every target token the argmax)."""
+        task = known_task(self.model)
+        if task is None:
+            return torch.ones(batch["input_ids"].shape[0], dtype=torch.bool)
+        return torch.tensor(target_logits(self.model, validate_edit_batch(batch), task).row_correct())
+
     def _refit_sequence(self, pairs: list, edits: list[Edit], preserve: dict, weight: float | None) -> None:
         """`mode="sequential"` with `preserve`: each new edit is computed by MEND on the model holding the earlier
-        ones, then all the edits so far are refitted together against the preserved keys ([`preserve_merge`] from
-        every edit's own MEND factors) and applied again; `edits` is filled as they are made."""
-        originals: list[dict[str, LayerDelta]] = []
+        ones, then all the edits so far are refitted together layer by layer from their own MEND factors
+        ([`~hf_lime.tuner.refit.refit_layers`]) and applied again; `edits` is filled as they are made."""
+        own: list[dict[str, LayerDelta]] = []
+        batches: list[Any] = []
+        singles: list = []
         for batch, language in pairs:
             edit = self.prepare_edit(batch, language)
-            originals.append(dict(edit.deltas))
             for earlier in reversed(edits):
                 earlier.revert()
             edits.append(edit)
-            for made, factors in zip(edits, originals, strict=True):
-                made.deltas = dict(factors)
-            preserve_merge(edits, preserve, weight)
+            own.append(dict(edit.deltas))
+            batches.append(batch)
+            for made, deltas in zip(edits, own, strict=True):
+                made.deltas = dict(deltas)
+            refit_layers(self, edits, batches, preserve, weight, singles=singles)
             for earlier in edits[:-1]:
                 earlier.apply()
             self._apply_checked(edit, batch)
@@ -611,10 +652,3 @@ def _divided(edit: Edit, divisor: int) -> Edit:
 def _check_preserve(combine: str, preserve: dict | None, weight: float | None) -> None:
     if (preserve is not None or weight is not None) and combine != "solve":
         raise ValueError(f"`preserve` refits MEND's factors: use it with combine='solve', not {combine!r}.")
-
-
-def _batch_merge(edits: list[Edit], preserve: dict | None, weight: float | None) -> None:
-    if preserve is None:
-        solve_merge(edits)
-    else:
-        preserve_merge(edits, preserve, weight)
