@@ -146,7 +146,8 @@ def test_a_single_edit_with_preserve_is_the_merge_of_its_mend_factors_and_revert
 
 def test_a_sequence_with_preserve_refits_every_edit_from_its_own_mend_factors(monkeypatch):
     """`mode="sequential"` with `preserve`: each edit is computed on the model holding the earlier ones (their refitted
-    form), and after the last one the group's deltas are `refit_layers` of every edit's own MEND factors."""
+    form), and after the last one the group's deltas are `refit_layers` of every edit's own MEND factors (one fit per
+    step here: the refits of requests that did not hold are tested in test_refit.py)."""
     import copy
 
     from hf_lime.tuner.model import LimeModel
@@ -166,6 +167,7 @@ def test_a_sequence_with_preserve_refits_every_edit_from_its_own_mend_factors(mo
         return edit
 
     monkeypatch.setattr(LimeModel, "prepare_edit", recording)
+    monkeypatch.setattr("hf_lime.tuner.model.REFIT_ROUNDS", 1)
     group = editor.edit_many(REQUESTS, mode="sequential", combine="solve", preserve=moments, preserve_weight=2.0)
     assert applied_before == list(range(len(REQUESTS)))  # edit k was computed with the k earlier ones applied
     assert all(edit.state == "applied" for edit in group.edits)

@@ -112,34 +112,50 @@ def test_refit_needs_mend_keys_and_checks_its_weight():
         refit_layers(editor.model.base_model, edits, batches, moments)
 
 
-def test_edit_many_refits_with_the_failed_requests_weighted_up(monkeypatch):
-    """While a request does not hold, every request is refitted with the failed ones' weight times FAILED_BOOST;
-    the group then reverts bit for bit."""
+@pytest.mark.parametrize("mode", ["batch", "sequential"])
+def test_edit_many_refits_with_the_failed_requests_weighted_up(monkeypatch, mode):
+    """While a request does not hold, all requests are refitted with the failed ones' weight times FAILED_BOOST
+    (`REFIT_ROUNDS` fits at most per call); in a sequence a new request starts at 1 and the earlier ones keep their
+    weights. The group then reverts bit for bit."""
     editor = mend_editor()
     before = weights(editor)
-    calls: list[list[torch.Tensor]] = []
+    calls: list[torch.Tensor] = []
+    helds: list[torch.Tensor] = []
     real = refit.refit_layers
 
     def recording(*args, row_weights=None, **kwargs):
-        calls.append([r.clone() for r in row_weights])
+        calls.append(torch.cat([r.clone() for r in row_weights]))
         return real(*args, row_weights=row_weights, **kwargs)
 
-    monkeypatch.setattr("hf_lime.tuner.model.refit_layers", recording)
-    held_first: list[bool] = []
     real_held = LimeModel._rows_held
 
-    def first_held(self, batch):
-        held = real_held(self, batch)
-        if len(calls) == 1:
-            held_first.extend(held.tolist())
+    def recording_held(self, batches):
+        held = real_held(self, batches)
+        helds.append(torch.cat(held))
         return held
 
-    monkeypatch.setattr(LimeModel, "_rows_held", first_held)
-    group = editor.edit_many(REQUESTS, combine="solve", preserve=KEEP, preserve_weight=1e4)  # edits cannot hold
-    assert not all(held_first) and 1 < len(calls) <= refit.REFIT_ROUNDS
-    assert all(bool((w == 1).all()) for w in calls[0])
-    second = torch.cat(calls[1])
-    expected = torch.tensor([1.0 if ok else refit.FAILED_BOOST for ok in held_first], dtype=second.dtype)
-    torch.testing.assert_close(second, expected)
+    monkeypatch.setattr("hf_lime.tuner.model.refit_layers", recording)
+    monkeypatch.setattr(LimeModel, "_rows_held", recording_held)
+    group = editor.edit_many(REQUESTS, mode=mode, combine="solve", preserve=KEEP, preserve_weight=1e4)  # cannot hold
+    assert not bool(helds[0].all()) and len(calls) > (1 if mode == "batch" else len(REQUESTS))
+    assert bool((calls[0] == 1).all())
+    fits = 1
+    for (weights_now, held), weights_next in zip(zip(calls, helds, strict=True), calls[1:], strict=False):
+        boosted = weights_now * torch.where(held, 1.0, refit.FAILED_BOOST).double()
+        if len(weights_next) == len(weights_now):  # another fit of the same requests
+            assert not bool(held.all()) and fits < refit.REFIT_ROUNDS
+            torch.testing.assert_close(weights_next, boosted)
+            fits += 1
+        else:  # a new request in the sequence
+            assert bool(held.all()) or fits == refit.REFIT_ROUNDS
+            torch.testing.assert_close(weights_next, torch.cat([weights_now, torch.ones(1).double()]))
+            fits = 1
     group.revert()
     assert unchanged(editor, before)
+
+
+def test_row_groups_join_consecutive_batches_up_to_the_row_bound():
+    batches = [{"input_ids": torch.zeros(rows, 3)} for rows in (2, 3, 1, 5, 1)]
+    assert refit.row_groups(batches, max_rows=4) == [slice(0, 1), slice(1, 3), slice(3, 4), slice(4, 5)]
+    assert refit.row_groups(batches, max_rows=100) == [slice(0, 5)]
+    assert refit.row_groups([], max_rows=4) == []

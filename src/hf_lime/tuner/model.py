@@ -13,6 +13,7 @@ from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from ..data.encoding import concat_batches
 from ..deltas import LayerDelta
 from ..editors import BaseEditor, EditorOutput, EditStepSizes, LayerSpec, build_editor
 from ..head import target_logits
@@ -23,7 +24,7 @@ from .edit import Edit
 from .edit_group import EDIT_MODES, EditGroup
 from .layer import LimeLayer
 from .merge import COMBINES, preserve_merge, protect_merge, solve_merge
-from .refit import FAILED_BOOST, REFIT_ROUNDS, refit_layers
+from .refit import FAILED_BOOST, REFIT_ROUNDS, refit_layers, row_groups
 from .validation import check_batch_fits_model, resolve_language_ids, validate_edit_batch
 
 CONTAINERS = ("lime_editor", "lime_masks", "lime_edit_lrs")
@@ -418,55 +419,62 @@ class LimeModel(BaseTuner):
 
     def _refit_batch(self, pairs: list, edits: list[Edit], preserve: dict, weight: float | None) -> None:
         """`mode="batch"` with `preserve`: every request's MEND edit computed on the model as it is, then all refitted
-        together layer by layer ([`~hf_lime.tuner.refit.refit_layers`]) and applied; while some request does not
-        hold, the failed ones are weighted up (`FAILED_BOOST`) and all refitted again (`REFIT_ROUNDS` fits at most).
-        `edits` is filled as they are made."""
+        together until they hold ([`~LimeModel._refit_until_held`]); `edits` is filled as they are made."""
         edits.extend(self.prepare_edit(batch, language) for batch, language in pairs)
         batches = [batch for batch, _ in pairs]
-        own = [dict(edit.deltas) for edit in edits]
-        singles: list = []
-        rows = [torch.ones(batch["input_ids"].shape[0], dtype=torch.float64) for batch in batches]
-        for fit in range(REFIT_ROUNDS):
-            for edit, deltas in zip(edits, own, strict=True):
-                edit.deltas = dict(deltas)
-            refit_layers(self, edits, batches, preserve, weight, row_weights=rows, singles=singles)
-            for edit, batch in zip(edits, batches, strict=True):
-                self._apply_checked(edit, batch)
-            held = [self._rows_held(batch) for batch in batches]
-            if fit == REFIT_ROUNDS - 1 or all(bool(h.all()) for h in held):
-                return
-            for edit in reversed(edits):
-                edit.revert()
-            rows = [r * torch.where(h, 1.0, FAILED_BOOST).double() for r, h in zip(rows, held, strict=True)]
-
-    @torch.no_grad()
-    def _rows_held(self, batch: Any) -> torch.Tensor:
-        """Per row of an edit batch, whether the model gives its target now (every target token the argmax)."""
-        task = known_task(self.model)
-        if task is None:
-            return torch.ones(batch["input_ids"].shape[0], dtype=torch.bool)
-        return torch.tensor(target_logits(self.model, validate_edit_batch(batch), task).row_correct())
+        state = _RefitState(batches)
+        self._refit_until_held(edits, batches, [dict(edit.deltas) for edit in edits], state, preserve, weight)
 
     def _refit_sequence(self, pairs: list, edits: list[Edit], preserve: dict, weight: float | None) -> None:
         """`mode="sequential"` with `preserve`: each new edit is computed by MEND on the model holding the earlier
-        ones, then all the edits so far are refitted together layer by layer from their own MEND factors
-        ([`~hf_lime.tuner.refit.refit_layers`]) and applied again; `edits` is filled as they are made."""
+        ones; then all the edits so far are reverted and refitted together from their own MEND factors until they
+        hold ([`~LimeModel._refit_until_held`]; a request weighted up keeps its weight); `edits` is filled as they
+        are made."""
         own: list[dict[str, LayerDelta]] = []
-        batches: list[Any] = []
-        singles: list = []
+        state = _RefitState([])
         for batch, language in pairs:
             edit = self.prepare_edit(batch, language)
             for earlier in reversed(edits):
                 earlier.revert()
             edits.append(edit)
             own.append(dict(edit.deltas))
-            batches.append(batch)
-            for made, deltas in zip(edits, own, strict=True):
-                made.deltas = dict(deltas)
-            refit_layers(self, edits, batches, preserve, weight, singles=singles)
-            for earlier in edits[:-1]:
-                earlier.apply()
-            self._apply_checked(edit, batch)
+            state.add(batch)
+            self._refit_until_held(edits, state.batches, own, state, preserve, weight)
+
+    def _refit_until_held(
+        self, edits: list[Edit], batches: list, own: list, state: _RefitState, preserve: dict, weight: float | None
+    ) -> None:
+        """Refit `edits` (none applied) layer by layer from their own MEND factors `own`
+        ([`~hf_lime.tuner.refit.refit_layers`]) and apply them; while a request does not hold, weight the failed
+        ones up (`FAILED_BOOST`) and refit all again, `REFIT_ROUNDS` fits at most."""
+        for fit in range(REFIT_ROUNDS):
+            for edit, deltas in zip(edits, own, strict=True):
+                edit.deltas = dict(deltas)
+            refit_layers(self, edits, batches, preserve, weight, row_weights=state.rows, singles=state.singles)
+            for edit, batch in zip(edits, batches, strict=True):
+                self._apply_checked(edit, batch)
+            held = self._rows_held(batches)
+            if fit == REFIT_ROUNDS - 1 or all(bool(h.all()) for h in held):
+                return
+            for edit in reversed(edits):
+                edit.revert()
+            state.rows = [
+                r * torch.where(h, 1.0, FAILED_BOOST).double() for r, h in zip(state.rows, held, strict=True)
+            ]
+
+    @torch.no_grad()
+    def _rows_held(self, batches: list) -> list[torch.Tensor]:
+        """Per edit batch, per row, whether the model gives its target now (every target token the argmax); the
+        batches run together, `GROUP_ROWS` rows per forward."""
+        task = known_task(self.model)
+        sizes = [batch["input_ids"].shape[0] for batch in batches]
+        if task is None:
+            return [torch.ones(size, dtype=torch.bool) for size in sizes]
+        held: list[bool] = []
+        for group in row_groups(batches):
+            joint = concat_batches([validate_edit_batch(b) for b in batches[group]])
+            held += target_logits(self.model, joint, task).row_correct()
+        return list(torch.tensor(held, dtype=torch.bool).split(sizes))
 
     def _checked_batches(self, batches: Sequence[Any], languages: Sequence[Any] | None) -> list[tuple[Any, Any]]:
         """`(batch, language)` pairs, each checked by `check_edit_inputs` (the error names the batch's index)."""
@@ -652,3 +660,19 @@ def _divided(edit: Edit, divisor: int) -> Edit:
 def _check_preserve(combine: str, preserve: dict | None, weight: float | None) -> None:
     if (preserve is not None or weight is not None) and combine != "solve":
         raise ValueError(f"`preserve` refits MEND's factors: use it with combine='solve', not {combine!r}.")
+
+
+class _RefitState:
+    """What `edit_many`'s refits keep across calls: the edit batches, each request's weight, the single edits'
+    paths (`hf_lime.tuner.refit`'s cache)."""
+
+    def __init__(self, batches: list) -> None:
+        self.batches: list = []
+        self.rows: list[torch.Tensor] = []
+        self.singles: list = []
+        for batch in batches:
+            self.add(batch)
+
+    def add(self, batch: Any) -> None:
+        self.batches.append(batch)
+        self.rows.append(torch.ones(batch["input_ids"].shape[0], dtype=torch.float64))

@@ -93,20 +93,25 @@ def refit_layers(
         edit.deltas = deltas
 
 
+def row_groups(batches: Sequence[Mapping[str, Any]], max_rows: int = GROUP_ROWS) -> list[slice]:
+    """Consecutive batches joined into groups of at most `max_rows` rows (a larger batch alone), as slices."""
+    groups, start, rows = [], 0, 0
+    for index, batch in enumerate(batches):
+        size = batch["input_ids"].shape[0]
+        if index > start and rows + size > max_rows:
+            groups.append(slice(start, index))
+            start, rows = index, 0
+        rows += size
+    return groups + ([slice(start, len(batches))] if len(batches) > start else [])
+
+
 def _inputs_at(model: Any, batches: Sequence[Mapping[str, Any]], key: str, below: dict) -> list[torch.Tensor]:
     """Per batch, layer `key`'s inputs at its attended tokens with the refitted layers `below` added: the batches run
     together, `GROUP_ROWS` rows per forward (right padding changes no attended token's output)."""
     out: list[torch.Tensor] = []
-    start = 0
-    while start < len(batches):
-        stop, rows = start, 0
-        while stop < len(batches) and (stop == start or rows + len(batches[stop]["input_ids"]) <= GROUP_ROWS):
-            rows += len(batches[stop]["input_ids"])
-            stop += 1
-        group = batches[start:stop]
-        x, _ = _record(model, concat_batches([_model_inputs(b) for b in group]), below, [key])[key]
-        out += list(x.split([_n_attended(b) for b in group]))
-        start = stop
+    for group in row_groups(batches):
+        x, _ = _record(model, concat_batches([_model_inputs(b) for b in batches[group]]), below, [key])[key]
+        out += list(x.split([_n_attended(b) for b in batches[group]]))
     return out
 
 
