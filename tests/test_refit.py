@@ -11,7 +11,7 @@ import torch
 from test_edit_many import REQUESTS, mend_editor, unchanged, weights
 from test_preserve import KEEP
 
-from hf_lime.deltas import SOLVE_KEYS, SOLVE_POSITIONS, LayerDelta
+from hf_lime.deltas import SOLVE_KEYS, SOLVE_POSITIONS
 from hf_lime.head import target_positions
 from hf_lime.tuner import refit
 from hf_lime.tuner.merge import PRESERVE_EPS
@@ -90,7 +90,9 @@ def test_refit_solves_the_weighted_normal_equations_on_the_refitted_inputs(conte
             x = now[key][0][positions]
             X.append(x)
             V.append(single[key][1][positions] - layer.base_layer(x.float()).double())
-            answer = target_positions("masked_lm", batch["labels"]).reshape(-1)[batch["attention_mask"].reshape(-1).bool()]
+            answer = target_positions("masked_lm", batch["labels"]).reshape(-1)[
+                batch["attention_mask"].reshape(-1).bool()
+            ]
             S.append(torch.where(answer[positions], 1.0, context_weight).double() * row)
         X, V, S = torch.cat(X), torch.cat(V).T, torch.diag(torch.cat(S))
         total = sum(edit.deltas[key].dense().double() for edit in edits)
@@ -115,8 +117,8 @@ def test_refit_needs_mend_keys_and_checks_its_weight():
 @pytest.mark.parametrize("mode", ["batch", "sequential"])
 def test_edit_many_refits_with_the_failed_requests_weighted_up(monkeypatch, mode):
     """While a request does not hold, all requests are refitted with the failed ones' weight times FAILED_BOOST
-    (`REFIT_ROUNDS` fits at most per call); in a sequence a new request starts at 1 and the earlier ones keep their
-    weights. The group then reverts bit for bit."""
+    (`REFIT_ROUNDS` fits at most per call), never above what one batch reaches; in a sequence a new request starts at
+    1 and the earlier ones keep their weights. The group then reverts bit for bit."""
     editor = mend_editor()
     before = weights(editor)
     calls: list[torch.Tensor] = []
@@ -139,9 +141,9 @@ def test_edit_many_refits_with_the_failed_requests_weighted_up(monkeypatch, mode
     group = editor.edit_many(REQUESTS, mode=mode, combine="solve", preserve=KEEP, preserve_weight=1e4)  # cannot hold
     assert not bool(helds[0].all()) and len(calls) > (1 if mode == "batch" else len(REQUESTS))
     assert bool((calls[0] == 1).all())
-    fits = 1
+    fits, cap = 1, refit.FAILED_BOOST ** (refit.REFIT_ROUNDS - 1)
     for (weights_now, held), weights_next in zip(zip(calls, helds, strict=True), calls[1:], strict=False):
-        boosted = weights_now * torch.where(held, 1.0, refit.FAILED_BOOST).double()
+        boosted = (weights_now * torch.where(held, 1.0, refit.FAILED_BOOST).double()).clamp_max(cap)
         if len(weights_next) == len(weights_now):  # another fit of the same requests
             assert not bool(held.all()) and fits < refit.REFIT_ROUNDS
             torch.testing.assert_close(weights_next, boosted)
@@ -150,6 +152,7 @@ def test_edit_many_refits_with_the_failed_requests_weighted_up(monkeypatch, mode
             assert bool(held.all()) or fits == refit.REFIT_ROUNDS
             torch.testing.assert_close(weights_next, torch.cat([weights_now, torch.ones(1).double()]))
             fits = 1
+    assert float(torch.cat(calls).max()) <= cap
     group.revert()
     assert unchanged(editor, before)
 

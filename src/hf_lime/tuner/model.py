@@ -458,9 +458,7 @@ class LimeModel(BaseTuner):
                 return
             for edit in reversed(edits):
                 edit.revert()
-            state.rows = [
-                r * torch.where(h, 1.0, FAILED_BOOST).double() for r, h in zip(state.rows, held, strict=True)
-            ]
+            state.boost(held)
 
     @torch.no_grad()
     def _rows_held(self, batches: list) -> list[torch.Tensor]:
@@ -676,3 +674,12 @@ class _RefitState:
     def add(self, batch: Any) -> None:
         self.batches.append(batch)
         self.rows.append(torch.ones(batch["input_ids"].shape[0], dtype=torch.float64))
+
+    def boost(self, held: list[torch.Tensor]) -> None:
+        """The requests that did not hold weighted up by `FAILED_BOOST`, to `FAILED_BOOST ** (REFIT_ROUNDS - 1)` at
+        most (what one batch can reach; a sequence keeps weights across its steps and must not compound them)."""
+        cap = FAILED_BOOST ** (REFIT_ROUNDS - 1)
+        self.rows = [
+            (rows * torch.where(ok, 1.0, FAILED_BOOST).double()).clamp_max(cap)
+            for rows, ok in zip(self.rows, held, strict=True)
+        ]
