@@ -122,3 +122,37 @@ def test_concatenated_batches_give_each_rows_own_logits(family):
             alone = target_logits(model, batch, task)
             torch.testing.assert_close(part.logits, alone.logits, rtol=1e-4, atol=1e-5)
             assert torch.equal(part.targets, alone.targets) and part.counts == alone.counts
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if FAMILIES[f].task != "seq_cls"])
+def test_logits_surely_finite_agrees_with_the_logits_and_skips_the_vocabulary_product(family, monkeypatch):
+    """True on a normal model without computing a logit; False when a hidden state is not finite; None (undecided)
+    when the bound is too large; the cached row norm follows an in-place change of the weight."""
+    from hf_lime import head as head_module
+
+    task = FAMILIES[family].task
+    model = build_model(family)
+    batch = _ragged_batch(task)
+    keep = target_positions(task, batch["labels"])
+    output = model.get_output_embeddings()
+    products = []
+    real_linear = torch.nn.functional.linear
+
+    def linear(x, weight, bias=None):
+        products.append(weight is output.weight)
+        return real_linear(x, weight, bias)
+
+    with torch.no_grad():
+        monkeypatch.setattr(torch.nn.functional, "linear", linear)
+        assert head_module.logits_surely_finite(model, _without_labels(batch), keep) is True
+        assert not any(products)  # no vocabulary product (GPT-2's own layers are Conv1D: no F.linear at all)
+        monkeypatch.setattr(torch.nn.functional, "linear", real_linear)
+        assert bool(torch.isfinite(model(**_without_labels(batch)).logits).all())
+        with torch.no_grad():
+            output.weight[3] *= 1e38  # in place: the cached largest row norm must follow
+        assert head_module.logits_surely_finite(model, _without_labels(batch), keep) is None
+        output.weight[3] /= 1e38
+        assert head_module.logits_surely_finite(model, _without_labels(batch), keep) is True
+        layer = output.weight  # a non-finite hidden state: the final norm's output made NaN by its input
+        monkeypatch.setattr(head_module, "hidden_at", lambda *_: torch.full((2, layer.shape[1]), float("nan")))
+        assert head_module.logits_surely_finite(model, _without_labels(batch), keep) is False

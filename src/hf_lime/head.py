@@ -193,6 +193,45 @@ def hidden_at(model: nn.Module, inputs: dict[str, Any], keep: torch.Tensor) -> t
     return found[0] if len(found) == 1 else None
 
 
+def logits_surely_finite(model: nn.Module, inputs: dict[str, Any], keep: torch.Tensor) -> bool | None:
+    """
+    Whether an LM's vocabulary logits at the positions `keep` are all finite, decided from the hidden states the
+    output layer gets, without the vocabulary product: `False` if a hidden state is not finite; `True` if
+    `‖h‖₂ · max_v ‖w_v‖₂ + max_v |b_v|` (a bound on every logit, Cauchy–Schwarz) stays below 1 % of the dtype's
+    largest value (room for the product's rounding); `None` when this cannot decide (no plain `nn.Linear` output
+    layer, or a bound that large): compute the logits.
+
+    The output layer's largest row norm is computed once per weight (kept while the weight is unchanged).
+    """
+    head = _output_embeddings(model)
+    if head is None or not _plain_linear(head):
+        return None
+    rows = hidden_at(model, inputs, keep)
+    if rows is None:
+        return None
+    if not bool(torch.isfinite(rows).all()):
+        return False
+    bound = float(rows.double().norm(dim=-1).max()) * _largest_row_norm(head.weight) if rows.numel() else 0.0
+    if head.bias is not None:
+        bound += _largest_row_norm(head.bias[:, None])
+    return True if bound < 0.01 * torch.finfo(head.weight.dtype).max else None
+
+
+_ROW_NORMS: dict[int, tuple[tuple, float]] = {}  # id(weight) -> ((data_ptr, version, shape), largest row norm)
+
+
+def _largest_row_norm(weight: torch.Tensor) -> float:
+    """`max_v ‖weight[v]‖₂` (float64), cached while the tensor is unchanged (same storage, version and shape)."""
+    key = (weight.data_ptr(), weight._version, tuple(weight.shape))
+    cached = _ROW_NORMS.get(id(weight))
+    if cached is None or cached[0] != key:
+        if len(_ROW_NORMS) > 16:
+            _ROW_NORMS.clear()
+        norms = torch.stack([chunk.double().norm(dim=-1).max() for chunk in weight.detach().split(8192)])
+        cached = _ROW_NORMS[id(weight)] = (key, float(norms.max()))
+    return cached[1]
+
+
 def output_layer(model: nn.Module) -> nn.Module | None:
     """The model's output-embedding layer (`get_output_embeddings()` of the base model), if it has one."""
     return _output_embeddings(model)

@@ -16,7 +16,7 @@ from transformers.pytorch_utils import Conv1D
 from ..data.encoding import concat_batches
 from ..deltas import LayerDelta
 from ..editors import BaseEditor, EditorOutput, EditStepSizes, LayerSpec, build_editor
-from ..head import target_logits
+from ..head import logits_surely_finite, target_logits, target_positions
 from ..masks import MaskBank
 from .config import TARGET_MODULES_MAPPING, LimeConfig
 from .context import EditContext, apply_functional_deltas, known_task
@@ -503,17 +503,25 @@ class LimeModel(BaseTuner):
     @torch.no_grad()
     def _check_finite_outputs(self, inputs: Any) -> None:
         """Refuse an applied edit that makes the edit batch's outputs non-finite (the caller reverts it)."""
-        batch = validate_edit_batch(inputs)
-        task = known_task(self.model)
-        if task is not None:
-            logits = target_logits(self.model, batch, task).logits
-        else:
-            logits = self.model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-        if not bool(torch.isfinite(logits).all()):
+        if not self._outputs_finite(validate_edit_batch(inputs), known_task(self.model)):
             raise ValueError(
                 "The edit makes the model's outputs on the edit prompt non-finite (NaN/inf), so it was not applied: "
                 "the model is unchanged. Check the base model's weights and dtype, and the editor's step sizes."
             )
+
+    def _outputs_finite(self, batch: dict, task: str | None) -> bool:
+        """Whether the model's outputs on `batch` (at its targets for a known task) are all finite; for LMs decided
+        from the hidden states where the bound can (`logits_surely_finite`: no vocabulary product)."""
+        if task in ("masked_lm", "causal_lm"):
+            inputs = {k: v for k, v in batch.items() if k not in ("labels", "lang_ids")}
+            finite = logits_surely_finite(self.model, inputs, target_positions(task, batch["labels"]))
+            if finite is not None:
+                return finite
+        if task is not None:
+            logits = target_logits(self.model, batch, task).logits
+        else:
+            logits = self.model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        return bool(torch.isfinite(logits).all())
 
     def _base_model_name(self) -> str | None:
         """The name the base model knows itself by (config name or folder), else the adapter config's."""
