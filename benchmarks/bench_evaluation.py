@@ -15,6 +15,8 @@ editing language, alternating four paths `--rounds` times each, each adding one 
 - `workers` (with `--workers N`, N > 1): `bucketed` with the edits shared among N forked one-thread processes
   (`evaluate_editor(num_workers=N)`); give the other paths `--threads N` so that every path has the same cores.
 
+`--paths` times only some of them beside `uncached` (e.g. `--paths workers` for the end-to-end ratio).
+
 All paths give the same records (checked and reported). Prints the median edits per second of each path and the
 ratios to `uncached`; `--json` writes them.
 
@@ -42,6 +44,8 @@ from hf_lime import LimeEditor, fast_argmax
 from hf_lime.data import load_cldr_facts
 from hf_lime.evaluation import evaluate_editor
 
+PATHS = ("uncached", "cached", "fast", "bucketed", "workers")
+
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -51,6 +55,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1, help="Untimed rounds first (the product routes get chosen).")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workers", type=int, default=1, help="Also time `fast` in this many worker processes.")
+    parser.add_argument("--paths", nargs="+", default=None, choices=list(PATHS),
+                        help="Time only these paths (`uncached` always runs: it is the baseline).")  # fmt: skip
     parser.add_argument("--json", default=None, help="Write the figures to this file.")
     args = parser.parse_args()
     if args.n_edits < 1 or args.rounds < 1 or args.threads < 1 or args.warmup < 0:
@@ -75,7 +81,9 @@ def main() -> None:
     # the demo's own evaluation (its settings.json), on the first `n_edits` facts per editing language
     options = {**demo_options(Path(args.editor), languages, splits), "n_edits": args.n_edits, "progress": False}
     model = editor.model.eval()
-    paths = ("uncached", "cached", "fast", "bucketed") + (("workers",) if args.workers > 1 else ())
+    paths = PATHS if args.workers > 1 else PATHS[:-1]
+    if args.paths:
+        paths = tuple(path for path in paths if path == "uncached" or path in args.paths)
     times: dict[str, list[float]] = {path: [] for path in paths}
     records: dict[str, dict] = {}
     for round_index in range(-args.warmup, args.rounds):
