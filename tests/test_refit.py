@@ -162,3 +162,16 @@ def test_row_groups_join_consecutive_batches_up_to_the_row_bound():
     assert refit.row_groups(batches, max_rows=4) == [slice(0, 1), slice(1, 3), slice(3, 4), slice(4, 5)]
     assert refit.row_groups(batches, max_rows=100) == [slice(0, 5)]
     assert refit.row_groups([], max_rows=4) == []
+
+
+@pytest.mark.parametrize("mode", ["batch", "sequential"])
+def test_a_refit_that_makes_the_outputs_non_finite_is_refused_and_nothing_is_left_applied(mode):
+    editor = mend_editor()
+    moments = editor.key_moments(KEEP)
+    with torch.no_grad():
+        editor.model.base_model.edit_lrs.log_lrs.fill_(80.0)  # finite factors, inf outputs
+    before = weights(editor)
+    with pytest.raises(ValueError, match="non-finite"):
+        editor.edit_many(REQUESTS, mode=mode, combine="solve", preserve=moments)
+    assert editor.model.base_model.applied_edit_ids == []
+    assert unchanged(editor, before)

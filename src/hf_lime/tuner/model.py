@@ -451,9 +451,9 @@ class LimeModel(BaseTuner):
             for edit, deltas in zip(edits, own, strict=True):
                 edit.deltas = dict(deltas)
             refit_layers(self, edits, batches, preserve, weight, row_weights=state.rows, singles=state.singles)
-            for edit, batch in zip(edits, batches, strict=True):
-                self._apply_checked(edit, batch)
-            held = self._rows_held(batches)
+            for edit in edits:
+                edit.apply()
+            held = self._rows_held(batches)  # refuses non-finite outputs (edit_many then reverts every edit)
             if fit == REFIT_ROUNDS - 1 or all(bool(h.all()) for h in held):
                 return
             for edit in reversed(edits):
@@ -463,15 +463,20 @@ class LimeModel(BaseTuner):
     @torch.no_grad()
     def _rows_held(self, batches: list) -> list[torch.Tensor]:
         """Per edit batch, per row, whether the model gives its target now (every target token the argmax); the
-        batches run together, `GROUP_ROWS` rows per forward."""
+        batches run together, `GROUP_ROWS` rows per forward. Raises the non-finite-outputs `ValueError` of
+        [`~LimeModel.edit`] if an edit batch's outputs are not finite."""
         task = known_task(self.model)
         sizes = [batch["input_ids"].shape[0] for batch in batches]
         if task is None:
+            for batch in batches:
+                self._check_finite_outputs(batch)
             return [torch.ones(size, dtype=torch.bool) for size in sizes]
         held: list[bool] = []
         for group in row_groups(batches):
-            joint = concat_batches([validate_edit_batch(b) for b in batches[group]])
-            held += target_logits(self.model, joint, task).row_correct()
+            scored = target_logits(self.model, concat_batches([validate_edit_batch(b) for b in batches[group]]), task)
+            if not bool(torch.isfinite(scored.logits).all()):
+                raise ValueError(NON_FINITE)
+            held += scored.row_correct()
         return list(torch.tensor(held, dtype=torch.bool).split(sizes))
 
     def _checked_batches(self, batches: Sequence[Any], languages: Sequence[Any] | None) -> list[tuple[Any, Any]]:
@@ -504,10 +509,7 @@ class LimeModel(BaseTuner):
     def _check_finite_outputs(self, inputs: Any) -> None:
         """Refuse an applied edit that makes the edit batch's outputs non-finite (the caller reverts it)."""
         if not self._outputs_finite(validate_edit_batch(inputs), known_task(self.model)):
-            raise ValueError(
-                "The edit makes the model's outputs on the edit prompt non-finite (NaN/inf), so it was not applied: "
-                "the model is unchanged. Check the base model's weights and dtype, and the editor's step sizes."
-            )
+            raise ValueError(NON_FINITE)
 
     def _outputs_finite(self, batch: dict, task: str | None) -> bool:
         """Whether the model's outputs on `batch` (at its targets for a known task) are all finite; for LMs decided
@@ -666,6 +668,12 @@ def _divided(edit: Edit, divisor: int) -> Edit:
 def _check_preserve(combine: str, preserve: dict | None, weight: float | None) -> None:
     if (preserve is not None or weight is not None) and combine != "solve":
         raise ValueError(f"`preserve` refits MEND's factors: use it with combine='solve', not {combine!r}.")
+
+
+NON_FINITE = (
+    "The edit makes the model's outputs on the edit prompt non-finite (NaN/inf), so it was not applied: the model is "
+    "unchanged. Check the base model's weights and dtype, and the editor's step sizes."
+)
 
 
 class _RefitState:
