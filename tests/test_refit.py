@@ -109,6 +109,8 @@ def test_refit_needs_mend_keys_and_checks_its_weight():
     moments = editor.key_moments(KEEP)
     with pytest.raises(ValueError, match="preserve_weight"):
         refit_layers(editor.model.base_model, edits, batches, moments, weight=-1.0)
+    with pytest.raises(ValueError, match="context_weight"):
+        refit_layers(editor.model.base_model, edits, batches, moments, context_weight=-0.1)
     del edits[0].info.extra[SOLVE_POSITIONS]
     with pytest.raises(ValueError, match="needs MEND edits"):
         refit_layers(editor.model.base_model, edits, batches, moments)

@@ -51,8 +51,8 @@ def refit_layers(
     singles: list[Singles] | None = None,
 ) -> None:
     """
-    Refit computed (not applied) MEND edits layer by layer in forward order (the module docstring). In place: each
-    edit's deltas are replaced; nothing is applied.
+    Refit computed (not applied) MEND edits layer by layer in forward order (the order of the model's modules; the
+    module docstring). In place: each edit's deltas are replaced; nothing is applied.
 
     Args:
         model ([`~hf_lime.tuner.LimeModel`]): The tuner the edits will be applied to, as the refit should see it
@@ -71,6 +71,8 @@ def refit_layers(
         ValueError: an edit without recorded keys (not MEND), a moment missing or of the wrong shape, a bad weight.
     """
     weight = _checked_weight(DEFAULT_REFIT_WEIGHT if weight is None else weight)
+    if isinstance(context_weight, bool) or not isinstance(context_weight, int | float) or not context_weight >= 0:
+        raise ValueError(f"`context_weight` must be a number >= 0, got {context_weight!r}.")
     for edit in edits:
         if SOLVE_POSITIONS not in edit.info.extra:
             raise ValueError("The layer-by-layer refit needs MEND edits (their factors and their tokens' inputs).")
