@@ -464,7 +464,7 @@ class LimeEditor:
                 pairs (facts the model knows; read by [`~LimeEditor.key_moments`]) or the moments it returned. The
                 edits are then refitted together layer by layer, each layer on the inputs the refitted layers below
                 give (MEMIT's form and order with MEND's per-token targets, [`~hf_lime.tuner.refit.refit_layers`]);
-                in `"batch"` mode the requests that did not hold are weighted up and all refitted again.
+                the requests that did not hold are weighted up and all refitted again (in a sequence, at every step).
             preserve_weight (`float`, *optional*): The preserved keys' weight per edit token
                 (`hf_lime.tuner.refit.DEFAULT_REFIT_WEIGHT`).
 

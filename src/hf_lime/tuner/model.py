@@ -369,9 +369,9 @@ class LimeModel(BaseTuner):
                 should leave alone ([`~hf_lime.tuner.preserve.key_moments`]); the edits are then refitted together
                 layer by layer, in forward order, each layer on the inputs the refitted layers below give: every
                 edit token follows its own request's MEND edit and the preserved keys change as little as they can
-                ([`~hf_lime.tuner.refit.refit_layers`]). In `"batch"` mode requests that do not hold are then
-                weighted up and all refitted again (`REFIT_ROUNDS` fits at most); sequentially, each new edit is
-                computed on the model holding the earlier ones and then all of them are refitted together.
+                ([`~hf_lime.tuner.refit.refit_layers`]); requests that do not hold are then weighted up and all
+                refitted again (`REFIT_ROUNDS` fits at most). Sequentially, each new edit is computed on the model
+                holding the earlier ones and then all of them are refitted together in the same way.
             preserve_weight (`float`, *optional*): The preserved keys' weight per edit token
                 (`hf_lime.tuner.refit.DEFAULT_REFIT_WEIGHT`).
 
