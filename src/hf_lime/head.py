@@ -211,24 +211,26 @@ def logits_surely_finite(model: nn.Module, inputs: dict[str, Any], keep: torch.T
         return None
     if not bool(torch.isfinite(rows).all()):
         return False
-    bound = float(rows.double().norm(dim=-1).max()) * _largest_row_norm(head.weight) if rows.numel() else 0.0
-    if head.bias is not None:
-        bound += _largest_row_norm(head.bias[:, None])
+    largest_row, largest_bias = _output_sizes(head)
+    bound = (float(rows.double().norm(dim=-1).max()) if rows.numel() else 0.0) * largest_row + largest_bias
     return True if bound < 0.01 * torch.finfo(head.weight.dtype).max else None
 
 
-_ROW_NORMS: dict[int, tuple[tuple, float]] = {}  # id(weight) -> ((data_ptr, version, shape), largest row norm)
+_SIZES: dict[int, tuple[tuple, tuple[float, float]]] = {}  # id(head) -> (tensors' identity, sizes)
 
 
-def _largest_row_norm(weight: torch.Tensor) -> float:
-    """`max_v ‖weight[v]‖₂` (float64), cached while the tensor is unchanged (same storage, version and shape)."""
-    key = (weight.data_ptr(), weight._version, tuple(weight.shape))
-    cached = _ROW_NORMS.get(id(weight))
+def _output_sizes(head: nn.Linear) -> tuple[float, float]:
+    """`(max_v ‖w_v‖₂, max_v |b_v|)` of an output layer (float64), cached while its tensors are unchanged (same
+    storage, version and shape)."""
+    tensors = [t for t in (head.weight, head.bias) if t is not None]
+    key = tuple((t.data_ptr(), t._version, tuple(t.shape)) for t in tensors)
+    cached = _SIZES.get(id(head))
     if cached is None or cached[0] != key:
-        if len(_ROW_NORMS) > 16:
-            _ROW_NORMS.clear()
-        norms = torch.stack([chunk.double().norm(dim=-1).max() for chunk in weight.detach().split(8192)])
-        cached = _ROW_NORMS[id(weight)] = (key, float(norms.max()))
+        if len(_SIZES) > 16:
+            _SIZES.clear()
+        rows = max(float(chunk.double().norm(dim=-1).max()) for chunk in head.weight.detach().split(8192))
+        bias = float(head.bias.detach().double().abs().max()) if head.bias is not None else 0.0
+        cached = _SIZES[id(head)] = (key, (rows, bias))
     return cached[1]
 
 
