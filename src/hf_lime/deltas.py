@@ -60,7 +60,7 @@ class LayerDelta:
 
 # EditInfo.extra entry: layer key -> (raw inputs of MEND's edit tokens, their rows); read by tuner/merge.py
 SOLVE_KEYS = "solve_keys"
-# EditInfo.extra entry: layer key -> the same tokens' indices among the edit batch's attended tokens (tuner/rekey.py)
+# EditInfo.extra entry: layer key -> the same tokens' indices among the edit batch's attended tokens (tuner/refit.py)
 SOLVE_POSITIONS = "solve_positions"
 
 

@@ -253,17 +253,20 @@ class MendEditor(BaseEditor):
         return EditorOutput(deltas=deltas, info=info)
 
 
+def _kept(captured, key: str) -> torch.Tensor:
+    """The captured tokens MEND maps at layer `key`: a non-zero input and gradient (`EditContext.masked_inputs`)."""
+    return (captured.inputs[key] != 0).any(-1) & (captured.grads[key] != 0).any(-1)
+
+
 def _edit_keys(captured, key: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The raw layer inputs and rows of the tokens MEND maps (the same tokens as `EditContext.masked_inputs`)."""
-    x, delta = captured.inputs[key], captured.grads[key]
-    keep = (x != 0).any(-1) & (delta != 0).any(-1)
-    return x[keep].detach(), captured.token_rows.to(keep.device)[keep]
+    """The raw layer inputs and rows of the tokens MEND maps."""
+    keep = _kept(captured, key)
+    return captured.inputs[key][keep].detach(), captured.token_rows.to(keep.device)[keep]
 
 
 def _key_positions(captured, key: str) -> torch.Tensor:
     """The indices of `_edit_keys`' tokens among the edit batch's attended tokens."""
-    x, delta = captured.inputs[key], captured.grads[key]
-    return ((x != 0).any(-1) & (delta != 0).any(-1)).nonzero().squeeze(1)
+    return _kept(captured, key).nonzero().squeeze(1)
 
 
 def _per_row_rms_scaled(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

@@ -420,40 +420,37 @@ class LimeModel(BaseTuner):
     def _refit_batch(self, pairs: list, edits: list[Edit], preserve: dict, weight: float | None) -> None:
         """`mode="batch"` with `preserve`: every request's MEND edit computed on the model as it is, then all refitted
         together until they hold ([`~LimeModel._refit_until_held`]); `edits` is filled as they are made."""
-        edits.extend(self.prepare_edit(batch, language) for batch, language in pairs)
-        batches = [batch for batch, _ in pairs]
-        state = _RefitState(batches)
-        self._refit_until_held(edits, batches, [dict(edit.deltas) for edit in edits], state, preserve, weight)
+        state = _RefitState()
+        for batch, language in pairs:
+            edits.append(self.prepare_edit(batch, language))
+            state.add(batch, edits[-1])
+        self._refit_until_held(edits, state, preserve, weight)
 
     def _refit_sequence(self, pairs: list, edits: list[Edit], preserve: dict, weight: float | None) -> None:
         """`mode="sequential"` with `preserve`: each new edit is computed by MEND on the model holding the earlier
         ones; then all the edits so far are reverted and refitted together from their own MEND factors until they
         hold ([`~LimeModel._refit_until_held`]; a request weighted up keeps its weight); `edits` is filled as they
         are made."""
-        own: list[dict[str, LayerDelta]] = []
-        state = _RefitState([])
+        state = _RefitState()
         for batch, language in pairs:
             edit = self.prepare_edit(batch, language)
             for earlier in reversed(edits):
                 earlier.revert()
             edits.append(edit)
-            own.append(dict(edit.deltas))
-            state.add(batch)
-            self._refit_until_held(edits, state.batches, own, state, preserve, weight)
+            state.add(batch, edit)
+            self._refit_until_held(edits, state, preserve, weight)
 
-    def _refit_until_held(
-        self, edits: list[Edit], batches: list, own: list, state: _RefitState, preserve: dict, weight: float | None
-    ) -> None:
-        """Refit `edits` (none applied) layer by layer from their own MEND factors `own`
-        ([`~hf_lime.tuner.refit.refit_layers`]) and apply them; while a request does not hold, weight the failed
+    def _refit_until_held(self, edits: list[Edit], state: _RefitState, preserve: dict, weight: float | None) -> None:
+        """Refit `edits` (none applied) layer by layer from their own MEND factors (`state.own`,
+        [`~hf_lime.tuner.refit.refit_layers`]) and apply them; while a request does not hold, weight the failed
         ones up (`FAILED_BOOST`) and refit all again, `REFIT_ROUNDS` fits at most."""
         for fit in range(REFIT_ROUNDS):
-            for edit, deltas in zip(edits, own, strict=True):
+            for edit, deltas in zip(edits, state.own, strict=True):
                 edit.deltas = dict(deltas)
-            refit_layers(self, edits, batches, preserve, weight, row_weights=state.rows, singles=state.singles)
+            refit_layers(self, edits, state.batches, preserve, weight, row_weights=state.rows, singles=state.singles)
             for edit in edits:
                 edit.apply()
-            held = self._rows_held(batches)  # refuses non-finite outputs (edit_many then reverts every edit)
+            held = self._rows_held(state.batches)  # refuses non-finite outputs (edit_many then reverts every edit)
             if fit == REFIT_ROUNDS - 1 or all(bool(h.all()) for h in held):
                 return
             for edit in reversed(edits):
@@ -677,18 +674,19 @@ NON_FINITE = (
 
 
 class _RefitState:
-    """What `edit_many`'s refits keep across calls: the edit batches, each request's weight, the single edits'
-    paths (`hf_lime.tuner.refit`'s cache)."""
+    """What `edit_many`'s refits keep across calls, per request batch: the batch, its edit's own MEND factors, its
+    rows' weights, and the single edits' paths (`hf_lime.tuner.refit`'s cache)."""
 
-    def __init__(self, batches: list) -> None:
+    def __init__(self) -> None:
         self.batches: list = []
+        self.own: list[dict[str, LayerDelta]] = []
         self.rows: list[torch.Tensor] = []
         self.singles: list = []
-        for batch in batches:
-            self.add(batch)
 
-    def add(self, batch: Any) -> None:
+    def add(self, batch: Any, edit: Edit) -> None:
+        """A new request batch and its computed (not refitted) edit."""
         self.batches.append(batch)
+        self.own.append(dict(edit.deltas))
         self.rows.append(torch.ones(batch["input_ids"].shape[0], dtype=torch.float64))
 
     def boost(self, held: list[torch.Tensor]) -> None:

@@ -27,9 +27,9 @@ import torch
 from ..data.encoding import concat_batches
 from ..deltas import SOLVE_KEYS, SOLVE_POSITIONS, LayerDelta
 from ..head import target_positions
-from .context import apply_functional_deltas, known_task
+from .context import _flatten, _token_keep_mask, apply_functional_deltas, known_task
 from .merge import _checked_moments, _checked_weight, _preserving_factor
-from .preserve import MODEL_INPUTS, _smallest_network
+from .preserve import MODEL_INPUTS, _attended, _smallest_network
 
 DEFAULT_REFIT_WEIGHT = 1.0  # `w`: chosen on the CLDR train split at N = 100 (docs/results.md §5a)
 DEFAULT_CONTEXT_WEIGHT = 0.1  # `s_j` of a prompt's tokens other than the answer positions; chosen with it
@@ -118,8 +118,7 @@ def _inputs_at(model: Any, batches: Sequence[Mapping[str, Any]], key: str, below
 
 
 def _n_attended(batch: Mapping[str, Any]) -> int:
-    mask = batch.get("attention_mask")
-    return int(batch["input_ids"].numel() if mask is None else mask.sum())
+    return int(_attended(batch).sum())
 
 
 def _layer_part(model: Any, edit: Any, x: torch.Tensor, key: str, single: Singles, scale: torch.Tensor) -> tuple:
@@ -146,12 +145,6 @@ def _model_inputs(batch: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in batch.items() if k in MODEL_INPUTS}
 
 
-def _attended(t: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """`t` `(batch, seq, ...)` flattened over the attended tokens, as the edit's capture flattens them."""
-    flat = t.reshape(t.shape[0] * t.shape[1], *t.shape[2:])
-    return flat if mask is None else flat[mask.reshape(-1).bool().to(flat.device)]
-
-
 @torch.no_grad()
 def _record(model: Any, batch: Mapping[str, Any], deltas: dict[str, LayerDelta], keys: Sequence[str]) -> dict:
     """Per layer key in `keys`, `(inputs, outputs)` at the attended tokens of `batch` with `deltas` added."""
@@ -160,11 +153,11 @@ def _record(model: Any, batch: Mapping[str, Any], deltas: dict[str, LayerDelta],
         records = {key: stack.enter_context(layers[key].capture()) for key in keys}
         stack.enter_context(apply_functional_deltas(layers, deltas))
         _smallest_network(model.model, layers.values())(**_model_inputs(batch))
-    mask = batch.get("attention_mask")
+    keep = _token_keep_mask(batch)  # flattened over the attended tokens, as the edit's capture is
     return {
         key: (
-            torch.cat([_attended(r.inputs, mask) for r in recs]),
-            torch.cat([_attended(r.outputs, mask) for r in recs]),
+            torch.cat([_flatten(r.inputs, keep) for r in recs]),
+            torch.cat([_flatten(r.outputs, keep) for r in recs]),
         )
         for key, recs in records.items()
     }
@@ -199,7 +192,7 @@ def _token_scales(
     positions = edit.info.extra[SOLVE_POSITIONS][key].cpu()
     labels = batch.get("labels")
     if labels is not None and labels.dim() == 2 and task in ("masked_lm", "causal_lm"):  # answer positions known
-        answer = _attended(target_positions(task, labels), batch.get("attention_mask"))
+        answer = _flatten(target_positions(task, labels).unsqueeze(-1), _token_keep_mask(batch)).squeeze(-1)
         weights = torch.where(answer.cpu()[positions], 1.0, float(context_weight)).double()
     else:
         weights = torch.ones(positions.shape[0], dtype=torch.float64)
@@ -210,11 +203,10 @@ def _token_scales(
 
 def _joined(fitted: list[dict[str, LayerDelta]]) -> dict[str, LayerDelta]:
     """Every edit's refitted deltas so far, joined per layer (their factors side by side)."""
-    joined: dict[str, LayerDelta] = {}
+    parts: dict[str, list[LayerDelta]] = {}
     for deltas in fitted:
         for key, delta in deltas.items():
-            if key in joined:
-                joined[key] = LayerDelta(torch.cat([joined[key].B, delta.B], 1), torch.cat([joined[key].A, delta.A]))
-            else:
-                joined[key] = delta
-    return joined
+            parts.setdefault(key, []).append(delta)
+    return {
+        key: LayerDelta(torch.cat([d.B for d in ds], 1), torch.cat([d.A for d in ds])) for key, ds in parts.items()
+    }
