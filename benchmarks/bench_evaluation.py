@@ -54,7 +54,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="Timed evaluations of each path (alternating).")
     parser.add_argument("--warmup", type=int, default=1, help="Untimed rounds first (the product routes get chosen).")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--workers", type=int, default=1, help="Also time `fast` in this many worker processes.")
+    parser.add_argument("--workers", type=int, default=1, help="Also time `bucketed` in this many worker processes.")
     parser.add_argument("--paths", nargs="+", default=None, choices=list(PATHS),
                         help="Time only these paths (`uncached` always runs: it is the baseline).")  # fmt: skip
     parser.add_argument("--json", default=None, help="Write the figures to this file.")
