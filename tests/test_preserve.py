@@ -167,7 +167,7 @@ def test_a_sequence_with_preserve_refits_every_edit_from_its_own_mend_factors(mo
         return edit
 
     monkeypatch.setattr(LimeModel, "prepare_edit", recording)
-    monkeypatch.setattr("hf_lime.tuner.model.REFIT_ROUNDS", 1)
+    monkeypatch.setattr("hf_lime.tuner.model.SEQUENCE_REFIT_ROUNDS", 1)
     group = editor.edit_many(REQUESTS, mode="sequential", combine="solve", preserve=moments, preserve_weight=2.0)
     assert applied_before == list(range(len(REQUESTS)))  # edit k was computed with the k earlier ones applied
     assert all(edit.state == "applied" for edit in group.edits)

@@ -4,7 +4,7 @@ the requests that did not hold."""
 
 from __future__ import annotations
 
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager, nullcontext
 
 import pytest
 import torch
@@ -13,6 +13,7 @@ from test_preserve import KEEP
 
 from hf_lime.deltas import SOLVE_KEYS, SOLVE_POSITIONS
 from hf_lime.head import target_positions
+from hf_lime.prefix_cache import optional_prefix_cache
 from hf_lime.tuner import refit
 from hf_lime.tuner.merge import PRESERVE_EPS
 from hf_lime.tuner.model import LimeModel
@@ -119,8 +120,10 @@ def test_refit_needs_mend_keys_and_checks_its_weight():
 @pytest.mark.parametrize("mode", ["batch", "sequential"])
 def test_edit_many_refits_with_the_failed_requests_weighted_up(monkeypatch, mode):
     """While a request does not hold, all requests are refitted with the failed ones' weight times FAILED_BOOST
-    (`REFIT_ROUNDS` fits at most per call), never above what one batch reaches; in a sequence a new request starts at
-    1 and the earlier ones keep their weights. The group then reverts bit for bit."""
+    (`REFIT_ROUNDS` fits at most in a batch, `SEQUENCE_REFIT_ROUNDS` at each step of a sequence), never above what
+    one call reaches; in a sequence a new request starts at 1 and the earlier ones keep their weights. The group then
+    reverts bit for bit."""
+    rounds = refit.REFIT_ROUNDS if mode == "batch" else refit.SEQUENCE_REFIT_ROUNDS
     editor = mend_editor()
     before = weights(editor)
     calls: list[torch.Tensor] = []
@@ -143,20 +146,52 @@ def test_edit_many_refits_with_the_failed_requests_weighted_up(monkeypatch, mode
     group = editor.edit_many(REQUESTS, mode=mode, combine="solve", preserve=KEEP, preserve_weight=1e4)  # cannot hold
     assert not bool(helds[0].all()) and len(calls) > (1 if mode == "batch" else len(REQUESTS))
     assert bool((calls[0] == 1).all())
-    fits, cap = 1, refit.FAILED_BOOST ** (refit.REFIT_ROUNDS - 1)
+    fits, cap = 1, refit.FAILED_BOOST ** (rounds - 1)
     for (weights_now, held), weights_next in zip(zip(calls, helds, strict=True), calls[1:], strict=False):
         boosted = (weights_now * torch.where(held, 1.0, refit.FAILED_BOOST).double()).clamp_max(cap)
         if len(weights_next) == len(weights_now):  # another fit of the same requests
-            assert not bool(held.all()) and fits < refit.REFIT_ROUNDS
+            assert not bool(held.all()) and fits < rounds
             torch.testing.assert_close(weights_next, boosted)
             fits += 1
         else:  # a new request in the sequence
-            assert bool(held.all()) or fits == refit.REFIT_ROUNDS
+            assert bool(held.all()) or fits == rounds
             torch.testing.assert_close(weights_next, torch.cat([weights_now, torch.ones(1).double()]))
             fits = 1
     assert float(torch.cat(calls).max()) <= cap
+    if mode == "batch":  # never holds: every fit is made
+        assert len(calls) == rounds
     group.revert()
     assert unchanged(editor, before)
+
+
+@pytest.mark.parametrize("mode", ["batch", "sequential"])
+def test_edit_many_refits_read_through_a_prefix_cache_with_the_same_edits(monkeypatch, mode):
+    """The refits' reads of the edit batches skip the frozen lower blocks (the cache serves rows again and again)
+    and give the same edits, up to float rounding, as the same call without a cache."""
+    editor = mend_editor()
+    caches = []
+
+    @contextmanager
+    def recording(model):
+        with optional_prefix_cache(model) as cache:
+            caches.append(cache)
+            yield cache
+
+    def deltas_of(group):
+        return [{key: delta.dense() for key, delta in edit.deltas.items()} for edit in group.edits]
+
+    monkeypatch.setattr("hf_lime.tuner.model.optional_prefix_cache", recording)
+    group = editor.edit_many(REQUESTS, mode=mode, combine="solve", preserve=KEEP, preserve_weight=1.0)
+    cached, held = deltas_of(group), group.held
+    group.revert()
+    assert len(caches) == 1 and caches[0] is not None and caches[0].hits > caches[0].misses > 0
+    monkeypatch.setattr("hf_lime.tuner.model.optional_prefix_cache", lambda model: nullcontext())
+    group = editor.edit_many(REQUESTS, mode=mode, combine="solve", preserve=KEEP, preserve_weight=1.0)
+    assert group.held == held
+    for with_cache, without in zip(cached, deltas_of(group), strict=True):
+        for key, delta in without.items():
+            torch.testing.assert_close(with_cache[key], delta, rtol=1e-4, atol=1e-6)
+    group.revert()
 
 
 def test_row_groups_join_consecutive_batches_up_to_the_row_bound():

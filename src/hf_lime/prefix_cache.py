@@ -35,6 +35,7 @@ encoder-decoder models are refused.
 from __future__ import annotations
 
 import inspect
+import logging
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,6 +46,8 @@ import torch
 from torch import nn
 
 from .tuner.layer import LimeLayer
+
+logger = logging.getLogger(__name__)
 
 KEYED_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
 PASSED_THROUGH = ("return_dict", "use_cache")  # body arguments that never change the hidden states
@@ -482,6 +485,23 @@ def prefix_cache(
         yield cache
     finally:
         cache.detach()
+
+
+@contextmanager
+def optional_prefix_cache(model: nn.Module, max_bytes: int = DEFAULT_MAX_BYTES) -> Iterator[PrefixCache | None]:
+    """[`prefix_cache`] where one can be installed: yields `None` (and installs nothing) when `max_bytes` is 0, when
+    the model has no block list the cache can find, or when a cache is already active on it (the caller's serves)."""
+    cache = None
+    if max_bytes > 0:
+        try:
+            cache = PrefixCache(model, max_bytes=max_bytes).attach()
+        except (ValueError, RuntimeError) as error:
+            logger.info("running without a prefix cache: %s", error)
+    try:
+        yield cache
+    finally:
+        if cache is not None:
+            cache.detach()
 
 
 # ----------------------------------------------------------------------------------------------- finding the blocks

@@ -16,7 +16,6 @@ import logging
 import random
 import warnings
 from collections.abc import Collection, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from numbers import Integral
 from typing import Any
@@ -25,7 +24,7 @@ from ..data.episodes import NEW_TARGET_MODES, sample_excluding
 from ..data.items import ParsedItem, parse_item, target_table
 from ..languages import check_language_subset, check_languages
 from ..metrics import compute_xl_edit_metrics
-from ..prefix_cache import DEFAULT_MAX_BYTES, PrefixCache
+from ..prefix_cache import DEFAULT_MAX_BYTES, PrefixCache, optional_prefix_cache
 from ..tasks import check_task, model_label2id
 from .candidates import length_bucket as length_bucket_of
 from .report import EvaluationResult
@@ -490,7 +489,7 @@ def evaluate_editor(
     extra_records = {name: {field: [] for field in RECORD_FIELDS} for name in readers.extra}
     from tqdm.auto import tqdm
 
-    with _scoring_cache(model, _check_int("cache_bytes", cache_bytes, 0)) as cache:
+    with optional_prefix_cache(model, _check_int("cache_bytes", cache_bytes, 0)) as cache:
         plans = _plan(planner, readers.scorer, edit_languages, counts, distinct_facts, pool, frozenset(exclude_ids))
         _read_unedited(readers, plans, eval_languages)
         floors = {name: _pre_edit_floor(reader, plans, eval_languages) for name, reader in
@@ -530,22 +529,6 @@ def evaluate_editor(
     headline = result(scoring, records)
     headline.readings = {name: result(name, columns) for name, columns in extra_records.items()}
     return headline
-
-
-@contextmanager
-def _scoring_cache(model: Any, max_bytes: int) -> Iterator[PrefixCache | None]:
-    """A frozen-prefix cache on `model` for the evaluation (None when disabled, unsupported or already present)."""
-    cache = None
-    if max_bytes > 0:
-        try:
-            cache = PrefixCache(model, max_bytes=max_bytes).attach()
-        except (ValueError, RuntimeError) as error:  # no block list it can find, or a cache the caller installed
-            logger.info("evaluating without a prefix cache: %s", error)
-    try:
-        yield cache
-    finally:
-        if cache is not None:
-            cache.detach()
 
 
 def _described(options: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -18,13 +18,14 @@ from ..deltas import LayerDelta
 from ..editors import BaseEditor, EditorOutput, EditStepSizes, LayerSpec, build_editor
 from ..head import logits_surely_finite, target_logits, target_positions
 from ..masks import MaskBank
+from ..prefix_cache import optional_prefix_cache
 from .config import TARGET_MODULES_MAPPING, LimeConfig
 from .context import EditContext, apply_functional_deltas, known_task
 from .edit import Edit
 from .edit_group import EDIT_MODES, EditGroup
 from .layer import LimeLayer
 from .merge import COMBINES, preserve_merge, protect_merge, solve_merge
-from .refit import FAILED_BOOST, REFIT_ROUNDS, refit_layers, row_groups
+from .refit import FAILED_BOOST, REFIT_ROUNDS, SEQUENCE_REFIT_ROUNDS, refit_layers, row_groups
 from .validation import check_batch_fits_model, resolve_language_ids, validate_edit_batch
 
 CONTAINERS = ("lime_editor", "lime_masks", "lime_edit_lrs")
@@ -371,7 +372,8 @@ class LimeModel(BaseTuner):
                 edit token follows its own request's MEND edit and the preserved keys change as little as they can
                 ([`~hf_lime.tuner.refit.refit_layers`]); requests that do not hold are then weighted up and all
                 refitted again (`REFIT_ROUNDS` fits at most). Sequentially, each new edit is computed on the model
-                holding the earlier ones and then all of them are refitted together in the same way.
+                holding the earlier ones and then all of them are refitted together in the same way
+                (`SEQUENCE_REFIT_ROUNDS` fits at most per step).
             preserve_weight (`float`, *optional*): The preserved keys' weight per edit token
                 (`hf_lime.tuner.refit.DEFAULT_REFIT_WEIGHT`).
 
@@ -419,39 +421,42 @@ class LimeModel(BaseTuner):
 
     def _refit_batch(self, pairs: list, edits: list[Edit], preserve: dict, weight: float | None) -> None:
         """`mode="batch"` with `preserve`: every request's MEND edit computed on the model as it is, then all refitted
-        together until they hold ([`~LimeModel._refit_until_held`]); `edits` is filled as they are made."""
-        state = _RefitState()
-        for batch, language in pairs:
-            edits.append(self.prepare_edit(batch, language))
-            state.add(batch, edits[-1])
-        self._refit_until_held(edits, state, preserve, weight)
+        together until they hold ([`~LimeModel._refit_until_held`]); `edits` is filled as they are made. The
+        refits' reads run under a frozen-prefix cache where one can be installed."""
+        state = _RefitState(REFIT_ROUNDS)
+        with optional_prefix_cache(self):
+            for batch, language in pairs:
+                edits.append(self.prepare_edit(batch, language))
+                state.add(batch, edits[-1])
+            self._refit_until_held(edits, state, preserve, weight)
 
     def _refit_sequence(self, pairs: list, edits: list[Edit], preserve: dict, weight: float | None) -> None:
         """`mode="sequential"` with `preserve`: each new edit is computed by MEND on the model holding the earlier
         ones; then all the edits so far are reverted and refitted together from their own MEND factors until they
         hold ([`~LimeModel._refit_until_held`]; a request weighted up keeps its weight); `edits` is filled as they
-        are made."""
-        state = _RefitState()
-        for batch, language in pairs:
-            edit = self.prepare_edit(batch, language)
-            for earlier in reversed(edits):
-                earlier.revert()
-            edits.append(edit)
-            state.add(batch, edit)
-            self._refit_until_held(edits, state, preserve, weight)
+        are made (under a frozen-prefix cache, as a batch)."""
+        state = _RefitState(SEQUENCE_REFIT_ROUNDS)
+        with optional_prefix_cache(self):
+            for batch, language in pairs:
+                edit = self.prepare_edit(batch, language)
+                for earlier in reversed(edits):
+                    earlier.revert()
+                edits.append(edit)
+                state.add(batch, edit)
+                self._refit_until_held(edits, state, preserve, weight)
 
     def _refit_until_held(self, edits: list[Edit], state: _RefitState, preserve: dict, weight: float | None) -> None:
         """Refit `edits` (none applied) layer by layer from their own MEND factors (`state.own`,
         [`~hf_lime.tuner.refit.refit_layers`]) and apply them; while a request does not hold, weight the failed
-        ones up (`FAILED_BOOST`) and refit all again, `REFIT_ROUNDS` fits at most."""
-        for fit in range(REFIT_ROUNDS):
+        ones up (`FAILED_BOOST`) and refit all again, `state.rounds` fits at most."""
+        for fit in range(state.rounds):
             for edit, deltas in zip(edits, state.own, strict=True):
                 edit.deltas = dict(deltas)
             refit_layers(self, edits, state.batches, preserve, weight, row_weights=state.rows, singles=state.singles)
             for edit in edits:
                 edit.apply()
             held = self._rows_held(state.batches)  # refuses non-finite outputs (edit_many then reverts every edit)
-            if fit == REFIT_ROUNDS - 1 or all(bool(h.all()) for h in held):
+            if fit == state.rounds - 1 or all(bool(h.all()) for h in held):
                 return
             for edit in reversed(edits):
                 edit.revert()
@@ -675,9 +680,10 @@ NON_FINITE = (
 
 class _RefitState:
     """What `edit_many`'s refits keep across calls, per request batch: the batch, its edit's own MEND factors, its
-    rows' weights, and the single edits' paths (`hf_lime.tuner.refit`'s cache)."""
+    rows' weights, and the single edits' paths (`hf_lime.tuner.refit`'s cache); `rounds`: the fits at most per call."""
 
-    def __init__(self) -> None:
+    def __init__(self, rounds: int) -> None:
+        self.rounds = rounds
         self.batches: list = []
         self.own: list[dict[str, LayerDelta]] = []
         self.rows: list[torch.Tensor] = []
@@ -690,9 +696,9 @@ class _RefitState:
         self.rows.append(torch.ones(batch["input_ids"].shape[0], dtype=torch.float64))
 
     def boost(self, held: list[torch.Tensor]) -> None:
-        """The requests that did not hold weighted up by `FAILED_BOOST`, to `FAILED_BOOST ** (REFIT_ROUNDS - 1)` at
-        most (what one batch can reach; a sequence keeps weights across its steps and must not compound them)."""
-        cap = FAILED_BOOST ** (REFIT_ROUNDS - 1)
+        """The requests that did not hold weighted up by `FAILED_BOOST`, to `FAILED_BOOST ** (rounds - 1)` at most
+        (what one call can reach; a sequence keeps weights across its steps and must not compound them)."""
+        cap = FAILED_BOOST ** (self.rounds - 1)
         self.rows = [
             (rows * torch.where(ok, 1.0, FAILED_BOOST).double()).clamp_max(cap)
             for rows, ok in zip(self.rows, held, strict=True)

@@ -34,7 +34,8 @@ from .preserve import MODEL_INPUTS, _attended, _smallest_network
 DEFAULT_REFIT_WEIGHT = 1.0  # `w`: chosen on the CLDR train split at N = 100 (docs/results.md §5a)
 DEFAULT_CONTEXT_WEIGHT = 0.1  # `s_j` of a prompt's tokens other than the answer positions; chosen with it
 GROUP_ROWS = 64  # edit rows per forward when the refit reads a layer's inputs
-REFIT_ROUNDS = 3  # edit_many's refits at most (the first + 2 with the failed requests weighted up)
+REFIT_ROUNDS = 4  # edit_many's fits of one batch at most (the first + 3 with the failed requests weighted up)
+SEQUENCE_REFIT_ROUNDS = 3  # the fits at most at each step of a sequence (every step refits all edits so far)
 FAILED_BOOST = 4.0  # the factor a failed request's weight is multiplied by before the next refit
 
 Singles = dict[str, torch.Tensor]  # layer key -> the single edit's layer outputs at its key tokens, float64
