@@ -166,8 +166,9 @@ def test_edit_many_refits_with_the_failed_requests_weighted_up(monkeypatch, mode
 
 @pytest.mark.parametrize("mode", ["batch", "sequential"])
 def test_edit_many_refits_read_through_a_prefix_cache_with_the_same_edits(monkeypatch, mode):
-    """The refits' reads of the edit batches skip the frozen lower blocks (the cache serves rows again and again)
-    and give the same edits, up to float rounding, as the same call without a cache."""
+    """`LimeEditor.edit_many` runs under a frozen-prefix cache: the refits' reads of the edit batches skip the frozen
+    lower blocks (the cache serves rows again and again) and give the same edits, up to float rounding, as the same
+    call without a cache."""
     editor = mend_editor()
     caches = []
 
@@ -180,12 +181,12 @@ def test_edit_many_refits_read_through_a_prefix_cache_with_the_same_edits(monkey
     def deltas_of(group):
         return [{key: delta.dense() for key, delta in edit.deltas.items()} for edit in group.edits]
 
-    monkeypatch.setattr("hf_lime.tuner.model.optional_prefix_cache", recording)
+    monkeypatch.setattr("hf_lime.editor.optional_prefix_cache", recording)
     group = editor.edit_many(REQUESTS, mode=mode, combine="solve", preserve=KEEP, preserve_weight=1.0)
     cached, held = deltas_of(group), group.held
     group.revert()
     assert len(caches) == 1 and caches[0] is not None and caches[0].hits > caches[0].misses > 0
-    monkeypatch.setattr("hf_lime.tuner.model.optional_prefix_cache", lambda model: nullcontext())
+    monkeypatch.setattr("hf_lime.editor.optional_prefix_cache", lambda model: nullcontext())
     group = editor.edit_many(REQUESTS, mode=mode, combine="solve", preserve=KEEP, preserve_weight=1.0)
     assert group.held == held
     for with_cache, without in zip(cached, deltas_of(group), strict=True):

@@ -252,3 +252,40 @@ def test_compute_edit_takes_resolved_language_ids():
                        (torch.tensor([0.0, 1.0]), "integer")]:  # fmt: skip
         with pytest.raises(ValueError, match=match):
             model.base_model.compute_edit(batch, bad)
+
+
+def test_a_layer_applies_its_stacked_edits_as_one_update_made_once_per_change():
+    """Several applied edits run as one joined update (their factors side by side, or the dense sum once that is
+    cheaper), equal to the sum of their products; it is made once and remade whenever the applied edits change
+    (apply, revert, PEFT's merge and unmerge); one edit runs as it is."""
+    from hf_lime.deltas import LayerDelta
+
+    torch.manual_seed(0)
+    layer = LimeLayer(torch.nn.Linear(32, 24), "default")
+    x = torch.randn(5, 32)
+    base = layer.base_layer(x)
+    deltas = [LayerDelta(torch.randn(24, 2), torch.randn(2, 32)) for _ in range(12)]  # 12 · 2 > 24 · 32 / 56: dense
+    for edit_id, delta in enumerate(deltas[:2]):
+        layer.add_delta(edit_id, delta)
+    joined = layer._applied_update()
+    assert joined is layer._applied_update() and joined.A is not None and joined.rank == 4  # factors side by side
+    torch.testing.assert_close(layer(x), base + sum(x @ d.dense().T for d in deltas[:2]))
+    for edit_id, delta in enumerate(deltas[2:], start=2):
+        layer.add_delta(edit_id, delta)
+    assert layer._applied_update().A is None  # the dense sum is cheaper to apply
+    torch.testing.assert_close(layer(x), base + sum(x @ d.dense().T for d in deltas), rtol=1e-5, atol=1e-5)
+    layer.remove_delta(5)
+    expected = base + sum(x @ d.dense().T for i, d in enumerate(deltas) if i != 5)
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+    layer.merge()
+    assert layer._applied_update() is None
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+    layer.unmerge()
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+    for edit_id in range(12):
+        layer.remove_delta(edit_id)
+    layer.add_delta(0, deltas[0])
+    assert layer._applied_update() is layer._applied[0]  # one edit: as it is
+    torch.testing.assert_close(layer(x), base + x @ deltas[0].dense().T)
+    layer.remove_delta(0)
+    torch.testing.assert_close(layer(x), base)

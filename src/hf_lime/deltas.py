@@ -5,6 +5,7 @@ This module is at the bottom of the package: editors, layers and edits all use i
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +63,17 @@ class LayerDelta:
 SOLVE_KEYS = "solve_keys"
 # EditInfo.extra entry: layer key -> the same tokens' indices among the edit batch's attended tokens (tuner/refit.py)
 SOLVE_POSITIONS = "solve_positions"
+
+
+def joined(deltas: Sequence[LayerDelta]) -> LayerDelta:
+    """The sum of several updates of one layer as one `LayerDelta`: their factors side by side when every one is
+    low-rank (the same products, one pair of matrices), else the dense sum."""
+    if any(delta.A is None for delta in deltas):
+        total = deltas[0].dense()
+        for delta in deltas[1:]:
+            total = total + delta.dense()
+        return LayerDelta(total)
+    return LayerDelta(torch.cat([delta.B for delta in deltas], 1), torch.cat([delta.A for delta in deltas]))
 
 
 @dataclass

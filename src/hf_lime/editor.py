@@ -38,6 +38,7 @@ from .head import target_logits
 from .hub_download import resolve_editor_folder
 from .lora_export import export_edits_as_lora, module_name
 from .model_card import render_model_card
+from .prefix_cache import optional_prefix_cache
 from .tasks import check_task, infer_task
 from .text_io import answer_rows, encode_text, masked_prompt, predict_text, rank_text, score_text
 from .tuner import LimeConfig
@@ -485,6 +486,10 @@ class LimeEditor:
         (up to rounding), chunked or not. KnowledgeEditor's gradient part adds up the same way but it averages the
         requests' shift terms and uses the raw gradient of the batch's mean loss, and fine-tuning minimises the
         batch's mean loss: for these a batch is not the sum of single edits.
+
+        The edits are made and checked under a frozen-prefix cache ([`~hf_lime.prefix_cache.optional_prefix_cache`]):
+        every read of an edit batch after the first skips the blocks below the edited ones (outputs equal up to
+        float rounding).
         """
         if mode not in EDIT_MODES:
             raise ValueError(f"`mode` must be one of {list(EDIT_MODES)}, got {mode!r}.")
@@ -498,10 +503,11 @@ class LimeEditor:
         batches = [self._padded(examples[i : i + size]) for i in starts]
         languages = [self._row_languages(parsed[i : i + size]) for i in starts]
         preserve = self._moments(preserve, max_length)
-        group = self.model.base_model.edit_many(
-            batches, languages, mode=mode, combine=combine, preserve=preserve, preserve_weight=preserve_weight
-        )
-        group.held = self._held(examples)
+        with optional_prefix_cache(self.model):  # the edit batches are read again and again; only top blocks change
+            group = self.model.base_model.edit_many(
+                batches, languages, mode=mode, combine=combine, preserve=preserve, preserve_weight=preserve_weight
+            )
+            group.held = self._held(examples)
         return group
 
     def _moments(self, preserve: Any, max_length: int) -> dict[str, torch.Tensor] | None:

@@ -11,7 +11,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from ..deltas import LayerDelta
+from ..deltas import LayerDelta, joined
 
 
 @dataclass
@@ -50,6 +50,7 @@ class LimeLayer(nn.Module, BaseTunerLayer):
         self._active_adapter = adapter_name
         self.merged_adapters: list[str] = []
         self._applied: dict[int, LayerDelta] = {}
+        self._applied_sum: LayerDelta | None = None  # every applied edit as one update, until they change
         self._merged: dict[int, LayerDelta] = {}  # folded into the weight by PEFT's merge_adapter()
         self._functional: LayerDelta | None = None
         self._captures: list[LayerCapture] | None = None
@@ -59,8 +60,9 @@ class LimeLayer(nn.Module, BaseTunerLayer):
         result = self.base_layer(x, *args, **kwargs)
         if self.disable_adapters:
             return result
-        for delta in self._applied.values():
-            result = result + delta.apply_to(x)
+        applied = self._applied_update()
+        if applied is not None:
+            result = result + applied.apply_to(x)
         if self._functional is not None:
             result = result + self._functional.apply_to(x)
         if self._captures is not None:
@@ -83,9 +85,20 @@ class LimeLayer(nn.Module, BaseTunerLayer):
     def add_delta(self, edit_id: int, delta: LayerDelta) -> None:
         self._check_delta(delta)
         self._applied[edit_id] = delta.detach().compact()  # a high-rank batch is applied as one matrix
+        self._applied_sum = None
 
     def remove_delta(self, edit_id: int) -> None:
         self._applied.pop(edit_id, None)
+        self._applied_sum = None
+
+    def _applied_update(self) -> LayerDelta | None:
+        """Every applied edit as one update, made once per change of the applied edits: one edit as it is, several
+        joined (`hf_lime.deltas.joined`) and then in the cheaper form to apply (`LayerDelta.compact`), so a layer
+        holding a hundred stacked edits runs one update per forward, not a hundred."""
+        if self._applied_sum is None and self._applied:
+            deltas = list(self._applied.values())
+            self._applied_sum = deltas[0] if len(deltas) == 1 else joined(deltas).compact()
+        return self._applied_sum
 
     @property
     def applied_edit_ids(self) -> list[int]:
@@ -138,6 +151,7 @@ class LimeLayer(nn.Module, BaseTunerLayer):
             delta = self._applied.pop(edit_id)
             self.add_to_weight(delta.dense())
             self._merged[edit_id] = delta
+        self._applied_sum = None
         if self._merged:
             self.merged_adapters = [self.active_adapter] if isinstance(self.active_adapter, str) else []
 
@@ -148,6 +162,7 @@ class LimeLayer(nn.Module, BaseTunerLayer):
             delta = self._merged.pop(edit_id)
             self.add_to_weight(delta.dense(), sign=-1.0)
             self._applied[edit_id] = delta
+        self._applied_sum = None
         self.merged_adapters = []
 
     def __repr__(self) -> str:

@@ -18,7 +18,6 @@ from ..deltas import LayerDelta
 from ..editors import BaseEditor, EditorOutput, EditStepSizes, LayerSpec, build_editor
 from ..head import logits_surely_finite, target_logits, target_positions
 from ..masks import MaskBank
-from ..prefix_cache import optional_prefix_cache
 from .config import TARGET_MODULES_MAPPING, LimeConfig
 from .context import EditContext, apply_functional_deltas, known_task
 from .edit import Edit
@@ -421,29 +420,26 @@ class LimeModel(BaseTuner):
 
     def _refit_batch(self, pairs: list, edits: list[Edit], preserve: dict, weight: float | None) -> None:
         """`mode="batch"` with `preserve`: every request's MEND edit computed on the model as it is, then all refitted
-        together until they hold ([`~LimeModel._refit_until_held`]); `edits` is filled as they are made. The
-        refits' reads run under a frozen-prefix cache where one can be installed."""
+        together until they hold ([`~LimeModel._refit_until_held`]); `edits` is filled as they are made."""
         state = _RefitState(REFIT_ROUNDS)
-        with optional_prefix_cache(self):
-            for batch, language in pairs:
-                edits.append(self.prepare_edit(batch, language))
-                state.add(batch, edits[-1])
-            self._refit_until_held(edits, state, preserve, weight)
+        for batch, language in pairs:
+            edits.append(self.prepare_edit(batch, language))
+            state.add(batch, edits[-1])
+        self._refit_until_held(edits, state, preserve, weight)
 
     def _refit_sequence(self, pairs: list, edits: list[Edit], preserve: dict, weight: float | None) -> None:
         """`mode="sequential"` with `preserve`: each new edit is computed by MEND on the model holding the earlier
         ones; then all the edits so far are reverted and refitted together from their own MEND factors until they
         hold ([`~LimeModel._refit_until_held`]; a request weighted up keeps its weight); `edits` is filled as they
-        are made (under a frozen-prefix cache, as a batch)."""
+        are made."""
         state = _RefitState(SEQUENCE_REFIT_ROUNDS)
-        with optional_prefix_cache(self):
-            for batch, language in pairs:
-                edit = self.prepare_edit(batch, language)
-                for earlier in reversed(edits):
-                    earlier.revert()
-                edits.append(edit)
-                state.add(batch, edit)
-                self._refit_until_held(edits, state, preserve, weight)
+        for batch, language in pairs:
+            edit = self.prepare_edit(batch, language)
+            for earlier in reversed(edits):
+                earlier.revert()
+            edits.append(edit)
+            state.add(batch, edit)
+            self._refit_until_held(edits, state, preserve, weight)
 
     def _refit_until_held(self, edits: list[Edit], state: _RefitState, preserve: dict, weight: float | None) -> None:
         """Refit `edits` (none applied) layer by layer from their own MEND factors (`state.own`,

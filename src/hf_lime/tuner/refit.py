@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from ..data.encoding import concat_batches
-from ..deltas import SOLVE_KEYS, SOLVE_POSITIONS, LayerDelta
+from ..deltas import SOLVE_KEYS, SOLVE_POSITIONS, LayerDelta, joined
 from ..head import target_positions
 from .context import _flatten, _token_keep_mask, apply_functional_deltas, known_task
 from .merge import _checked_moments, _checked_weight, _preserving_factor
@@ -208,6 +208,4 @@ def _joined(fitted: list[dict[str, LayerDelta]]) -> dict[str, LayerDelta]:
     for deltas in fitted:
         for key, delta in deltas.items():
             parts.setdefault(key, []).append(delta)
-    return {
-        key: LayerDelta(torch.cat([d.B for d in ds], 1), torch.cat([d.A for d in ds])) for key, ds in parts.items()
-    }
+    return {key: joined(layer_parts) for key, layer_parts in parts.items()}
