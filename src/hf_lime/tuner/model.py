@@ -372,7 +372,9 @@ class LimeModel(BaseTuner):
                 ([`~hf_lime.tuner.refit.refit_layers`]); requests that do not hold are then weighted up and all
                 refitted again (`REFIT_ROUNDS` fits at most). Sequentially, each new edit is computed on the model
                 holding the earlier ones and then all of them are refitted together in the same way
-                (`SEQUENCE_REFIT_ROUNDS` fits at most per step).
+                (`SEQUENCE_REFIT_ROUNDS` fits at most per step). The refits read the edit batches again and again:
+                [`~hf_lime.LimeEditor.edit_many`] runs them under `hf_lime.prefix_cache.optional_prefix_cache`;
+                called directly, wrap the call in it for the same speed.
             preserve_weight (`float`, *optional*): The preserved keys' weight per edit token
                 (`hf_lime.tuner.refit.DEFAULT_REFIT_WEIGHT`).
 
