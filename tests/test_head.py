@@ -146,9 +146,9 @@ def test_logits_surely_finite_agrees_with_the_logits_and_skips_the_vocabulary_pr
         monkeypatch.setattr(torch.nn.functional, "linear", linear)
         assert head_module.logits_surely_finite(model, _without_labels(batch), keep) is True
         assert not any(products)  # no vocabulary product (GPT-2's own layers are Conv1D: no F.linear at all)
-        entry = head_module._SIZES[id(output)]
+        entry = head_module._SIZES[id(output.weight)]
         assert head_module.logits_surely_finite(model, _without_labels(batch), keep) is True
-        assert head_module._SIZES[id(output)] is entry  # the output layer's sizes are computed once, not per call
+        assert head_module._SIZES[id(output.weight)] is entry  # the sizes are computed once, not per call
         monkeypatch.setattr(torch.nn.functional, "linear", real_linear)
         assert bool(torch.isfinite(model(**_without_labels(batch)).logits).all())
         with torch.no_grad():

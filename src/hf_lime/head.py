@@ -19,7 +19,7 @@ from torch import nn
 
 from .data.encoding import IGNORE_INDEX
 from .fast_argmax import argmax_product
-from .head_product import head_product
+from .head_product import head_product, per_weight
 from .tasks import check_task
 
 
@@ -216,22 +216,18 @@ def logits_surely_finite(model: nn.Module, inputs: dict[str, Any], keep: torch.T
     return True if bound < 0.01 * torch.finfo(head.weight.dtype).max else None
 
 
-_SIZES: dict[int, tuple[tuple, tuple[float, float]]] = {}  # id(head) -> (tensors' identity, sizes)
+_SIZES: dict[int, tuple] = {}  # `head_product.per_weight`'s store: id(weight) -> (weakref, stamp, sizes)
 
 
 def _output_sizes(head: nn.Linear) -> tuple[float, float]:
-    """`(max_v ‖w_v‖₂, max_v |b_v|)` of an output layer (float64), cached while its tensors are unchanged (same
-    storage, version and shape)."""
-    tensors = [t for t in (head.weight, head.bias) if t is not None]
-    key = tuple((t.data_ptr(), t._version, tuple(t.shape)) for t in tensors)
-    cached = _SIZES.get(id(head))
-    if cached is None or cached[0] != key:
-        if len(_SIZES) > 16:
-            _SIZES.clear()
+    """`(max_v ‖w_v‖₂, max_v |b_v|)` of an output layer (float64), cached while its tensors are unchanged
+    (`hf_lime.head_product.per_weight`)."""
+
+    def make() -> tuple[float, float]:
         rows = max(float(chunk.double().norm(dim=-1).max()) for chunk in head.weight.detach().split(8192))
-        bias = float(head.bias.detach().double().abs().max()) if head.bias is not None else 0.0
-        cached = _SIZES[id(head)] = (key, (rows, bias))
-    return cached[1]
+        return rows, float(head.bias.detach().double().abs().max()) if head.bias is not None else 0.0
+
+    return per_weight(_SIZES, head.weight, head.bias, make)
 
 
 def output_layer(model: nn.Module) -> nn.Module | None:

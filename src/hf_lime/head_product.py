@@ -30,6 +30,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -51,17 +52,27 @@ LOW_DTYPES = {"float32": None, "bfloat16": torch.bfloat16}
 def bfloat16_copy(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None, float]:
     """`W` and `b` in bfloat16 and the largest float32 row norm of `W`, made once and kept while `weight` lives and
     neither it nor `bias` has changed in place."""
+
+    def make() -> tuple[torch.Tensor, torch.Tensor | None, float]:
+        with torch.no_grad():
+            low_bias = None if bias is None else bias.detach().to(torch.bfloat16)
+            return weight.detach().to(torch.bfloat16), low_bias, float(weight.detach().norm(dim=1).max())
+
+    return per_weight(_COPIES, weight, bias, make)
+
+
+def per_weight(store: dict, weight: torch.Tensor, bias: torch.Tensor | None, make: Callable[[], Any]) -> Any:
+    """`make()` computed once per output layer and kept in `store` while `weight` lives and neither it nor `bias` has
+    changed in place (same storage and version); entries of weights that are gone are dropped."""
     stamp = tuple((t.data_ptr(), t._version) if t is not None else None for t in (weight, bias))
-    entry = _COPIES.get(id(weight))
+    entry = store.get(id(weight))
     if entry is not None and entry[0]() is weight and entry[1] == stamp:
         return entry[2]
-    for key in [key for key, value in _COPIES.items() if value[0]() is None]:
-        del _COPIES[key]
-    with torch.no_grad():
-        low_bias = None if bias is None else bias.detach().to(torch.bfloat16)
-        copy = (weight.detach().to(torch.bfloat16), low_bias, float(weight.detach().norm(dim=1).max()))
-    _COPIES[id(weight)] = (weakref.ref(weight), stamp, copy)
-    return copy
+    for key in [key for key, value in store.items() if value[0]() is None]:
+        del store[key]
+    value = make()
+    store[id(weight)] = (weakref.ref(weight), stamp, value)
+    return value
 
 
 def clear_copies() -> None:
