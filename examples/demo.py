@@ -70,6 +70,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--languages", nargs="+", default=DEMO_LANGUAGES)
     parser.add_argument("--fact_steps", type=int, default=1200, help="Training steps of the fact model.")
     parser.add_argument(
+        "--fact_split",
+        choices=["all", "train"],
+        default="all",
+        help="What the fact model learns (prepare_model's fact_split): 'all' (every fact, the evaluated ones "
+        "included, as a pretrained LM knows the facts an editor changes) or 'train' (the training split only: a base "
+        "model kept apart from the evaluated facts; its own folder, -train-facts).",
+    )
+    parser.add_argument(
         "--recipe",
         choices=["reference", "cpu"],
         default="reference",
@@ -159,6 +167,7 @@ def parse_args() -> argparse.Namespace:
         args.head_dtype = "bfloat16" if fast_bfloat16() and not torch.cuda.is_available() else "float32"
     if args.model_dir is None:
         suffix = "" if args.label_language == "own" else f"-{args.label_language}-names"
+        suffix += "" if args.fact_split == "all" else f"-{args.fact_split}-facts"
         args.model_dir = f"outputs/models/me5-small-cldr{suffix}"
     return args
 
@@ -275,7 +284,8 @@ def evaluate(model, tokenizer, splits, languages: list[str], args):
                              n_neighbours=args.n_neighbours, seed=args.seed, max_length=48, scoring="open",
                              extra_scorings=("candidates",), candidates=every_object, bootstrap=1000,
                              return_records=True, num_workers=args.eval_workers)  # fmt: skip
-    result.settings.update(label_language=args.label_language, split=args.eval_split, chosen_on=CHOSEN_ON)
+    result.settings.update(label_language=args.label_language, split=args.eval_split, chosen_on=CHOSEN_ON,
+                           fact_split=args.fact_split)  # fmt: skip
     print(format_table(result))
     ranked = result.readings["candidates"].metrics
     print(f"ranked among every object of the relation: reliability {ranked['reliability']:.3f}, "
@@ -288,7 +298,9 @@ def evaluate_saved(args: argparse.Namespace) -> None:
     """`--editor`: read a saved demo editor on `--eval_split` with the demo's evaluation; the report only."""
     editor = LimeEditor.from_pretrained(args.editor)
     languages = list(editor.languages)
-    args.label_language = (editor.training_info or {}).get("label_language", args.label_language)
+    info = editor.training_info or {}
+    args.label_language = info.get("label_language", args.label_language)
+    args.fact_split = info.get("fact_split", "all")  # editors saved before the option learned every fact
     splits = load_cldr_facts(languages, seed=args.seed, label_language=args.label_language)
     editor.model.eval()
     evaluate(editor.model, editor.tokenizer, splits, languages, args)
@@ -302,7 +314,8 @@ def main() -> None:
     start, output_dir, languages = time.time(), Path(args.output_dir), list(args.languages)
     splits = load_cldr_facts(languages, seed=args.seed, label_language=args.label_language)
     folder = prepare_model("me5-small-facts", args.model_dir, steps=args.fact_steps, seed=args.seed, dataset=splits,
-                           languages=languages, fact_split="all", learning_rate=3e-4, train_layers=4)  # fmt: skip
+                           languages=languages, fact_split=args.fact_split, learning_rate=3e-4,
+                           train_layers=4)  # fmt: skip
     timings = {"fact_model_s": round(time.time() - start, 1)}
     logger.info("fact model ready after %.0f s", time.time() - start)
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -319,7 +332,8 @@ def main() -> None:
     timings["evaluation_s"] = round(time.time() - start - sum(timings.values()), 1)
     logger.info("evaluation of %d edits done after %.0f s", result.metrics["n_edits"], time.time() - start)
     info = {"base_model": str(Path(folder).resolve()), "dataset": "CLDR facts (babel)", "languages": languages,
-            "setting": "all -> all", "recipe": args.recipe, "label_language": args.label_language,
+            "setting": "all -> all", "recipe": args.recipe, "fact_split": args.fact_split,
+            "label_language": args.label_language,
             "max_steps": trainer.args.max_steps, "global_step": trainer.state.global_step,
             "best_checkpoint": trainer.state.best_model_checkpoint, "scoring": "open", "head_dtype": args.head_dtype,
             **trainer.episode_settings()}  # fmt: skip
