@@ -30,6 +30,21 @@ def test_checked_route_matches_float32_on_random_rows(scale):
     assert torch.equal(fast_argmax._checked(h, weight, None), _plain_ids(h, weight, None))
 
 
+@pytest.mark.parametrize("vocab", [4096, 4100, 700])
+def test_block_scan_finds_every_token_the_full_compare_finds(vocab, monkeypatch):
+    monkeypatch.setattr(fast_argmax, "BLOCK", 256)  # several blocks, a short last one where vocab % 256 != 0
+    g = torch.Generator().manual_seed(3)
+    approx = torch.randn(9, vocab, generator=g).to(torch.bfloat16)
+    approx[0, -1] = approx[1, 0] = approx[2, 255] = approx[2, 256] = 50.0  # maxima on block edges and at the end
+    approx[3, :] = 1.0  # a row of ties: every token is close
+    maxima = fast_argmax._block_maxima(approx)
+    assert torch.equal(maxima.amax(dim=1), approx.amax(dim=1))
+    floor = (maxima.amax(dim=1).float() - torch.linspace(0.0, 3.0, 9)).to(torch.bfloat16)
+    rows, ids = fast_argmax._close_ids(approx, floor, maxima)
+    expected = set(map(tuple, (approx >= floor[:, None]).nonzero().tolist()))
+    assert set(map(tuple, torch.stack([rows, ids], dim=1).tolist())) == expected
+
+
 def test_checked_route_separates_near_ties_that_bfloat16_cannot():
     g = torch.Generator().manual_seed(1)
     weight = torch.randn(3000, 32, generator=g)

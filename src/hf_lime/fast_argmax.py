@@ -8,7 +8,8 @@ float32 logit `l_v` by at most `E₁ + u·(|ŝ_v| + E₁ + P)` up to terms in u�
 roundoff, `P = ‖h‖·max_v ‖w_v‖` bounds every `|h·w_v|` and `E₁ = (2u + d·2⁻²⁴)·P` covers the rounded inputs and the
 sums. If `v*` is the float32 argmax and `ŝ_max` the bfloat16 maximum, then `ŝ_v* ≥ ŝ_max − W` with
 `W = 2E₁ + 2u·(2|ŝ_max| + 3E₁ + P)` (and a little room): every token within `W` of the bfloat16 maximum is scored
-again in float32, and the best of those few is the argmax: the token the float32 product gives (up to float32
+again in float32 (found from the maxima of blocks of `BLOCK` ids: only blocks whose maximum reaches the floor are
+scanned), and the best of those few is the argmax: the token the float32 product gives (up to float32
 rounding of exact near-ties; ties go to the smallest id, as `torch.argmax` does).
 
 [`argmax_product`] times both routes the first time it meets a row count (rounded up to a power of two), per weight
@@ -32,6 +33,7 @@ from .head_product import bfloat16_copy as _low_copy
 UNIT_ROUNDOFF = 2.0**-8  # bfloat16: 8 significant bits
 FLOAT32_ROUNDOFF = 2.0**-24
 MAX_ROWS = 256  # rows per product on either route (bounds the (rows, vocab) logits: 256 MB for 250k tokens)
+BLOCK = 1024  # token ids per block of the scan for the tokens close to the bfloat16 maximum
 
 _STATE = {"enabled": True}
 # (row bucket, weight shape, threads) → "plain" or "checked"
@@ -51,13 +53,34 @@ def _window(h: torch.Tensor, largest: float, top: torch.Tensor) -> torch.Tensor:
     return (2 * inputs + 2 * u * (2 * top.abs() + 3 * inputs + product)) * (1 + 4 * u) + 1e-5
 
 
+def _block_maxima(approx: torch.Tensor) -> torch.Tensor:
+    """`(rows, ceil(vocab / BLOCK))`: each row's maximum over each block of `BLOCK` consecutive token ids."""
+    rows, vocab = approx.shape
+    whole = vocab // BLOCK
+    maxima = approx[:, : whole * BLOCK].view(rows, whole, BLOCK).amax(dim=2)
+    if whole * BLOCK == vocab:
+        return maxima
+    return torch.cat([maxima, approx[:, whole * BLOCK :].amax(dim=1, keepdim=True)], dim=1)
+
+
+def _close_ids(approx: torch.Tensor, floor: torch.Tensor, maxima: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `(row, token id)` pairs with `approx >= floor[row]`, scanning only the blocks whose maximum reaches the
+    floor (a full compare-and-nonzero over the vocabulary costs as much as a third of the product)."""
+    block_rows, blocks = (maxima >= floor[:, None]).nonzero(as_tuple=True)
+    ids = (blocks[:, None] * BLOCK + torch.arange(BLOCK)).clamp_max(approx.shape[1] - 1)  # a short last block repeats
+    rows = block_rows[:, None].expand_as(ids)
+    keep = approx[rows, ids] >= floor[block_rows][:, None]
+    return rows[keep], ids[keep]
+
+
 def _checked_chunk(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     low, low_bias, largest = _low_copy(weight, bias)
     approx = F.linear(h.to(torch.bfloat16), low, low_bias)  # bfloat16 logits
-    top = approx.amax(dim=1).float()
+    maxima = _block_maxima(approx)
+    top = maxima.amax(dim=1).float()
     floor = top - _window(h, largest, top)
     floor = (floor - floor.abs() * 2 * UNIT_ROUNDOFF).to(torch.bfloat16)  # rounded down, never up
-    rows, ids = (approx >= floor[:, None]).nonzero(as_tuple=True)
+    rows, ids = _close_ids(approx, floor, maxima)
     union = torch.unique(ids)  # sorted ascending: ties go to the smallest id
     close = torch.zeros(h.shape[0], union.numel(), dtype=torch.bool)
     close[rows, torch.searchsorted(union, ids)] = True
