@@ -165,6 +165,28 @@ def test_a_preserve_reading_reuses_the_trained_editor_and_never_trains(reproduce
     assert reproduce.trained_editor(run, args) == {"path": folder, "episodes": 800}
 
 
+def test_the_two_readings_differ_on_masked_lm_only(reproduce):
+    """XNLI's grid ran before `--reading strict` existed: its classifier edits were read with the options the strict
+    reading gives a classifier (argmax over the labels, locality at the label, distinct facts), so those files are
+    its strict reading; on mLAMA the readings differ (scoring, locality parts, neighbours)."""
+    from types import SimpleNamespace
+
+    readings = ("strict", "lenient")
+    args = SimpleNamespace(n_edits=25, n_retain=5, bootstrap=10, n_neighbours=5)
+    run = {"seed": 0, "editor": "mend", "locality": "target"}
+    xnli = {"task": "seq_cls", "languages": ["en"], "new_target": "gold", "scoring": "open"}
+    mlama = {"task": "masked_lm", "languages": ["en"], "new_target": "alternative", "scoring": "candidates",
+             "candidates": {}}  # fmt: skip
+    read = {
+        name: {reading: reproduce.evaluation_options({**run, "reading": reading}, task, args) for reading in readings}
+        for name, task in (("xnli", xnli), ("mlama", mlama))
+    }
+    assert read["xnli"]["strict"] == read["xnli"]["lenient"]
+    assert read["xnli"]["strict"]["scoring"] == "open" and read["xnli"]["strict"]["distinct_facts"]
+    assert read["mlama"]["strict"]["scoring"] == "open" != read["mlama"]["lenient"]["scoring"]
+    assert read["mlama"]["strict"]["n_neighbours"] == 5 and "n_neighbours" not in read["mlama"]["lenient"]
+
+
 def test_configurations_parse_and_build_their_adapters(reproduce):
     from types import SimpleNamespace
 
