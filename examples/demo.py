@@ -9,9 +9,9 @@ Steps, all offline:
    in every template, the easier task where an answer is the same string everywhere): the model knows its small
    world of facts, as a pretrained LM knows the facts an editor is later asked to change (cached);
 2. train a LiME-MEND editor all → all on 600 edit episodes of the training countries with `LimeTrainer` and the LiME
-   reference's recipe (10 episodes per optimizer step; validation episodes on other countries, the best editor kept)
-   and write `training_curves.png`; on CPUs with bfloat16 instructions the episodes' vocabulary products run in
-   bfloat16 (`--head_dtype auto`; paired against float32 in results.md §1);
+   reference's recipe with its networks at 3e-5 instead of 1e-6 (10 episodes per optimizer step; validation episodes
+   on other countries, the best editor kept) and write `training_curves.png`; on CPUs with bfloat16 instructions the
+   episodes' vocabulary products run in bfloat16 (`--head_dtype auto`; paired against float32 in results.md §1);
 3. edit every held-out fact in every editing language (each to another object of its relation) one at a time (the
    edits shared among `--eval_workers` forked processes, one per thread) and score every edit in every language with
    `lime_xl_edit` (intervals resample the facts). The headline reading is strict: the argmax over the whole
