@@ -344,6 +344,7 @@ def main() -> None:
             "setting": "all -> all", "recipe": args.recipe, "fact_split": args.fact_split,
             "label_language": args.label_language,
             "max_steps": trainer.args.max_steps, "global_step": trainer.state.global_step,
+            "learning_rate": trainer.args.learning_rate,
             "best_checkpoint": trainer.state.best_model_checkpoint, "scoring": "open", "head_dtype": args.head_dtype,
             **trainer.episode_settings()}  # fmt: skip
     editor = LimeEditor(model, tokenizer, task="masked_lm", training_info=info, metrics=json_safe(result.metrics))
