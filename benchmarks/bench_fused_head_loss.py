@@ -54,13 +54,11 @@ def one_pass(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, targets:
     return loss, (expected / total - weight[targets]) / rows
 
 
-def median_ms(fn: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+def elapsed_ms(fn: Callable[[], object]) -> float:
+    """Milliseconds one call of `fn` takes."""
+    start = time.perf_counter()
+    fn()
+    return 1000 * (time.perf_counter() - start)
 
 
 def bench_shape(name: str, rows: int, chunks: list[int], repeats: int, seed: int) -> dict:
@@ -78,9 +76,9 @@ def bench_shape(name: str, rows: int, chunks: list[int], repeats: int, seed: int
         assert abs(float(fused_loss - loss)) < 1e-4 and error < 1e-4, (chunk, float(fused_loss - loss), error)
     baseline, fused = [], {chunk: [] for chunk in chunks}
     for _ in range(repeats):  # alternating, so that both see the same machine
-        baseline.append(median_ms(lambda: two_passes(h, weight, bias, targets), 1))
+        baseline.append(elapsed_ms(lambda: two_passes(h, weight, bias, targets)))
         for chunk in chunks:
-            fused[chunk].append(median_ms(lambda c=chunk: one_pass(h, weight, bias, targets, c), 1))
+            fused[chunk].append(elapsed_ms(lambda c=chunk: one_pass(h, weight, bias, targets, c)))
     row["two_passes_ms"] = round(statistics.median(baseline), 1)
     for chunk, times in fused.items():
         ms = statistics.median(times)

@@ -54,12 +54,14 @@ def answer_keys(tuner: Any, batch: dict, task: str) -> tuple[dict[str, torch.Ten
     return keys, positions.nonzero()[:, 0]
 
 
-def read_preserved(editor: LimeEditor, facts: list, max_length: int) -> None:
-    """Encode the preserved facts and record, on the unedited model, which it knows and their answer keys."""
+def read_preserved(editor: LimeEditor, facts: list, max_length: int, known: bool) -> None:
+    """Encode the preserved facts and record, on the unedited model, their answer keys and, with `known`, which
+    of them it knows (what the anchors need)."""
     examples = [editor._encode(*_fact_pair(fact, i), max_length) for i, fact in enumerate(facts)]
     batches = [editor._padded(examples[i : i + ROWS_PER_BATCH]) for i in range(0, len(examples), ROWS_PER_BATCH)]
     PRESERVED["batches"] = batches
-    PRESERVED["known"] = [torch.tensor(target_logits(editor.model, b, editor.task).row_correct()) for b in batches]
+    if known:
+        PRESERVED["known"] = [torch.tensor(target_logits(editor.model, b, editor.task).row_correct()) for b in batches]
     PRESERVED["keys"] = [answer_keys(editor.model.base_model, b, editor.task) for b in batches]
 
 
@@ -69,7 +71,7 @@ def answer_moments(beta: float):
 
     def key_moments(self: LimeEditor, facts: list, batch_size: int = 32, max_length: int = 128) -> dict:
         every = library(self, facts, batch_size, max_length)
-        read_preserved(self, facts, max_length)
+        read_preserved(self, facts, max_length, known=False)
         answers: dict[str, torch.Tensor] = {}
         count = 0
         for keys, rows in PRESERVED["keys"]:
@@ -140,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         library = LimeEditor.key_moments
 
         def key_moments(self: LimeEditor, facts: list, batch_size: int = 32, max_length: int = 128) -> dict:
-            read_preserved(self, facts, max_length)
+            read_preserved(self, facts, max_length, known=True)
             return library(self, facts, batch_size, max_length)
 
         LimeEditor.key_moments = key_moments
